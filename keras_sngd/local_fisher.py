@@ -1,0 +1,254 @@
+"""The local Fisher layer: multiplies its input by `G^(-1/2)`, the inverse root of the local Fisher matrix."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_sngd.refresh import refresh_inverse_root
+from keras_sngd.statistics import batch_moments
+from keras_sngd.statistics import local_fisher_matrix
+from keras_sngd.statistics import update_moving_moments
+
+_REFRESH_DTYPES = ("float32", "float64")
+
+
+@keras.saving.register_keras_serializable(package="keras_sngd")
+class LocalFisher(keras.layers.Layer):
+    """Local Fisher layer for structured natural gradient descent (SNGD).
+
+    Put it right before a parameterized layer (Dense, Conv, RNN). It multiplies its input `x` by the
+    non-trainable matrix `U = G^(-1/2)`, where `G` is the local Fisher matrix of that input:
+
+    ```
+    y = U x,   U = G^(-1/2),   G = E(v_f) * E[x x^T]                  (paper, local Fisher matrix)
+    ```
+
+    Training the next layer's weights `w'` with plain gradient descent is then natural gradient descent
+    on the effective weights `w = U w'` (paper, Proposition 1), with the layer-wise Fisher `G`. Features
+    are on `axis` and statistics run over every other axis: before a Dense layer over the batch, before a
+    Conv layer over the batch and every pixel (channel whitening), before an RNN over batch and time.
+
+    **During training** (`training=True`, as in `model.fit`), on every call:
+
+    ```
+    S <- momentum * S + (1 - momentum) * x^T x / n       # n rows: every position but the feature axis
+    m <- momentum * m + (1 - momentum) * mean(x)
+    c <- momentum * c + (1 - momentum)                   # bias correction: E[x x^T] = S / c
+    step <- step + 1
+    every `update_every` steps (step % update_every == 0):
+        G = activation_factor * (S / c)                   # minus (m/c)(m/c)^T when center=True
+        U <- newton_schulz(G, damping)[1]                 # paper Eq. 15, float32 by default
+    y = U x                                               # with the refreshed U on a refresh step
+    ```
+
+    The refresh runs inside the compiled train step (`keras.ops.cond`), on every backend. A batch with a
+    NaN or Inf leaves the statistics unchanged; a refresh whose iteration does not converge or is not
+    finite keeps the previous `U` and increments `failed_refresh_count`. Until the first refresh, `U` is
+    the identity and the layer changes nothing. This refresh replaces `U` without re-expressing the next
+    layer's weights (like batch normalization replacing its statistics), so the model's function moves a
+    little at each refresh.
+
+    **During inference** (`training=False`): `y = U x`, and nothing is updated.
+
+    State (non-trainable, float32 also under mixed precision, saved with the model): `second_moment`
+    (`S`), `mean` (`m`), `statistics_weight` (`c`), `inverse_root` (`U`), and int32 counters `step`,
+    `refresh_count`, `failed_refresh_count` and `skipped_batch_count` (batches with non-finite values).
+
+    **`activation_factor`** is the paper's `E(v_f)`, the mean derivative of the next layer's activation
+    (the fraction of active units for ReLU). It is one scalar per layer, so it only scales that layer's
+    effective learning rate by `1 / activation_factor`. The default 1.0 was chosen by measurement
+    (see the README): with ReLU, 0.5 halves `G` and doubles the step, which trained no better.
+
+    Args:
+        axis: int, the feature axis. Defaults to `-1`.
+        momentum: float in [0, 1), the moving average's momentum. Defaults to `0.99`.
+        update_every: int >= 1, training steps between refreshes of `U`. Defaults to `100`.
+        damping: float >= 0, Tikhonov damping relative to the mean eigenvalue of `G`; it bounds the
+            condition number by `d / damping` and the iteration count with it. Defaults to `1e-3`.
+        center: bool; whiten around the mean (use the covariance instead of `E[x x^T]`). Defaults to
+            `False`, the paper's uncentered `E[x x^T]`.
+        activation_factor: float > 0, the paper's `E(v_f)`. Defaults to `1.0`.
+        iterations: int >= 1 or None; Newton-Schulz iterations per refresh, None for the residual stopping
+            rule of `newton_schulz`. Defaults to `None`.
+        refresh_dtype: `"float32"` or `"float64"`, the dtype of the iteration. Defaults to `"float32"`.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: tensor whose `axis` dimension is known.
+        training: bool; update statistics and refresh only when True.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([
+        keras.Input((784,)),
+        keras_sngd.LocalFisher(),
+        keras.layers.Dense(80, activation="relu"),
+        keras_sngd.LocalFisher(),
+        keras.layers.Dense(10),
+    ])
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ```
+
+    Reference:
+        Liu et al., "Reconstructing Deep Neural Networks: Unleashing the Optimization Potential of Natural
+        Gradient Descent" (local Fisher layers, Proposition 1, Eq. 15).
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        update_every=100,
+        damping=1e-3,
+        center=False,
+        activation_factor=1.0,
+        iterations=None,
+        refresh_dtype="float32",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(f"`axis` must be an int. Received: axis={axis!r}")
+        if not _is_real(momentum) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"`momentum` must be a float in [0, 1). Received: momentum={momentum!r}")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"`update_every` must be an int >= 1. Received: update_every={update_every!r}")
+        if not _is_real(damping) or not damping >= 0.0:
+            raise ValueError(f"`damping` must be a finite float >= 0. Received: damping={damping!r}")
+        if not isinstance(center, bool):
+            raise ValueError(f"`center` must be a bool. Received: center={center!r}")
+        if not _is_real(activation_factor) or not activation_factor > 0.0:
+            raise ValueError(
+                f"`activation_factor` must be a finite float > 0. Received: activation_factor={activation_factor!r}"
+            )
+        if iterations is not None and (
+            isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1
+        ):
+            raise ValueError(f"`iterations` must be None or an int >= 1. Received: iterations={iterations!r}")
+        if refresh_dtype not in _REFRESH_DTYPES:
+            raise ValueError(
+                f"`refresh_dtype` must be one of {_REFRESH_DTYPES}. Received: refresh_dtype={refresh_dtype!r}"
+            )
+        self.axis = axis
+        self.momentum = float(momentum)
+        self.update_every = update_every
+        self.damping = float(damping)
+        self.center = center
+        self.activation_factor = float(activation_factor)
+        self.iterations = iterations
+        self.refresh_dtype = refresh_dtype
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if rank < 2 or not -rank <= self.axis < rank:
+            raise ValueError(
+                f"`axis`={self.axis} is not a valid axis for inputs of shape {tuple(input_shape)}."
+            )
+        dim = input_shape[self.axis]
+        if dim is None:
+            raise ValueError(
+                f"LocalFisher needs a known size on `axis`={self.axis}. Received input shape "
+                f"{tuple(input_shape)}."
+            )
+        self.input_spec = keras.InputSpec(ndim=rank, axes={self.axis: dim})
+
+        def state(name, shape, initializer="zeros", dtype="float32"):
+            return self.add_weight(
+                name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False, autocast=False
+            )
+
+        self.second_moment = state("second_moment", (dim, dim))
+        self.mean = state("mean", (dim,))
+        self.statistics_weight = state("statistics_weight", ())
+        self.inverse_root = state("inverse_root", (dim, dim), initializer="identity")
+        self.step = state("step", (), dtype="int32")
+        self.refresh_count = state("refresh_count", (), dtype="int32")
+        self.failed_refresh_count = state("failed_refresh_count", (), dtype="int32")
+        self.skipped_batch_count = state("skipped_batch_count", (), dtype="int32")
+
+    def call(self, inputs, training=None):
+        inverse_root = self.inverse_root.value
+        if training:
+            inverse_root = self._update(inputs)
+        features = ops.moveaxis(inputs, self.axis, -1)
+        outputs = ops.matmul(features, ops.cast(inverse_root, features.dtype))
+        return ops.moveaxis(outputs, -1, self.axis)
+
+    def _update(self, inputs):
+        """Statistics, counters and (every `update_every` steps) the refresh; returns the `U` to use."""
+        second_moment, mean = batch_moments(inputs, self.axis)
+        moving_second_moment, moving_mean, weight, accepted_batch = update_moving_moments(
+            self.second_moment.value,
+            self.mean.value,
+            self.statistics_weight.value,
+            second_moment,
+            mean,
+            self.momentum,
+        )
+        step = self.step.value + 1
+        due = ops.equal(step % self.update_every, 0)
+
+        def refresh():
+            fisher = local_fisher_matrix(
+                moving_second_moment, moving_mean, weight, self.center, self.activation_factor
+            )
+            inverse_root, _, accepted = refresh_inverse_root(
+                fisher, self.inverse_root.value, self.damping, self.iterations, self.refresh_dtype
+            )
+            return inverse_root, accepted
+
+        def keep():
+            return self.inverse_root.value, ops.convert_to_tensor(False)
+
+        inverse_root, accepted = ops.cond(due, refresh, keep)
+        self.second_moment.assign(moving_second_moment)
+        self.mean.assign(moving_mean)
+        self.statistics_weight.assign(weight)
+        self.inverse_root.assign(inverse_root)
+        self.step.assign(step)
+        self.refresh_count.assign(self.refresh_count.value + ops.cast(accepted, "int32"))
+        self.failed_refresh_count.assign(
+            self.failed_refresh_count.value + ops.cast(due & ~accepted, "int32")
+        )
+        self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~accepted_batch, "int32"))
+        return inverse_root
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "momentum": self.momentum,
+                "update_every": self.update_every,
+                "damping": self.damping,
+                "center": self.center,
+                "activation_factor": self.activation_factor,
+                "iterations": self.iterations,
+                "refresh_dtype": self.refresh_dtype,
+            }
+        )
+        return config
+
+    def describe(self):
+        """One line on this layer's state: size, steps, refreshes and failures, for logs and notebooks."""
+        if not self.built:
+            return f"LocalFisher '{self.name}': not built yet"
+        return (
+            f"LocalFisher '{self.name}': {self.inverse_root.shape[0]} features on axis {self.axis}, "
+            f"step {int(self.step.numpy())}, {int(self.refresh_count.numpy())} refreshes "
+            f"({int(self.failed_refresh_count.numpy())} failed, every {self.update_every} steps), "
+            f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped"
+        )
+
+
+def _is_real(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,203 @@
+"""The coupled Newton-Schulz iteration for `G^(1/2)` and `G^(-1/2)` (paper Eq. 15)."""
+
+import math
+
+from keras import backend
+from keras import ops
+
+_SCALINGS = ("frobenius", "trace")
+_COMPUTE_DTYPES = ("float32", "float64")
+# Below this residual every eigenvalue p of Z Y has |1 - p| < 1e-3 * sqrt(d) <= 0.032 (d <= 1024), the
+# iteration is in its quadratic regime, and a residual that stops halving means rounding has taken over.
+_QUADRATIC_REGIME = 1e-3
+_MACHINE_EPSILON = {"float32": 2.0**-23, "float64": 2.0**-52}
+_SMALLEST_NORMAL = {"float32": 2.0**-126, "float64": 2.0**-1022}
+
+
+def newton_schulz(
+    matrix,
+    damping=0.0,
+    iterations=None,
+    tolerance=None,
+    scaling="frobenius",
+    dtype=None,
+    return_residual=False,
+):
+    """Square root and inverse square root of symmetric positive (semi-)definite matrices.
+
+    Runs the coupled Newton-Schulz iteration of the paper's Eq. 15 on one matrix `(d, d)` or a batch
+    `(..., d, d)`. It uses matrix products only, so it is fast on accelerators and is written in
+    `keras.ops`, so it runs on every Keras 3 backend and inside a compiled train step.
+
+    With `G` the input, `damping` `lambda` and pre-scale `s`:
+
+    ```
+    G_d = G + lambda * (trace(G) / d) * I        # damping relative to the mean eigenvalue
+    A   = G_d / s                                # s = ||G_d||_F (default) or trace(G_d): eig(A) in (0, 1]
+    Y_0 = A,  Z_0 = I
+    T_k = (3 I - Z_k Y_k) / 2
+    Y_{k+1} = Y_k T_k   ->  A^(1/2)
+    Z_{k+1} = T_k Z_k   ->  A^(-1/2)
+    G_d^(1/2) = sqrt(s) Y,   G_d^(-1/2) = Z / sqrt(s)    # post-compensation
+    ```
+
+    Every eigenvalue `p` of `Z_k Y_k` follows `p <- p (3 - p)^2 / 4`: it grows by 9/4 per iteration while
+    small and converges quadratically once near 1. The smallest eigenvalue of `A` is at least
+    `lambda / (d (1 + lambda))`, so damping bounds the number of iterations; that bound is
+    `max_iterations(d, damping, dtype)`.
+
+    **Stopping rule.** With `iterations=None` the loop stops, per batch, once the residual
+    `||Z Y - I||_F / sqrt(d)` (free: `Z Y` is needed for `T` anyway) is at most `tolerance`, or, when
+    `tolerance` is None, once it is in the quadratic regime (below 1e-3) and no longer at least halves per
+    iteration, which means rounding error has taken over. It never runs past `max_iterations`.
+
+    **Precision.** Any float32 algorithm has a forward error of about `eps32 * kappa / 2` on the inverse root
+    (`kappa` = the damped condition number): 1e-2 at `kappa = 1e6`. Pass `dtype="float64"` where more
+    accuracy is needed (tests reach 1e-3 at `kappa = 1e6` that way; on JAX it needs `jax_enable_x64`).
+
+    **Failure.** A non-finite matrix gives non-finite outputs and a non-finite residual (the other
+    matrices of a batch are unaffected): callers check `residual` (with `return_residual=True`) and keep their previous
+    matrix, as `LocalFisher` does. Finite positive semi-definite input with `damping > 0`, or finite
+    positive definite input, never gives NaN.
+
+    Args:
+        matrix: symmetric positive semi-definite tensor of shape `(..., d, d)`.
+        damping: float >= 0, the Tikhonov term relative to the mean eigenvalue `trace(G) / d`.
+            Defaults to `0.0`.
+        iterations: int >= 1 for a fixed number of iterations (compiles to a fixed-length loop), or
+            None for the residual stopping rule. Defaults to `None`.
+        tolerance: float > 0 or None; the residual at which to stop when `iterations` is None.
+            Defaults to `None` (stop when rounding error dominates).
+        scaling: `"frobenius"` or `"trace"`, the pre-scale `s`. The Frobenius norm is the tighter upper
+            bound of the largest eigenvalue, so it needs fewer iterations. Defaults to `"frobenius"`.
+        dtype: `"float32"`, `"float64"` or None, the dtype of the computation and the outputs. None means
+            float64 for float64 input, float32 otherwise. Defaults to `None`.
+        return_residual: bool; also return the final residual `||Z Y - I||_F / sqrt(d)` per matrix
+            (shape `(...)`). Defaults to `False`.
+
+    Returns:
+        `(root, inverse_root)`, each of the input's shape, or `(root, inverse_root, residual)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> g = np.array([[4.0, 0.0], [0.0, 9.0]], dtype="float32")
+    >>> root, inverse_root = newton_schulz(g)
+    >>> np.asarray(root, "float64").round(4).tolist(), np.asarray(inverse_root, "float64").round(4).tolist()
+    ([[2.0, 0.0], [0.0, 3.0]], [[0.5, 0.0], [0.0, 0.3333]])
+
+    Reference:
+        Liu et al., "Reconstructing Deep Neural Networks: Unleashing the Optimization Potential of Natural
+        Gradient Descent" (Eq. 15); Higham, "Functions of Matrices", Sec. 6.7 (coupled Newton-Schulz).
+    """
+    if not isinstance(damping, (int, float)) or not damping >= 0 or not math.isfinite(damping):
+        raise ValueError(f"`damping` must be a finite float >= 0. Received: damping={damping!r}")
+    if iterations is not None and (
+        isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1
+    ):
+        raise ValueError(f"`iterations` must be None or an int >= 1. Received: iterations={iterations!r}")
+    if tolerance is not None and (
+        not isinstance(tolerance, (int, float)) or not tolerance > 0 or not math.isfinite(tolerance)
+    ):
+        raise ValueError(f"`tolerance` must be None or a float > 0. Received: tolerance={tolerance!r}")
+    if scaling not in _SCALINGS:
+        raise ValueError(f"`scaling` must be one of {_SCALINGS}. Received: scaling={scaling!r}")
+    if dtype is not None and dtype not in _COMPUTE_DTYPES:
+        raise ValueError(f"`dtype` must be None or one of {_COMPUTE_DTYPES}. Received: dtype={dtype!r}")
+
+    matrix = ops.convert_to_tensor(matrix)
+    shape = tuple(matrix.shape)
+    if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] is None:
+        raise ValueError(
+            f"`matrix` must have shape (..., d, d) with a known d. Received: matrix.shape={shape}"
+        )
+    if dtype is None:
+        dtype = "float64" if backend.standardize_dtype(matrix.dtype) == "float64" else "float32"
+    matrix = ops.cast(matrix, dtype)
+    if backend.standardize_dtype(matrix.dtype) != dtype:
+        raise ValueError(
+            f"The {backend.backend()} backend cannot compute in dtype={dtype!r} as configured "
+            f"(it gave {backend.standardize_dtype(matrix.dtype)}); on JAX, enable jax_enable_x64."
+        )
+
+    dim = shape[-1]
+    identity = ops.eye(dim, dtype=dtype)
+    if damping > 0:
+        mean_eigenvalue = ops.trace(matrix, axis1=-2, axis2=-1) / dim
+        matrix = matrix + (damping * mean_eigenvalue)[..., None, None] * identity
+    # An all-zero matrix has no inverse root; a tiny floor keeps the iteration finite, and its residual
+    # then reports the failure.
+    largest_entry = ops.maximum(ops.max(ops.abs(matrix), axis=(-2, -1)), _SMALLEST_NORMAL[dtype])
+    if scaling == "frobenius":
+        # Divided by the largest entry first, so that the squares cannot overflow.
+        unit = matrix / largest_entry[..., None, None]
+        scale = largest_entry * ops.sqrt(ops.sum(ops.square(unit), axis=(-2, -1)))
+    else:
+        scale = ops.trace(matrix, axis1=-2, axis2=-1)
+    scale = ops.maximum(scale, largest_entry)
+    scaled = matrix / scale[..., None, None]
+
+    def residual_of(product):
+        return ops.sqrt(ops.sum(ops.square(product - identity), axis=(-2, -1)) / dim)
+
+    def step(root, inverse_root, product):
+        transform = 0.5 * (3.0 * identity - product)
+        root = ops.matmul(root, transform)
+        inverse_root = ops.matmul(transform, inverse_root)
+        return root, inverse_root, ops.matmul(inverse_root, root)
+
+    root = scaled
+    inverse_root = ops.broadcast_to(identity, ops.shape(scaled))
+    product = scaled
+
+    if iterations is not None:
+        for _ in range(iterations):
+            root, inverse_root, product = step(root, inverse_root, product)
+    else:
+        limit = max_iterations(dim, damping, dtype)
+        stop_at = -1.0 if tolerance is None else float(tolerance)
+
+        def keep_going(count, root, inverse_root, product, previous_residual):
+            residual = residual_of(product)
+            converged = residual <= stop_at
+            stalled = (previous_residual < _QUADRATIC_REGIME) & (residual > 0.5 * previous_residual)
+            # A non-finite matrix is done at once: its outputs and residual stay non-finite.
+            done = converged | stalled | ~ops.isfinite(residual)
+            return (count < limit) & ~ops.all(done)
+
+        def body(count, root, inverse_root, product, previous_residual):
+            residual = residual_of(product)
+            root, inverse_root, product = step(root, inverse_root, product)
+            return count + 1, root, inverse_root, product, residual
+
+        # `previous_residual` starts above every threshold so that the first check cannot stall.
+        _, root, inverse_root, product, _ = ops.while_loop(
+            keep_going,
+            body,
+            (ops.convert_to_tensor(0, "int32"), root, inverse_root, product, residual_of(product) + 2.0),
+        )
+
+    sqrt_scale = ops.sqrt(scale)[..., None, None]
+    root = root * sqrt_scale
+    inverse_root = inverse_root / sqrt_scale
+    if not return_residual:
+        return root, inverse_root
+    return root, inverse_root, residual_of(product)
+
+
+def max_iterations(dim, damping=0.0, dtype="float32"):
+    """The most iterations `newton_schulz` needs for a `dim x dim` matrix with `damping`.
+
+    After Frobenius or trace pre-scaling the smallest eigenvalue of the damped matrix is at least
+    `p_0 = damping / (dim * (1 + damping))`. Without damping, `p_0` is taken as `eps / dim`, since smaller
+    eigenvalues are below the matrix's rounding error anyway. The count is the number of steps of
+    `p <- p (3 - p)^2 / 4` that take `p_0` to within `eps` of 1, plus two for rounding.
+    """
+    eps = _MACHINE_EPSILON[dtype]
+    smallest = damping / (dim * (1.0 + damping)) if damping > 0 else eps / dim
+    smallest = max(smallest, eps / dim)
+    count, eigenvalue = 0, smallest
+    while 1.0 - eigenvalue > eps and count < 200:
+        eigenvalue = eigenvalue * (3.0 - eigenvalue) ** 2 / 4.0
+        count += 1
+    return count + 2

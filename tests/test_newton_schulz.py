@@ -1,0 +1,202 @@
+import doctest
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from reference import damped
+from reference import eigh_roots
+from reference import relative_error
+from reference import spd_matrix
+from reference import whitening_residual
+
+import importlib
+from keras_sngd import newton_schulz
+from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
+from keras_sngd.datasets.idx import load_idx_directory
+from keras_sngd.newton_schulz import max_iterations
+
+TOLERANCE = 1e-3
+
+
+def check_against_eigh(matrix, root, inverse_root, tolerance=TOLERANCE):
+    expected_root, expected_inverse_root = eigh_roots(matrix)
+    errors = {
+        "root": relative_error(root, expected_root),
+        "inverse_root": relative_error(inverse_root, expected_inverse_root),
+        "whitening": whitening_residual(inverse_root, matrix),
+    }
+    assert all(np.isfinite(list(errors.values()))), errors
+    assert max(errors.values()) <= tolerance, errors
+    return errors
+
+
+@pytest.mark.parametrize("dim", [8, 64, 256, 1024])
+@pytest.mark.parametrize("condition_number", [1e2, 1e4, 1e6])
+def test_float64_meets_tolerance_up_to_condition_1e6(dim, condition_number):
+    matrix = spd_matrix(dim, condition_number, seed=dim)
+    root, inverse_root = newton_schulz(matrix.astype("float32"), dtype="float64")
+    check_against_eigh(matrix, root, inverse_root)
+
+
+@pytest.mark.parametrize("dim", [8, 64, 256, 1024])
+@pytest.mark.parametrize("condition_number", [1e2, 1e3, 1e4])
+def test_float32_meets_tolerance_up_to_condition_1e4(dim, condition_number):
+    matrix = spd_matrix(dim, condition_number, seed=dim)
+    root, inverse_root = newton_schulz(matrix.astype("float32"))
+    assert root.dtype == "float32" and inverse_root.dtype == "float32"
+    check_against_eigh(matrix, root, inverse_root)
+
+
+@pytest.mark.parametrize("dim", [8, 256])
+def test_float32_error_at_condition_1e6_is_within_rounding_bound(dim):
+    # Any float32 method has a forward error of about eps32 * kappa / 2 = 6e-2 here: we stay below it.
+    matrix = spd_matrix(dim, 1e6, seed=dim)
+    root, inverse_root = newton_schulz(matrix.astype("float32"))
+    errors = check_against_eigh(matrix, root, inverse_root, tolerance=np.finfo(np.float32).eps * 1e6 / 2)
+    assert errors["root"] < TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_second_moment():
+    if not os.path.isdir(FASHION_MNIST_DIRECTORY):
+        pytest.skip(f"real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist ({FASHION_MNIST_DIRECTORY})")
+    images, _ = load_idx_directory(FASHION_MNIST_DIRECTORY, "train")
+    pixels = images[:10000].reshape(10000, -1).astype(np.float64) / 255.0
+    return (pixels.T @ pixels / len(pixels)).astype(np.float32)
+
+
+def test_fashion_mnist_second_moment_meets_tolerance(fashion_mnist_second_moment):
+    damping = 1e-3
+    matrix = damped(fashion_mnist_second_moment.astype(np.float64), damping)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    assert eigenvalues[-1] / eigenvalues[0] > 1e5  # the badly conditioned case DESIGN.md measured
+    root, inverse_root, residual = newton_schulz(
+        fashion_mnist_second_moment, damping=damping, dtype="float64", return_residual=True
+    )
+    check_against_eigh(matrix, root, inverse_root)
+    assert float(residual) < 1e-9
+
+
+def test_fashion_mnist_float32_is_good_enough_for_training(fashion_mnist_second_moment):
+    # What LocalFisher computes by default: residual accepted, inverse root within the float32 bound.
+    matrix = damped(fashion_mnist_second_moment.astype(np.float64), 1e-3)
+    _, inverse_root, residual = newton_schulz(fashion_mnist_second_moment, damping=1e-3, return_residual=True)
+    assert float(residual) < 1e-4
+    assert relative_error(inverse_root, eigh_roots(matrix)[1]) < 2e-2
+
+
+def test_batch_equals_one_by_one():
+    matrices = np.stack([spd_matrix(16, kappa, seed=i) for i, kappa in enumerate([1e1, 1e3, 1e5])])
+    roots, inverse_roots, residuals = newton_schulz(matrices, dtype="float64", return_residual=True)
+    assert roots.shape == inverse_roots.shape == (3, 16, 16) and residuals.shape == (3,)
+    for matrix, root, inverse_root in zip(matrices, np.asarray(roots), np.asarray(inverse_roots)):
+        check_against_eigh(matrix, root, inverse_root)
+    nested = newton_schulz(matrices.reshape(3, 1, 16, 16), dtype="float64")[1]
+    np.testing.assert_allclose(np.asarray(nested).reshape(3, 16, 16), np.asarray(inverse_roots), rtol=1e-10)
+
+
+def test_damping_is_relative_to_mean_eigenvalue():
+    matrix = spd_matrix(32, 1e3)
+    for scale in [1e-4, 1.0, 1e4]:
+        root, inverse_root = newton_schulz(scale * matrix, damping=0.1, dtype="float64")
+        check_against_eigh(damped(scale * matrix, 0.1), root, inverse_root, tolerance=1e-9)
+
+
+@pytest.mark.parametrize("scaling", ["frobenius", "trace"])
+def test_scalings_agree(scaling):
+    matrix = spd_matrix(64, 1e3)
+    root, inverse_root = newton_schulz(matrix, scaling=scaling)
+    check_against_eigh(matrix, root, inverse_root)
+
+
+def test_fixed_iterations():
+    matrix = spd_matrix(64, 1e2)
+    too_few = newton_schulz(matrix, iterations=2, return_residual=True)[2]
+    enough = newton_schulz(matrix, iterations=max_iterations(64, 0.0, "float32"), return_residual=True)
+    assert float(too_few) > 1e-2
+    check_against_eigh(matrix, enough[0], enough[1])
+
+
+def test_tolerance_stops_early():
+    matrix = spd_matrix(64, 1e2)
+    residual = float(newton_schulz(matrix, tolerance=1e-2, dtype="float64", return_residual=True)[2])
+    tight = float(newton_schulz(matrix, dtype="float64", return_residual=True)[2])
+    assert tight < 1e-12 < residual <= 1e-2
+
+
+def test_max_iterations_bound_is_enough_and_grows_with_conditioning():
+    assert max_iterations(784, 1e-3) < max_iterations(784, 1e-6) < max_iterations(784, 0.0)
+    assert max_iterations(784, 1e-3, "float32") < max_iterations(784, 1e-3, "float64")
+    # Matrix with an eigenvalue as small as the damping bound allows: converges within the bound.
+    matrix = np.diag(np.r_[1.0, np.zeros(99)])
+    _, inverse_root, residual = newton_schulz(matrix, damping=1e-3, dtype="float64", return_residual=True)
+    check_against_eigh(damped(matrix, 1e-3), np.asarray(damped(matrix, 1e-3)) ** 0.5, inverse_root)
+    assert float(residual) < 1e-12
+
+
+def test_singular_and_zero_input_never_give_nan():
+    singular = np.zeros((10, 10))
+    singular[0, 0] = 1.0
+    root, inverse_root, residual = newton_schulz(singular, damping=1e-2, return_residual=True)
+    assert np.isfinite(np.asarray(inverse_root)).all() and float(residual) < 1e-4
+    for matrix in [np.zeros((10, 10)), singular]:
+        root, inverse_root, residual = newton_schulz(matrix, return_residual=True)
+        assert np.isfinite(np.asarray(root)).all() and np.isfinite(np.asarray(inverse_root)).all()
+        assert np.isfinite(float(residual)) and float(residual) > 1e-3  # reported as not converged
+
+
+def test_huge_and_tiny_scales_do_not_overflow():
+    matrix = spd_matrix(16, 1e2)
+    for scale in [1e-30, 1e30]:
+        root, inverse_root, residual = newton_schulz((scale * matrix).astype("float32"), return_residual=True)
+        assert float(residual) < 1e-4
+        expected_root, expected_inverse_root = eigh_roots(scale * matrix)
+        assert relative_error(root, expected_root) < 1e-4
+        assert relative_error(inverse_root, expected_inverse_root) < 1e-4
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_is_signalled_per_matrix(bad):
+    good = spd_matrix(8, 10.0)
+    broken = good.copy()
+    broken[2, 3] = bad
+    _, inverse_roots, residuals = newton_schulz(np.stack([good, broken]), return_residual=True)
+    residuals = np.asarray(residuals)
+    assert residuals[0] < 1e-5 and not np.isfinite(residuals[1])
+    check_against_eigh(good, eigh_roots(good)[0], np.asarray(inverse_roots)[0])
+
+
+def test_runs_under_xla():
+    matrix = spd_matrix(32, 1e3).astype("float32")
+    compiled = tf.function(lambda m: newton_schulz(m, damping=1e-4, return_residual=True), jit_compile=True)
+    root, inverse_root, residual = compiled(tf.constant(matrix))
+    check_against_eigh(damped(matrix, 1e-4), root, inverse_root)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"damping": -1.0}, "damping"),
+        ({"damping": float("nan")}, "damping"),
+        ({"iterations": 0}, "iterations"),
+        ({"iterations": 2.5}, "iterations"),
+        ({"tolerance": 0.0}, "tolerance"),
+        ({"scaling": "spectral"}, "scaling"),
+        ({"dtype": "float16"}, "dtype"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        newton_schulz(np.eye(3), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 4), (2, 3, 4)])
+def test_non_square_input_raises(shape):
+    with pytest.raises(ValueError, match="matrix"):
+        newton_schulz(np.ones(shape))
+
+
+def test_docstring_example():
+    failures, _ = doctest.testmod(importlib.import_module("keras_sngd.newton_schulz"), verbose=False)
+    assert failures == 0
