@@ -1,0 +1,39 @@
+"""The core runs on every Keras 3 backend: train on JAX (and TensorFlow) in subprocesses."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "backend_check.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_on(backend):
+    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    environment["PYTHONPATH"] = os.pathsep.join([ROOT, environment.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, SCRIPT], capture_output=True, text=True, env=environment, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_training_and_refresh_on_backend(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install -e '.[tests]' installs it)")
+    report = run_on(backend)
+    assert report["backend"] == backend
+    assert report["step"] == 24 and report["refresh_count"] == 6 and report["failed_refresh_count"] == 0
+    assert report["layer_error"] < 1e-3 and report["newton_schulz_error"] < 1e-3
+    assert report["residual"] < 1e-4
+    assert all(loss == loss for loss in report["losses"]) and report["losses"][-1] < report["losses"][0]
+    if backend == "jax":
+        # JAX without jax_enable_x64 has no float64: asking for it is an error, not a silent float32.
+        assert report["float64_error"] is not None and "jax_enable_x64" in report["float64_error"]
+    else:
+        assert report["float64_error"] is None
