@@ -96,7 +96,7 @@ def test_refresh_matches_eigh_of_moving_statistics(center, activation_factor):
     ],
 )
 def test_features_on_axis_statistics_over_the_rest(shape, axis):
-    layer = LocalFisher(axis=axis, update_every=1)
+    layer = LocalFisher(axis=axis, update_every=1, damping=1e-4)
     inputs = random_inputs(shape)
     outputs = np.asarray(layer(inputs, training=True))
     assert outputs.shape == shape == tuple(layer.compute_output_shape(shape))
@@ -107,7 +107,7 @@ def test_features_on_axis_statistics_over_the_rest(shape, axis):
     inverse_root = layer.inverse_root.numpy()
     expected = np.moveaxis(np.moveaxis(inputs, axis, -1) @ inverse_root, -1, axis)
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
-    # Whitened: the refreshed layer's outputs on this batch have second moment ~ I (up to damping).
+    # Whitened: the refreshed layer's outputs on this batch have second moment I (up to the small damping).
     whitened = np.moveaxis(outputs, axis, -1).reshape(-1, 5).astype(np.float64)
     np.testing.assert_allclose(whitened.T @ whitened / len(whitened), np.eye(5), atol=1e-2)
 
@@ -213,6 +213,7 @@ def test_sequential_fit_with_sgd(jit_compile):
          LocalFisher(update_every=2), keras.layers.Dense(1)]
     )
     model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit_compile)
+    assert model.jit_compile == jit_compile
     inputs, targets = random_inputs((64, 6)), random_inputs((64, 1), seed=1)
     history = model.fit(inputs, targets, batch_size=8, epochs=3, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
