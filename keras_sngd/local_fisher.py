@@ -1,10 +1,12 @@
 """The local Fisher layer: multiplies its input by `G^(-1/2)`, the inverse root of the local Fisher matrix."""
 
 import math
+import warnings
 
 import keras
 from keras import ops
 
+from keras_sngd.binding import binding_for
 from keras_sngd.refresh import refresh_inverse_root
 from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
@@ -38,21 +40,33 @@ class LocalFisher(keras.layers.Layer):
     step <- step + 1
     every `update_every` steps (step % update_every == 0):
         G = activation_factor * (S / c)                   # minus (m/c)(m/c)^T when center=True
-        U <- newton_schulz(G, damping)[1]                 # paper Eq. 15, float32 by default
-    y = U x                                               # with the refreshed U on a refresh step
+        G^(1/2), U_new = newton_schulz(G, damping)        # paper Eq. 15, float32 by default
+        W'  <- G^(1/2) U W'                               # each consumer's kernel, on its input axis
+        b'  <- b' + (U W')^T (m/c - mu)                   # center=True only; then mu <- m/c
+        U   <- U_new
+    y = U x          (y = U (x - mu) when center=True)    # with the refreshed U on a refresh step
     ```
 
-    The refresh runs inside the compiled train step (`keras.ops.cond`), on every backend. A batch with a
-    NaN or Inf leaves the statistics unchanged; a refresh whose iteration does not converge or is not
-    finite keeps the previous `U` and increments `failed_refresh_count`. Until the first refresh, `U` is
-    the identity and the layer changes nothing. This refresh replaces `U` without re-expressing the next
-    layer's weights (like batch normalization replacing its statistics), so the model's function moves a
-    little at each refresh.
+    The refresh runs inside the compiled train step (`keras.ops.cond`). **Function-preserving refresh**
+    (default): the layers this one feeds (found in the model graph, so also when inserted by hand or
+    loaded from `.keras`) have their kernels re-expressed so that the effective weights `U W'`, and so the
+    model's outputs, do not change (as in PRONG, Desjardins et al. 2015); between refreshes, SGD on `W'` is
+    NGD on `W = U W'` (paper, Proposition 1). **Replacing refresh**: with `preserve_function=False`, or when
+    a consumer cannot absorb `U` (a depthwise convolution, a layer that is not Dense/Conv/RNN/EinsumDense,
+    a nested model), or on the JAX backend (its trainer drops assignments to trainable variables made in
+    the train step), `U` is replaced and the function moves at each refresh, like batch normalization
+    replacing its statistics; a warning says so and `describe()` shows which mode a layer is in. SGD
+    momentum slots are not re-expressed.
+
+    A batch with a NaN or Inf leaves the statistics unchanged; a refresh whose iteration does not converge
+    or is not finite keeps the previous `U` (and the consumers' weights) and increments
+    `failed_refresh_count`. Until the first refresh, `U` is the identity and the layer changes nothing.
 
     **During inference** (`training=False`): `y = U x`, and nothing is updated.
 
     State (non-trainable, float32 also under mixed precision, saved with the model): `second_moment`
-    (`S`), `mean` (`m`), `statistics_weight` (`c`), `inverse_root` (`U`), and int32 counters `step`,
+    (`S`), `mean` (`m`), `statistics_weight` (`c`), `inverse_root` (`U`), `shift` (`mu`, only with
+    `center=True`), and int32 counters `step`,
     `refresh_count`, `failed_refresh_count` and `skipped_batch_count` (batches with non-finite values).
 
     **`activation_factor`** is the paper's `E(v_f)`, the mean derivative of the next layer's activation
@@ -68,12 +82,15 @@ class LocalFisher(keras.layers.Layer):
         update_every: int >= 1, training steps between refreshes of `U`. Defaults to `50`.
         damping: float >= 0, Tikhonov damping relative to the mean eigenvalue of `G`; it bounds the
             condition number by `d / damping` and the iteration count with it. Defaults to `0.1`.
-        center: bool; whiten around the mean (use the covariance instead of `E[x x^T]`). Defaults to
-            `False`, the paper's uncentered `E[x x^T]`.
+        center: bool; subtract the mean `mu` and whiten with the covariance instead of `E[x x^T]`.
+            Defaults to `False`, the paper's uncentered `E[x x^T]`. With a `same`-padded convolution
+            after it, the bias absorbs the shift exactly only away from the borders.
         activation_factor: float > 0, the paper's `E(v_f)`. Defaults to `1.0`.
         iterations: int >= 1 or None; Newton-Schulz iterations per refresh, None for the residual stopping
             rule of `newton_schulz`. Defaults to `None`.
         refresh_dtype: `"float32"` or `"float64"`, the dtype of the iteration. Defaults to `"float32"`.
+        preserve_function: bool; re-express the consumers' weights at each refresh so that the model's
+            function is unchanged, where they can be. Defaults to `True`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -108,6 +125,7 @@ class LocalFisher(keras.layers.Layer):
         activation_factor=1.0,
         iterations=None,
         refresh_dtype="float32",
+        preserve_function=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -140,8 +158,14 @@ class LocalFisher(keras.layers.Layer):
         self.center = center
         self.activation_factor = float(activation_factor)
         self.iterations = iterations
+        if not isinstance(preserve_function, bool):
+            raise ValueError(
+                f"`preserve_function` must be a bool. Received: preserve_function={preserve_function!r}"
+            )
         self.refresh_dtype = refresh_dtype
+        self.preserve_function = preserve_function
         self.supports_masking = True
+        self.refresh_mode = "not traced yet"
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -166,21 +190,62 @@ class LocalFisher(keras.layers.Layer):
         self.mean = state("mean", (dim,))
         self.statistics_weight = state("statistics_weight", ())
         self.inverse_root = state("inverse_root", (dim, dim), initializer="identity")
+        # The mean subtracted before U when centering; it changes only at refreshes.
+        self.shift = state("shift", (dim,)) if self.center else None
         self.step = state("step", (), dtype="int32")
         self.refresh_count = state("refresh_count", (), dtype="int32")
         self.failed_refresh_count = state("failed_refresh_count", (), dtype="int32")
         self.skipped_batch_count = state("skipped_batch_count", (), dtype="int32")
 
     def call(self, inputs, training=None):
-        inverse_root = self.inverse_root.value
         if training:
-            inverse_root = self._update(inputs)
+            inverse_root, shift = self._update(inputs)
+        else:
+            inverse_root = self.inverse_root.value
+            shift = self.shift.value if self.center else None
         features = ops.moveaxis(inputs, self.axis, -1)
+        if self.center:
+            features = features - ops.cast(shift, features.dtype)
         outputs = ops.matmul(features, ops.cast(inverse_root, features.dtype))
         return ops.moveaxis(outputs, -1, self.axis)
 
+    def consumer_bindings(self):
+        """`(bindings, reason)`: how the refresh re-expresses the layers this one feeds.
+
+        The consumers are found in the model graph (the layer's outbound nodes), so this works for a
+        LocalFisher inserted by hand, by `reconstruct`, or loaded from a `.keras` file. `bindings` is empty,
+        and `reason` says why, when the refresh cannot keep the model's function: `preserve_function=False`,
+        no consumer in a graph, a consumer whose weights cannot absorb `U` (see `keras_sngd.binding`), or
+        the JAX backend, whose trainer drops assignments to trainable variables inside the train step.
+        """
+        if not self.preserve_function:
+            return [], "preserve_function=False"
+        consumers = []
+        for node in self._outbound_nodes:
+            if node.operation not in consumers:
+                consumers.append(node.operation)
+        if not consumers:
+            return [], "no consumer layer in a model graph"
+        if keras.backend.backend() == "jax":
+            return [], "the JAX trainer drops assignments to trainable variables made inside the train step"
+        rank = self.input_spec.ndim
+        own_axis = self.axis % rank
+        bindings = []
+        for consumer in consumers:
+            binding, reason = binding_for(consumer)
+            if binding is None:
+                return [], f"consumer '{consumer.name}': {reason}"
+            if binding.feature_axis % rank != own_axis or binding.features != self.inverse_root.shape[0]:
+                return [], (f"consumer '{consumer.name}' takes features on axis {binding.feature_axis}, "
+                            f"this layer whitens axis {self.axis}")
+            if self.center and binding.centering:
+                return [], f"center=True but consumer '{consumer.name}': {binding.centering}"
+            bindings.append(binding)
+        return bindings, None
+
     def _update(self, inputs):
-        """Statistics, counters and (every `update_every` steps) the refresh; returns the `U` to use."""
+        """Statistics, counters and (every `update_every` steps) the refresh; returns the `U` (and the
+        shift) to use in this step."""
         second_moment, mean = batch_moments(inputs, self.axis)
         moving_second_moment, moving_mean, weight, accepted_batch = update_moving_moments(
             self.second_moment.value,
@@ -192,31 +257,83 @@ class LocalFisher(keras.layers.Layer):
         )
         step = self.step.value + 1
         due = ops.equal(step % self.update_every, 0)
+        bindings, reason = self.consumer_bindings()
+        self._note_refresh_mode(bindings, reason)
+        old_inverse_root = self.inverse_root.value
+        old_shift = self.shift.value if self.center else None
+
+        def current():
+            values = [old_inverse_root, ops.convert_to_tensor(False)]
+            if self.center:
+                values.append(old_shift)
+            for binding in bindings:
+                values.append(_frozen(binding.kernel))
+                if self.center:
+                    values.append(_frozen(binding.bias))
+            return tuple(values)
 
         def refresh():
             fisher = local_fisher_matrix(
                 moving_second_moment, moving_mean, weight, self.center, self.activation_factor
             )
-            inverse_root, _, accepted = refresh_inverse_root(
-                fisher, self.inverse_root.value, self.damping, self.iterations, self.refresh_dtype
+            inverse_root, root, accepted = refresh_inverse_root(
+                fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype
             )
-            return inverse_root, accepted
+            values = [inverse_root, accepted]
+            if self.center:
+                shift = ops.where(accepted, moving_mean / ops.maximum(weight, 1e-30), old_shift)
+                values.append(shift)
+            if bindings:
+                # W'_new = G_new^(1/2) U_old W', so that U_new W'_new = U_old W' (DESIGN.md, PRONG).
+                identity = ops.eye(old_inverse_root.shape[0], dtype="float32")
+                mixing = ops.where(accepted, ops.matmul(root, old_inverse_root), identity)
+            for binding in bindings:
+                kernel = _frozen(binding.kernel)
+                values.append(binding.mix(mixing, kernel))
+                if self.center:
+                    # b'_new = b' + W^T (mu_new - mu_old), W = U_old W' the effective kernel.
+                    effective = binding.mix(old_inverse_root, kernel)
+                    response = binding.shift_response(effective, shift - old_shift)
+                    bias = _frozen(binding.bias)
+                    input_bias = binding.input_bias(bias) + ops.cast(response, bias.dtype)
+                    values.append(binding.with_bias(bias, input_bias))
+            return tuple(values)
 
-        def keep():
-            return self.inverse_root.value, ops.convert_to_tensor(False)
-
-        inverse_root, accepted = ops.cond(due, refresh, keep)
+        # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
+        values = [ops.stop_gradient(value) for value in ops.cond(due, refresh, current)]
+        inverse_root, accepted = values.pop(0), values.pop(0)
+        shift = values.pop(0) if self.center else None
+        for binding in bindings:
+            binding.kernel.assign(values.pop(0))
+            if self.center:
+                binding.bias.assign(values.pop(0))
         self.second_moment.assign(moving_second_moment)
         self.mean.assign(moving_mean)
         self.statistics_weight.assign(weight)
         self.inverse_root.assign(inverse_root)
+        if self.center:
+            self.shift.assign(shift)
         self.step.assign(step)
         self.refresh_count.assign(self.refresh_count.value + ops.cast(accepted, "int32"))
         self.failed_refresh_count.assign(
             self.failed_refresh_count.value + ops.cast(due & ~accepted, "int32")
         )
         self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~accepted_batch, "int32"))
-        return inverse_root
+        return inverse_root, shift
+
+    def _note_refresh_mode(self, bindings, reason):
+        if bindings:
+            names = ", ".join(f"'{binding.layer.name}'" for binding in bindings)
+            mode = f"function-preserving (re-expresses {names})"
+        else:
+            mode = f"replacing, the model's function moves at each refresh ({reason})"
+            if self.preserve_function and mode != self.refresh_mode and reason != "no consumer layer in a model graph":
+                warnings.warn(
+                    f"LocalFisher '{self.name}' cannot keep the model's function across refreshes: {reason}. "
+                    "It replaces G^(-1/2) like batch normalization replaces its statistics.",
+                    stacklevel=3,
+                )
+        self.refresh_mode = mode
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -236,6 +353,7 @@ class LocalFisher(keras.layers.Layer):
                 "activation_factor": self.activation_factor,
                 "iterations": self.iterations,
                 "refresh_dtype": self.refresh_dtype,
+                "preserve_function": self.preserve_function,
             }
         )
         return config
@@ -248,8 +366,13 @@ class LocalFisher(keras.layers.Layer):
             f"LocalFisher '{self.name}': {self.inverse_root.shape[0]} features on axis {self.axis}, "
             f"step {int(self.step.numpy())}, {int(self.refresh_count.numpy())} refreshes "
             f"({int(self.failed_refresh_count.numpy())} failed, every {self.update_every} steps), "
-            f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped"
+            f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped; refresh: {self.refresh_mode}"
         )
+
+
+def _frozen(variable):
+    """A variable's value with no gradient path (trainable consumer weights read inside a refresh)."""
+    return ops.stop_gradient(ops.convert_to_tensor(variable))
 
 
 def _is_real(value):

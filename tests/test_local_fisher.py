@@ -255,5 +255,6 @@ def test_describe():
     layer(random_inputs((4, 3)), training=True)
     assert layer.describe() == (
         "LocalFisher 'lf': 3 features on axis -1, step 2, 1 refreshes (0 failed, every 2 steps), "
-        "0 non-finite batches skipped"
+        "0 non-finite batches skipped; refresh: replacing, the model's function moves at each refresh "
+        "(no consumer layer in a model graph)"
     )

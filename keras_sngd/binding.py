@@ -1,0 +1,155 @@
+"""Which layers can absorb a mixing of their input features, and how.
+
+A `LocalFisher` before a layer multiplies the layer's input features by `U`; the layer's kernel `K'` sees
+`U x`. The effective kernel of the plain layer is `K = U K'` along the kernel's input-feature axis:
+
+```
+Dense                 K[i, o]            = sum_j U[i, j] K'[j, o]
+Conv1D/2D/3D          K[..., i, o]       = sum_j U[i, j] K'[..., j, o]          (channel mixing)
+Conv*Transpose        K[..., o, i]       = sum_j U[i, j] K'[..., o, j]
+LSTM/GRU/SimpleRNN    cell.kernel[i, :]  = sum_j U[i, j] cell.kernel'[j, :]      (input kernel only)
+EinsumDense           the kernel axis of the one contracted input letter, the input's last
+```
+
+With centering the input is `U (x - mu)`, and the bias absorbs the shift: `b = b' - contract(K, mu)`
+over the input-feature and spatial axes. That is exact for Dense, RNN input kernels and `valid`
+convolutions; with `same`/`causal` padding the zero-padded border positions see no shift, so it is exact
+only in the interior (`Binding.exact_centering`). Depthwise, separable and grouped convolutions apply
+separate filters per input channel: no kernel can absorb a mixing of channels, so they are not bindable.
+"""
+
+import keras
+from keras import ops
+
+_CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+_RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
+_NOT_MIXABLE = (
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+
+
+class Binding:
+    """How one layer's weights absorb `U` (and a shift `mu`) on its input features.
+
+    Attributes:
+        layer: the consumer layer.
+        kernel: its kernel variable (for RNNs the cell's input kernel).
+        input_axis: the kernel axis that indexes input features.
+        feature_axis: the axis of the layer's *input* that holds the features (what `LocalFisher(axis=...)`
+            must use before it).
+        bias: the bias variable or None.
+        bias_row: for GRU with `reset_after=True` the bias has shape `(2, 3 * units)`; row 0 is the input
+            bias. None otherwise.
+        centering: None if the bias can absorb a shift, else the reason it cannot.
+        exact_centering: False where padding makes the absorbed shift inexact at the borders.
+    """
+
+    def __init__(self, layer, kernel, input_axis, feature_axis, bias, bias_row=None, centering=None,
+                 exact_centering=True):
+        self.layer = layer
+        self.kernel = kernel
+        self.input_axis = input_axis
+        self.feature_axis = feature_axis
+        self.bias = bias
+        self.bias_row = bias_row
+        self.centering = centering
+        self.exact_centering = exact_centering
+
+    @property
+    def features(self):
+        return self.kernel.shape[self.input_axis]
+
+    def mix(self, matrix, kernel=None):
+        """`kernel` (default: the current one) with `matrix` applied on the input axis: `K <- M K`."""
+        kernel = ops.convert_to_tensor(self.kernel) if kernel is None else kernel
+        moved = ops.moveaxis(kernel, self.input_axis, 0)
+        rest = tuple(moved.shape[1:])
+        mixed = ops.matmul(ops.cast(matrix, kernel.dtype), ops.reshape(moved, (self.features, -1)))
+        return ops.moveaxis(ops.reshape(mixed, (self.features,) + rest), 0, self.input_axis)
+
+    def shift_response(self, kernel, shift):
+        """`contract(K, shift)` over the input-feature and spatial axes: what a constant input `shift` adds
+        to every output, to be absorbed by the bias. Shape of the (input) bias."""
+        moved = ops.moveaxis(kernel, self.input_axis, -1)
+        response = ops.sum(ops.multiply(moved, ops.cast(shift, kernel.dtype)), axis=-1)
+        # What remains: spatial axes (convolutions) then outputs. Sum the spatial ones.
+        spatial = len(response.shape) - 1
+        if spatial:
+            response = ops.sum(response, axis=tuple(range(spatial)))
+        return response
+
+    def input_bias(self, bias):
+        """The part of the bias value `bias` that adds to the input kernel's outputs."""
+        return bias if self.bias_row is None else bias[self.bias_row]
+
+    def with_bias(self, bias_value, new_input_bias):
+        """The full bias variable value with the input bias replaced."""
+        if self.bias_row is None:
+            return new_input_bias
+        rows = [new_input_bias if row == self.bias_row else bias_value_row
+                for row, bias_value_row in enumerate(ops.unstack(bias_value, axis=0))]
+        return ops.stack(rows, axis=0)
+
+
+def binding_for(layer):
+    """`(Binding, None)` if `layer`'s weights can absorb an input mixing, else `(None, reason)`.
+
+    The layer must be built.
+    """
+    if isinstance(layer, _NOT_MIXABLE):
+        return None, f"{type(layer).__name__} filters each input channel separately: it cannot absorb a mixing of channels"
+    if getattr(layer, "lora_enabled", False):
+        return None, "LoRA is enabled: its low-rank kernel update is not re-expressed"
+    policy = getattr(layer, "dtype_policy", None)
+    if policy is not None and getattr(policy, "quantization_mode", None):
+        return None, f"quantized ({policy.quantization_mode}) kernels cannot be re-expressed"
+    if not layer.built:
+        return None, "not built"
+    if isinstance(layer, keras.layers.Dense):
+        return Binding(layer, layer.kernel, 0, -1, layer.bias), None
+    if isinstance(layer, _CONVOLUTIONS + _TRANSPOSED):
+        if getattr(layer, "groups", 1) != 1:
+            return None, f"grouped convolution (groups={layer.groups}) cannot absorb a mixing across groups"
+        transposed = isinstance(layer, _TRANSPOSED)
+        feature_axis = -1 if layer.data_format == "channels_last" else 1
+        input_axis = -1 if transposed else -2
+        if transposed:
+            centering = "a transposed convolution adds a varying number of shifted inputs to each output"
+        else:
+            centering = None if layer.bias is not None else "no bias to absorb the shift"
+        return Binding(
+            layer, layer.kernel, input_axis, feature_axis, layer.bias, centering=centering,
+            exact_centering=layer.padding == "valid",
+        ), None
+    if isinstance(layer, _RECURRENT):
+        cell = layer.cell
+        bias_row = None
+        if cell.bias is not None and len(cell.bias.shape) == 2:
+            bias_row = 0  # GRU(reset_after=True): row 0 is the input bias
+        centering = None if cell.bias is not None else "no bias to absorb the shift"
+        return Binding(layer, cell.kernel, 0, -1, cell.bias, bias_row=bias_row, centering=centering), None
+    if isinstance(layer, keras.layers.EinsumDense):
+        return _einsum_binding(layer)
+    return None, f"{type(layer).__name__} has no kernel over its input features that SNGD knows how to re-express"
+
+
+def _einsum_binding(layer):
+    inputs, rest = layer.equation.split(",")
+    kernel_letters, outputs = rest.split("->")
+    contracted = [letter for letter in inputs if letter in kernel_letters and letter not in outputs]
+    if "." in layer.equation or len(contracted) != 1 or inputs[-1] != contracted[0]:
+        return None, (f"EinsumDense equation {layer.equation!r}: only one contracted input axis, the last, "
+                      "has a clear kernel input axis")
+    return Binding(
+        layer, layer.kernel, kernel_letters.index(contracted[0]), -1, getattr(layer, "bias", None),
+        centering="EinsumDense bias axes need not cover every output axis",
+    ), None
+
+
+def is_supported_type(layer):
+    """Whether `reconstruct` treats this layer type as a parameterized consumer."""
+    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense) + _CONVOLUTIONS + _TRANSPOSED + _RECURRENT)
