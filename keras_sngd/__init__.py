@@ -1,8 +1,11 @@
 """keras-sngd: structured natural gradient descent (SNGD) for Keras 3 `model.fit`."""
 
+from keras_sngd.fold import fold
 from keras_sngd.local_fisher import LocalFisher
 from keras_sngd.newton_schulz import newton_schulz
+from keras_sngd.reconstruct import ReconstructionReport
+from keras_sngd.reconstruct import reconstruct
 
 __version__ = "0.1.0"
 
-__all__ = ["LocalFisher", "newton_schulz", "__version__"]
+__all__ = ["LocalFisher", "ReconstructionReport", "fold", "newton_schulz", "reconstruct", "__version__"]

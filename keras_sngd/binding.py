@@ -150,6 +150,9 @@ def _einsum_binding(layer):
     ), None
 
 
+SUPPORTED_TYPES = (keras.layers.Dense, keras.layers.EinsumDense) + _CONVOLUTIONS + _TRANSPOSED + _RECURRENT
+
+
 def is_supported_type(layer):
-    """Whether `reconstruct` treats this layer type as a parameterized consumer."""
-    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense) + _CONVOLUTIONS + _TRANSPOSED + _RECURRENT)
+    """Whether `reconstruct` treats this layer's type as a parameterized consumer."""
+    return isinstance(layer, SUPPORTED_TYPES)

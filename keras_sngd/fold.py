@@ -1,0 +1,142 @@
+"""`fold(model)`: absorb every `LocalFisher` into the layer it feeds, for deployment."""
+
+import keras
+import numpy as np
+
+from keras_sngd.binding import binding_for
+from keras_sngd.graph import check_rewritable
+from keras_sngd.graph import clone_layer
+from keras_sngd.graph import consumers_in
+from keras_sngd.graph import copy_weights
+from keras_sngd.graph import first_tensor
+from keras_sngd.graph import producers_in
+from keras_sngd.local_fisher import LocalFisher
+
+
+def fold(model):
+    """A plain Keras model, without `LocalFisher` layers, that computes what `model` computes.
+
+    Each `LocalFisher` (`y = U (x - mu)`, `mu = 0` unless centered) is absorbed into the weights of the
+    layers it feeds, with the effective weights of the paper's reconstruction:
+
+    ```
+    K = U K'  (on the kernel's input-feature axis),   b = b' - contract(K, mu)
+    ```
+
+    so the folded model costs exactly what the original architecture costs. Where that is not exact, the
+    transformation stays as standard Keras layers instead: a `Normalization(mean=mu, variance=1)` for a
+    centered LocalFisher before a `same`/`causal`-padded convolution (zero padding sees no shift), and a
+    `Dense(d, use_bias=False)` with kernel `U` for a LocalFisher whose consumer cannot absorb it (or is
+    fed by several LocalFishers). The result saves and loads with no custom objects.
+
+    Args:
+        model: a Functional or Sequential model (nested models are folded recursively).
+
+    Returns:
+        A new model of the same class; `model` is not changed and shares no variables with it.
+    """
+    check_rewritable(model, "fold")
+    return _fold(model)
+
+
+def _fold_plan(model):
+    """For each LocalFisher of `model`: its consumers' bindings if they can absorb it, else None; and
+    for each absorbing consumer, the LocalFisher it absorbs."""
+    plan, absorbs = {}, {}
+    for layer in model.layers:
+        if not isinstance(layer, LocalFisher):
+            continue
+        consumers = consumers_in(model, layer)
+        bindings = []
+        for consumer in consumers:
+            binding, _ = binding_for(consumer)
+            rank = len(layer.input.shape)
+            if (
+                binding is None
+                or binding.feature_axis % rank != layer.axis % rank
+                or any(producer is not layer for producer in producers_in(model, consumer))
+                or (layer.center and binding.centering)
+            ):
+                bindings = None
+                break
+            bindings.append(binding)
+        plan[layer] = bindings or None
+        for binding in bindings or []:
+            absorbs[binding.layer] = (layer, binding)
+    return plan, absorbs
+
+
+def _fold(model):
+    plan, absorbs = _fold_plan(model)
+    pairs, mixings = [], []
+
+    def clone(layer):
+        new = _fold(layer) if isinstance(layer, keras.Model) else clone_layer(layer)
+        pairs.append((layer, new))
+        return new
+
+    def replacement(layer):
+        """The standard layers that replace a LocalFisher in the folded graph (often none)."""
+        bindings = plan[layer]
+        layers = []
+        if layer.center and (bindings is None or not all(b.exact_centering for b in bindings)):
+            mean = np.asarray(layer.shift.numpy())
+            layers.append(keras.layers.Normalization(
+                axis=layer.axis, mean=mean, variance=np.ones_like(mean), name=f"{layer.name}_shift"
+            ))
+        if bindings is None:
+            if layer.axis not in (-1, len(layer.input.shape) - 1):
+                raise ValueError(
+                    f"Cannot fold LocalFisher {layer.name!r}: its consumers cannot absorb it and its features "
+                    f"are on axis {layer.axis}, not the last one."
+                )
+            dense = keras.layers.Dense(layer.inverse_root.shape[0], use_bias=False, name=f"{layer.name}_mixing")
+            layers.append(dense)
+            mixings.append((dense, layer.inverse_root.numpy()))
+        return layers
+
+    if isinstance(model, keras.Sequential):
+        new_model = keras.Sequential(
+            [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)], name=model.name
+        )
+        for layer in model.layers:
+            for new_layer in replacement(layer) if isinstance(layer, LocalFisher) else [clone(layer)]:
+                new_model.add(new_layer)
+    else:
+        originals = {}
+
+        def clone_function(layer):
+            new = clone(layer)
+            originals[id(new)] = layer
+            return new
+
+        def call_function(layer, *args, **kwargs):
+            original = originals.get(id(layer))
+            if isinstance(original, LocalFisher):
+                tensor = first_tensor(args)
+                for new_layer in replacement(original):
+                    tensor = new_layer(tensor)
+                return tensor
+            return layer(*args, **kwargs)
+
+        new_model = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+    copy_weights([(original, new) for original, new in pairs if not isinstance(original, LocalFisher)])
+    for dense, inverse_root in mixings:
+        dense.kernel.assign(inverse_root)
+    for original, new in pairs:
+        if original in absorbs:
+            local_fisher, binding = absorbs[original]
+            _absorb(local_fisher, binding, new)
+    return new_model
+
+
+def _absorb(local_fisher, binding, new_layer):
+    """Set `new_layer`'s kernel (and bias) to the effective weights of `binding.layer` behind `local_fisher`."""
+    new_binding, _ = binding_for(new_layer)
+    inverse_root = local_fisher.inverse_root.numpy()
+    effective = binding.mix(inverse_root)
+    new_binding.kernel.assign(effective)
+    if local_fisher.center and binding.exact_centering:
+        bias = keras.ops.convert_to_tensor(binding.bias)
+        response = binding.shift_response(effective, local_fisher.shift.numpy())
+        new_binding.bias.assign(binding.with_bias(bias, binding.input_bias(bias) - response))

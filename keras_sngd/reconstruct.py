@@ -1,0 +1,222 @@
+"""`reconstruct(model)`: the SNGD network, a `LocalFisher` before every parameterized layer."""
+
+import logging
+
+import keras
+
+from keras_sngd.binding import binding_for
+from keras_sngd.binding import SUPPORTED_TYPES
+from keras_sngd.binding import is_supported_type
+from keras_sngd.graph import check_rewritable
+from keras_sngd.graph import clone_layer
+from keras_sngd.graph import copy_weights
+from keras_sngd.graph import first_tensor
+from keras_sngd.local_fisher import LocalFisher
+
+logger = logging.getLogger("keras_sngd")
+
+
+class ReconstructionReport:
+    """What `reconstruct` did, layer by layer: `print(report)` for a table, `report.summary()` for one line.
+
+    Attributes:
+        inserted: list of `(layer_path, layer_type, local_fisher_name, features, axis)`.
+        skipped: list of `(layer_path, layer_type, reason)`.
+    """
+
+    def __init__(self):
+        self.inserted = []
+        self.skipped = []
+
+    def summary(self):
+        line = f"reconstruct: {len(self.inserted)} LocalFisher layers inserted, {len(self.skipped)} layers skipped"
+        if self.skipped:
+            line += " (" + "; ".join(f"{path}: {reason}" for path, _, reason in self.skipped) + ")"
+        return line
+
+    def __str__(self):
+        rows = [self.summary()]
+        for path, kind, name, features, axis in self.inserted:
+            rows.append(f"  + {path} ({kind}): LocalFisher '{name}', {features} features on axis {axis}")
+        for path, kind, reason in self.skipped:
+            rows.append(f"  - {path} ({kind}): skipped, {reason}")
+        return "\n".join(rows)
+
+    __repr__ = __str__
+
+
+def reconstruct(
+    model,
+    layer_types=None,
+    exclude=(),
+    local_fisher_arguments=None,
+    per_layer_arguments=None,
+    return_report=False,
+):
+    """A copy of `model` with a `LocalFisher` before every parameterized layer call (the SNGD network).
+
+    The paper's reconstruction: each supported layer `y = f(W^T x + b)` becomes `y = f(W'^T U x + b)`,
+    with `U = G^(-1/2)` held by a new `LocalFisher` and `W' = W` at first (`U` starts as the identity), so
+    the copy computes exactly the original's outputs until training moves it. Plain SGD on `W'` is then
+    NGD on `W = U W'` (Proposition 1), and `fold` turns the copy back into a plain model.
+
+    Works on Functional and Sequential models (also loaded from `.keras`), recursively on nested models,
+    with residual connections, several inputs and outputs, and shared layers (a layer called at several
+    places gets one LocalFisher shared by those calls; its `step` then counts calls, not batches). The
+    original model is neither changed nor shares any variable with the copy. A layer whose input already
+    comes from a `LocalFisher` gets no second one, so reconstructing twice inserts nothing new.
+
+    Supported layers: Dense, EinsumDense (one contracted input axis, the last), Conv1D/2D/3D,
+    Conv1D/2D/3DTranspose and LSTM/GRU/SimpleRNN (their input kernel). Skipped, with the reason in the
+    report: depthwise and separable convolutions and grouped convolutions (no kernel can absorb a mixing of
+    their input channels), LoRA-enabled or quantized layers, layers excluded by name or type.
+
+    Args:
+        model: a built `keras.Sequential` or Functional `keras.Model`.
+        layer_types: None (every supported type) or a tuple of layer classes to give a LocalFisher, e.g.
+            `(keras.layers.Dense,)`. Defaults to `None`.
+        exclude: names of layers that get no LocalFisher. Defaults to `()`.
+        local_fisher_arguments: dict of `LocalFisher` arguments for every inserted layer (`axis` is set from
+            the consumer). Defaults to `None` (the LocalFisher defaults).
+        per_layer_arguments: dict from a layer name to a dict of `LocalFisher` arguments for the layer before
+            it, over `local_fisher_arguments`. Defaults to `None`.
+        return_report: also return the `ReconstructionReport`. Defaults to `False`.
+
+    Returns:
+        The new model (same class: Sequential or Functional), or `(model, report)`. The report's one-line
+        summary is also logged to the `keras_sngd` logger at INFO level.
+
+    Example:
+
+    ```python
+    plain = keras.saving.load_model("model.keras")
+    sngd, report = keras_sngd.reconstruct(plain, return_report=True)
+    print(report)
+    sngd.compile(optimizer=keras.optimizers.SGD(0.1), loss=...)
+    sngd.fit(...)
+    deployable = keras_sngd.fold(sngd)
+    ```
+    """
+    if layer_types is not None:
+        layer_types = tuple(layer_types)
+        if not layer_types or not all(isinstance(kind, type) and issubclass(kind, SUPPORTED_TYPES) for kind in layer_types):
+            raise ValueError(
+                "`layer_types` must be None or a non-empty tuple of supported layer classes (Dense, "
+                "EinsumDense, Conv1D/2D/3D, Conv*Transpose, LSTM, GRU, SimpleRNN). "
+                f"Received: layer_types={layer_types!r}"
+            )
+    if isinstance(exclude, str):
+        raise ValueError(f"`exclude` must be a collection of layer names, not a string. Received: exclude={exclude!r}")
+    exclude = set(exclude)
+    local_fisher_arguments = dict(local_fisher_arguments or {})
+    per_layer_arguments = dict(per_layer_arguments or {})
+    for name, arguments in [("local_fisher_arguments", local_fisher_arguments)] + [
+        (f"per_layer_arguments[{key!r}]", value) for key, value in per_layer_arguments.items()
+    ]:
+        if not isinstance(arguments, dict):
+            raise ValueError(f"`{name}` must be a dict of LocalFisher arguments. Received: {name}={arguments!r}")
+        if "axis" in arguments or "name" in arguments:
+            raise ValueError(f"`{name}` cannot set `axis` or `name`: they follow from the layer. Received: {arguments!r}")
+        LocalFisher(**arguments)  # validates every argument with the layer's own ValueErrors
+    check_rewritable(model, "reconstruct")
+    known = {layer.name for layer in _all_layers(model)}
+    unknown = (exclude | set(per_layer_arguments)) - known
+    if unknown:
+        raise ValueError(f"No layers named {sorted(unknown)} in model {model.name!r} (from `exclude`/`per_layer_arguments`).")
+
+    options = {
+        "layer_types": layer_types,
+        "exclude": exclude,
+        "arguments": local_fisher_arguments,
+        "per_layer": per_layer_arguments,
+    }
+    report = ReconstructionReport()
+    new_model = _reconstruct(model, options, report, prefix="")
+    logger.info(report.summary())
+    return (new_model, report) if return_report else new_model
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def _decide(layer, options, prefix, report, already_whitened):
+    """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`."""
+    path = prefix + layer.name
+    kind = type(layer).__name__
+    if isinstance(layer, (LocalFisher, keras.layers.InputLayer)) or not layer.weights:
+        return None
+    if not is_supported_type(layer):
+        if isinstance(layer, keras.Model):
+            return None
+        _, reason = binding_for(layer)
+        report.skipped.append((path, kind, reason))
+        return None
+    if layer.name in options["exclude"]:
+        report.skipped.append((path, kind, "excluded by name"))
+        return None
+    if options["layer_types"] is not None and not isinstance(layer, options["layer_types"]):
+        report.skipped.append((path, kind, "type not in layer_types"))
+        return None
+    binding, reason = binding_for(layer)
+    if binding is None:
+        report.skipped.append((path, kind, reason))
+        return None
+    if already_whitened is not None:
+        report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
+        return None
+    arguments = dict(options["arguments"], **options["per_layer"].get(layer.name, {}))
+    local_fisher = LocalFisher(axis=binding.feature_axis, name=f"{layer.name}_local_fisher", **arguments)
+    report.inserted.append((path, kind, local_fisher.name, binding.features, binding.feature_axis))
+    return local_fisher
+
+
+def _reconstruct(model, options, report, prefix):
+    pairs = []
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            new = _reconstruct(layer, options, report, prefix + layer.name + "/")
+        else:
+            new = clone_layer(layer)
+        pairs.append((layer, new))
+        return new
+
+    if isinstance(model, keras.Sequential):
+        new_layers = [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)]
+        previous = None
+        for layer in model.layers:
+            local_fisher = _decide(layer, options, prefix, report, previous if isinstance(previous, LocalFisher) else None)
+            if local_fisher is not None:
+                new_layers.append(local_fisher)
+            new_layers.append(clone(layer))
+            previous = layer
+        new_model = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
+    else:
+        originals = {}
+        shared = {}
+
+        def clone_function(layer):
+            new = clone(layer)
+            originals[id(new)] = layer
+            return new
+
+        def call_function(layer, *args, **kwargs):
+            original = originals.get(id(layer))
+            tensor = first_tensor(args)
+            if original is not None and tensor is not None and not isinstance(layer, keras.Model):
+                if id(layer) not in shared:
+                    producer = tensor._keras_history.operation
+                    whitened = producer if isinstance(producer, LocalFisher) else None
+                    shared[id(layer)] = _decide(original, options, prefix, report, whitened)
+                local_fisher = shared[id(layer)]
+                if local_fisher is not None:
+                    args = (local_fisher(tensor),) + tuple(args[1:])
+            return layer(*args, **kwargs)
+
+        new_model = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+    copy_weights(pairs)
+    return new_model

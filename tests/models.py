@@ -1,0 +1,83 @@
+"""The test corpus of plain Keras models for reconstruct/fold."""
+
+import keras
+
+
+def mlp():
+    return keras.Sequential(
+        [keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8, activation="relu"),
+         keras.layers.Dense(3)],
+        name="mlp",
+    )
+
+
+def small_cnn():
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(x), name="small_cnn")
+
+
+def residual_block():
+    inputs = keras.Input((8, 8, 6))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(6, 3, padding="same")(x)
+    x = keras.layers.Add()([x, inputs])
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x), name="residual_block")
+
+
+def multi_input_output():
+    image = keras.Input((6, 6, 2), name="image")
+    vector = keras.Input((5,), name="vector")
+    a = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))
+    b = keras.layers.Dense(4, activation="tanh")(vector)
+    merged = keras.layers.Concatenate()([a, b])
+    return keras.Model(
+        [image, vector], [keras.layers.Dense(3, name="class")(merged), keras.layers.Dense(1, name="value")(merged)],
+        name="multi_io",
+    )
+
+
+def shared_dense():
+    left, right = keras.Input((7,)), keras.Input((7,))
+    shared = keras.layers.Dense(5, activation="relu", name="shared")
+    merged = keras.layers.Add()([shared(left), shared(right)])
+    return keras.Model([left, right], keras.layers.Dense(2)(merged), name="shared_dense")
+
+
+def nested():
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu")], name="inner")
+    inputs = keras.Input((6,))
+    x = inner(inputs)
+    inner_functional_inputs = keras.Input((5,))
+    inner_functional = keras.Model(
+        inner_functional_inputs, keras.layers.Dense(4, activation="relu")(inner_functional_inputs),
+        name="inner_functional",
+    )
+    x = inner_functional(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x), name="nested")
+
+
+def lstm():
+    return keras.Sequential(
+        [keras.Input((5, 4)), keras.layers.LSTM(6, return_sequences=True), keras.layers.GRU(5),
+         keras.layers.Dense(3)],
+        name="lstm",
+    )
+
+
+CORPUS = {
+    "mlp": mlp,
+    "small_cnn": small_cnn,
+    "residual_block": residual_block,
+    "multi_input_output": multi_input_output,
+    "shared_dense": shared_dense,
+    "nested": nested,
+    "lstm": lstm,
+}

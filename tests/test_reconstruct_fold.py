@@ -1,0 +1,218 @@
+"""reconstruct -> same outputs -> save/load -> train with refreshes -> fold -> same outputs, on a corpus."""
+
+import json
+import os
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from models import CORPUS
+
+import keras_sngd
+from keras_sngd import LocalFisher
+
+
+def sample_inputs(model, batch=8, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = [(rng.standard_normal((batch,) + tuple(t.shape[1:])) * 0.5 + 0.3).astype("float32") for t in model.inputs]
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def as_list(outputs):
+    return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+
+
+def assert_outputs_close(a, b, rtol=1e-4):
+    for x, y in zip(as_list(a), as_list(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * max(1.0, np.abs(y).max()))
+
+
+def local_fishers(model):
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, LocalFisher):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(local_fishers(layer))
+    return found
+
+
+def train_a_few_steps(model, steps=4, seed=1):
+    inputs = sample_inputs(model, batch=16, seed=seed)
+    targets = [np.zeros_like(o) for o in as_list(model(inputs))]
+    model.compile(keras.optimizers.SGD(0.01), ["mse"] * len(targets) if len(targets) > 1 else "mse")
+    for _ in range(steps):
+        model.train_on_batch(inputs, targets if len(targets) > 1 else targets[0])
+
+
+def folded_config_is_plain(path):
+    with zipfile.ZipFile(path) as archive:
+        config = archive.read("config.json").decode()
+    return "LocalFisher" not in config and "keras_sngd" not in config and json.loads(config)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_round_trip(name, tmp_path):
+    plain = CORPUS[name]()
+    probe = sample_inputs(plain)
+    expected = plain(probe)
+    sngd, report = keras_sngd.reconstruct(plain, local_fisher_arguments={"update_every": 2}, return_report=True)
+    fishers = local_fishers(sngd)
+    assert len(fishers) == len(report.inserted) > 0
+    assert type(sngd) is type(plain)
+    # Same function at construction (U = I): exactly.
+    for a, b in zip(as_list(sngd(probe)), as_list(expected)):
+        np.testing.assert_array_equal(a, b)
+    # Nothing shared with the original.
+    assert not {id(v) for v in plain.weights} & {id(v) for v in sngd.weights}
+
+    path = os.path.join(tmp_path, "sngd.keras")
+    sngd.save(path)
+    sngd = keras.saving.load_model(path)
+    assert len(local_fishers(sngd)) == len(fishers)
+    for a, b in zip(as_list(sngd(probe)), as_list(expected)):
+        np.testing.assert_array_equal(a, b)
+
+    train_a_few_steps(sngd)
+    fishers = local_fishers(sngd)
+    assert all(int(f.refresh_count.numpy()) >= 1 and int(f.failed_refresh_count.numpy()) == 0 for f in fishers)
+    assert all(f.refresh_mode.startswith("function-preserving") for f in fishers), [f.refresh_mode for f in fishers]
+    assert any(not np.allclose(f.inverse_root.numpy(), np.eye(f.inverse_root.shape[0])) for f in fishers)
+    trained = sngd(probe)
+
+    folded = keras_sngd.fold(sngd)
+    assert not local_fishers(folded) and type(folded) is type(plain)
+    assert_outputs_close(folded(probe), trained)
+    # The folded model has the original architecture's weights, shape for shape.
+    assert [tuple(w.shape) for w in folded.weights] == [tuple(w.shape) for w in plain.weights]
+    folded_path = os.path.join(tmp_path, "folded.keras")
+    folded.save(folded_path)
+    assert folded_config_is_plain(folded_path)
+    assert_outputs_close(keras.saving.load_model(folded_path)(probe), trained)
+    # The original is untouched.
+    for a, b in zip(as_list(plain(probe)), as_list(expected)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_report_lists_inserted_and_skipped_layers(caplog):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(4, 1, name="separable")(x)
+    x = keras.layers.Conv2D(4, 1, groups=2, name="grouped")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(5, name="hidden")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    with caplog.at_level("INFO", logger="keras_sngd"):
+        sngd, report = keras_sngd.reconstruct(model, exclude=["head"], return_report=True)
+    assert [row[0] for row in report.inserted] == ["conv", "hidden"]
+    skipped = {path: reason for path, _, reason in report.skipped}
+    assert set(skipped) == {"depthwise", "separable", "grouped", "bn", "head"}
+    assert "separately" in skipped["depthwise"] and "groups=2" in skipped["grouped"]
+    assert skipped["head"] == "excluded by name"
+    assert "2 LocalFisher layers inserted, 5 layers skipped" in caplog.text
+    assert "+ conv (Conv2D): LocalFisher 'conv_local_fisher', 3 features on axis -1" in str(report)
+    probe = sample_inputs(model)
+    np.testing.assert_array_equal(np.asarray(sngd(probe)), np.asarray(model(probe)))
+
+
+def test_options_layer_types_and_per_layer_arguments():
+    model = CORPUS["small_cnn"]()
+    sngd, report = keras_sngd.reconstruct(
+        model,
+        layer_types=(keras.layers.Conv2D,),
+        local_fisher_arguments={"update_every": 7, "damping": 0.5},
+        per_layer_arguments={"conv2d": {"update_every": 3}},
+        return_report=True,
+    )
+    fishers = {f.name: f for f in local_fishers(sngd)}
+    assert set(fishers) == {"conv2d_local_fisher", "conv2d_1_local_fisher"}
+    assert fishers["conv2d_local_fisher"].update_every == 3 and fishers["conv2d_1_local_fisher"].update_every == 7
+    assert all(f.damping == 0.5 for f in fishers.values())
+    assert ("dense", "Dense", "type not in layer_types") in report.skipped
+
+
+def test_reconstructing_twice_inserts_nothing_new():
+    once = keras_sngd.reconstruct(CORPUS["small_cnn"]())
+    twice, report = keras_sngd.reconstruct(once, return_report=True)
+    assert len(local_fishers(twice)) == len(local_fishers(once)) == 3
+    skipped = {path: reason for path, _, reason in report.skipped}
+    assert not report.inserted and set(skipped) == {"conv2d", "conv2d_1", "dense", "batch_normalization"}
+    assert skipped["dense"] == "already has LocalFisher 'dense_local_fisher'"
+    hand_made = keras.Sequential(
+        [keras.Input((4,)), LocalFisher(), keras.layers.Dense(3, name="a"), keras.layers.Dense(2, name="b")]
+    )
+    again, report = keras_sngd.reconstruct(hand_made, return_report=True)
+    assert [row[0] for row in report.inserted] == ["b"] and len(local_fishers(again)) == 2
+
+
+def test_shared_layer_gets_one_shared_local_fisher():
+    model = CORPUS["shared_dense"]()
+    sngd = keras_sngd.reconstruct(model)
+    shared = [f for f in local_fishers(sngd) if f.name == "shared_local_fisher"]
+    assert len(shared) == 1 and len(shared[0]._inbound_nodes) == 2
+
+
+def test_subclassed_model_gets_a_clear_error():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Subclassed()
+    model(np.zeros((1, 3)))
+    for function in (keras_sngd.reconstruct, keras_sngd.fold):
+        with pytest.raises(ValueError, match="subclassed Model.*Functional API.*LocalFisher"):
+            function(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layer_types": (keras.layers.BatchNormalization,)}, "layer_types"),
+        ({"layer_types": ()}, "layer_types"),
+        ({"exclude": "dense"}, "exclude"),
+        ({"exclude": ["no_such_layer"]}, "no_such_layer"),
+        ({"local_fisher_arguments": {"damping": -1.0}}, "damping"),
+        ({"local_fisher_arguments": {"axis": 1}}, "axis"),
+        ({"per_layer_arguments": {"dense": 3}}, "per_layer_arguments"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_sngd.reconstruct(CORPUS["mlp"](), **kwargs)
+
+
+def test_unbuilt_sequential_gets_a_clear_error():
+    with pytest.raises(ValueError, match="keras.Input"):
+        keras_sngd.reconstruct(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_fold_keeps_unabsorbable_local_fisher_as_plain_layers():
+    inputs = keras.Input((6,))
+    whitened = LocalFisher(update_every=1, name="lf")(inputs)
+    x = keras.layers.Add()([whitened, inputs])  # Add cannot absorb U
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    with pytest.warns(UserWarning, match="cannot keep the model's function"):
+        model.train_on_batch(sample_inputs(model, 16), np.zeros((16, 2)))
+    folded = keras_sngd.fold(model)
+    assert "lf_mixing" in [layer.name for layer in folded.layers]
+    probe = sample_inputs(model)
+    assert_outputs_close(folded(probe), model(probe))
+
+
+def test_fold_centered_same_padding_uses_normalization():
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, padding="same")])
+    sngd = keras_sngd.reconstruct(model, local_fisher_arguments={"update_every": 1, "center": True})
+    sngd.compile(keras.optimizers.SGD(0.01), "mse")
+    sngd.train_on_batch(sample_inputs(sngd, 16), np.zeros((16, 6, 6, 4)))
+    folded = keras_sngd.fold(sngd)
+    assert [type(layer).__name__ for layer in folded.layers] == ["Normalization", "Conv2D"]
+    probe = sample_inputs(sngd)
+    assert_outputs_close(folded(probe), sngd(probe))
