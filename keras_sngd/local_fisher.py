@@ -81,7 +81,7 @@ class LocalFisher(keras.layers.Layer):
         momentum: float in [0, 1), the moving average's momentum. Defaults to `0.99`.
         update_every: int >= 1, training steps between refreshes of `U`. Defaults to `50`.
         damping: float >= 0, Tikhonov damping relative to the mean eigenvalue of `G`; it bounds the
-            condition number by `d / damping` and the iteration count with it. Defaults to `0.1`.
+            condition number by `d / damping` and the iteration count with it. Defaults to `0.01`.
         center: bool; subtract the mean `mu` and whiten with the covariance instead of `E[x x^T]`.
             Defaults to `False`, the paper's uncentered `E[x x^T]`. With a `same`-padded convolution
             after it, the bias absorbs the shift exactly only away from the borders.
@@ -120,7 +120,7 @@ class LocalFisher(keras.layers.Layer):
         axis=-1,
         momentum=0.99,
         update_every=50,
-        damping=0.1,
+        damping=0.01,
         center=False,
         activation_factor=1.0,
         iterations=None,

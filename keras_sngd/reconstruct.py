@@ -29,9 +29,17 @@ class ReconstructionReport:
         self.skipped = []
 
     def summary(self):
+        """One line: how many LocalFishers were inserted, and the skipped layers grouped by type and reason."""
         line = f"reconstruct: {len(self.inserted)} LocalFisher layers inserted, {len(self.skipped)} layers skipped"
-        if self.skipped:
-            line += " (" + "; ".join(f"{path}: {reason}" for path, _, reason in self.skipped) + ")"
+        groups = {}
+        for path, kind, reason in self.skipped:
+            groups.setdefault((kind, reason), []).append(path)
+        if groups:
+            parts = []
+            for (kind, reason), paths in groups.items():
+                names = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+                parts.append(f"{len(paths)} {kind} ({names}): {reason}")
+            line += " (" + "; ".join(parts) + ")"
         return line
 
     def __str__(self):
