@@ -35,5 +35,8 @@ def test_training_and_refresh_on_backend(backend):
     if backend == "jax":
         # JAX without jax_enable_x64 has no float64: asking for it is an error, not a silent float32.
         assert report["float64_error"] is not None and "jax_enable_x64" in report["float64_error"]
+        # The JAX trainer drops assignments to trainable variables: the layer says it replaces instead.
+        assert report["refresh_mode"].startswith("replacing") and "JAX" in report["refresh_mode"]
     else:
         assert report["float64_error"] is None
+        assert report["refresh_mode"] == "function-preserving (re-expresses 'dense')"

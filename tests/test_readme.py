@@ -17,13 +17,26 @@ def python_blocks():
         return re.findall(r"```python\n(.*?)```", handle.read(), flags=re.S)
 
 
+OUTPUT_PREFIXES = ("# LocalFisher", "# reconstruct:", "#   +")
+
+
+def run_block(block):
+    """Execute a README block; check every output line it shows (up to a trailing '...') was printed."""
+    expected = [line[2:].split("...")[0] for line in block.splitlines() if line.startswith(OUTPUT_PREFIXES)]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(block, README, "exec"), {})
+    assert expected
+    for line in expected:
+        assert line in output.getvalue(), (line, output.getvalue()[-2000:])
+
+
 @pytest.mark.slow
 def test_quickstart_runs_as_written():
     if not os.path.isdir(FASHION_MNIST_DIRECTORY):
         pytest.skip(f"real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist ({FASHION_MNIST_DIRECTORY})")
-    quickstart = python_blocks()[0]
-    expected = [line[2:] for line in quickstart.splitlines() if line.startswith("# LocalFisher")]
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        exec(compile(quickstart, README, "exec"), {})
-    assert expected and expected[-1] in output.getvalue()
+    run_block(python_blocks()[0])
+
+
+def test_reconstruct_example_runs_as_written():
+    run_block(python_blocks()[1])

@@ -4,7 +4,7 @@ SNGD (a LocalFisher before each Dense, plain SGD) against plain SGD at the same 
 order and number of steps. Deterministic: fixed seed (`keras.utils.set_random_seed`), `shuffle=False`,
 the first 4096 training images, and XLA-compiled CPU kernels, so the losses repeat run after run on a
 given machine (TensorFlow's `enable_op_determinism` is not used: it silently turns `jit_compile` off).
-The margin is wide (measured 0.201 against 0.542, a factor 2.7, with `benchmarks/defaults_sweep.py`) so
+The margin is wide (measured 0.040 against 0.542, a factor 13, with `benchmarks/defaults_sweep.py`) so
 that other CPUs' rounding cannot flip it.
 """
 
@@ -56,8 +56,8 @@ def test_sngd_beats_sgd_at_same_learning_rate_and_steps(fashion_mnist_subset):
     _, sgd_losses = train(False, fashion_mnist_subset)
     model, sngd_losses = train(True, fashion_mnist_subset)
     assert np.isfinite(sngd_losses).all()
-    # Clearly below: at most 60% of SGD's final training loss (measured: about 40%).
-    assert sngd_losses[-1] < 0.6 * sgd_losses[-1], (sngd_losses, sgd_losses)
+    # Clearly below: at most a quarter of SGD's final training loss (measured: 7%).
+    assert sngd_losses[-1] < 0.25 * sgd_losses[-1], (sngd_losses, sgd_losses)
     steps = EPOCHS * SAMPLES // BATCH_SIZE
     for layer in model.layers:
         if isinstance(layer, LocalFisher):

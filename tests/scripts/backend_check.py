@@ -48,6 +48,7 @@ def main():
         "newton_schulz_error": float(ns_error),
         "residual": float(residual),
         "float64_error": float64_error,
+        "refresh_mode": layer.refresh_mode,
     }))
 
 
