@@ -1,5 +1,6 @@
 """keras-sngd: structured natural gradient descent (SNGD) for Keras 3 `model.fit`."""
 
+from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.fold import fold
 from keras_sngd.local_fisher import LocalFisher
 from keras_sngd.newton_schulz import newton_schulz
@@ -8,4 +9,4 @@ from keras_sngd.reconstruct import reconstruct
 
 __version__ = "0.1.0"
 
-__all__ = ["LocalFisher", "ReconstructionReport", "fold", "newton_schulz", "reconstruct", "__version__"]
+__all__ = ["FisherStatistics", "LocalFisher", "ReconstructionReport", "fold", "newton_schulz", "reconstruct", "__version__"]

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_sngd.binding import binding_for
+from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.graph import check_rewritable
 from keras_sngd.graph import clone_layer
 from keras_sngd.graph import consumers_in
@@ -27,7 +28,8 @@ def fold(model):
     transformation stays as standard Keras layers instead: a `Normalization(mean=mu, variance=1)` for a
     centered LocalFisher before a `same`/`causal`-padded convolution (zero padding sees no shift), and a
     `Dense(d, use_bias=False)` with kernel `U` for a LocalFisher whose consumer cannot absorb it (or is
-    fed by several LocalFishers). The result saves and loads with no custom objects.
+    fed by several LocalFishers). `FisherStatistics` layers (the identity) are dropped. The result saves
+    and loads with no custom objects.
 
     Args:
         model: a Functional or Sequential model (nested models are folded recursively).
@@ -45,6 +47,9 @@ def _fold_plan(model):
     plan, absorbs = {}, {}
     for layer in model.layers:
         if not isinstance(layer, LocalFisher):
+            continue
+        if isinstance(layer, FisherStatistics):
+            plan[layer] = []  # the identity: dropped, nothing to absorb
             continue
         consumers = consumers_in(model, layer)
         bindings = []
@@ -79,6 +84,8 @@ def _fold(model):
         """The standard layers that replace a LocalFisher in the folded graph (often none)."""
         bindings = plan[layer]
         layers = []
+        if isinstance(layer, FisherStatistics):
+            return layers
         if layer.center and (bindings is None or not all(b.exact_centering for b in bindings)):
             mean = np.asarray(layer.shift.numpy())
             layers.append(keras.layers.Normalization(

@@ -60,6 +60,7 @@ def reconstruct(
     local_fisher_arguments=None,
     per_layer_arguments=None,
     return_report=False,
+    layer_class=LocalFisher,
 ):
     """A copy of `model` with a `LocalFisher` before every parameterized layer call (the SNGD network).
 
@@ -89,6 +90,8 @@ def reconstruct(
         per_layer_arguments: dict from a layer name to a dict of `LocalFisher` arguments for the layer before
             it, over `local_fisher_arguments`. Defaults to `None`.
         return_report: also return the `ReconstructionReport`. Defaults to `False`.
+        layer_class: the layer to insert, `LocalFisher` or a subclass such as `FisherStatistics` (the
+            NGD baseline's statistics without the reconstruction). Defaults to `LocalFisher`.
 
     Returns:
         The new model (same class: Sequential or Functional), or `(model, report)`. The report's one-line
@@ -113,6 +116,8 @@ def reconstruct(
                 "EinsumDense, Conv1D/2D/3D, Conv*Transpose, LSTM, GRU, SimpleRNN). "
                 f"Received: layer_types={layer_types!r}"
             )
+    if not (isinstance(layer_class, type) and issubclass(layer_class, LocalFisher)):
+        raise ValueError(f"`layer_class` must be LocalFisher or a subclass. Received: layer_class={layer_class!r}")
     if isinstance(exclude, str):
         raise ValueError(f"`exclude` must be a collection of layer names, not a string. Received: exclude={exclude!r}")
     exclude = set(exclude)
@@ -137,6 +142,7 @@ def reconstruct(
         "exclude": exclude,
         "arguments": local_fisher_arguments,
         "per_layer": per_layer_arguments,
+        "layer_class": layer_class,
     }
     report = ReconstructionReport()
     new_model = _reconstruct(model, options, report, prefix="")
@@ -177,7 +183,7 @@ def _decide(layer, options, prefix, report, already_whitened):
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
         return None
     arguments = dict(options["arguments"], **options["per_layer"].get(layer.name, {}))
-    local_fisher = LocalFisher(axis=binding.feature_axis, name=f"{layer.name}_local_fisher", **arguments)
+    local_fisher = options["layer_class"](axis=binding.feature_axis, name=f"{layer.name}_local_fisher", **arguments)
     report.inserted.append((path, kind, local_fisher.name, binding.features, binding.feature_axis))
     return local_fisher
 

@@ -1,0 +1,81 @@
+"""The NGD baseline: FisherStatistics + the NGD optimizer, and its equivalence with SNGD."""
+
+import keras
+import numpy as np
+import pytest
+from reference import eigh_roots
+from reference import spd_matrix
+
+import keras_sngd
+from keras_sngd import FisherStatistics
+from keras_sngd.binding import binding_for
+from keras_sngd.optimizers.ngd import NGD
+
+
+def plain_mlp():
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(3)], name="plain"
+    )
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = (rng.standard_normal((32, 8)) * rng.uniform(0.3, 2.0, 8) + 0.5).astype("float32")
+    return inputs, rng.standard_normal((32, 3)).astype("float32")
+
+
+def test_statistics_layer_is_identity_and_keeps_local_fisher_state():
+    layer = FisherStatistics(update_every=1)
+    inputs, _ = data()
+    np.testing.assert_array_equal(np.asarray(layer(inputs, training=True)), inputs)
+    assert int(layer.refresh_count.numpy()) == 1
+    assert not np.allclose(layer.inverse_root.numpy(), np.eye(8))
+    assert layer.refresh_mode.startswith("statistics only")
+
+
+def test_one_ngd_step_is_w_minus_lr_inverse_fisher_gradient():
+    plain = plain_mlp()
+    model = keras_sngd.reconstruct(plain, layer_class=FisherStatistics, local_fisher_arguments={"update_every": 10**6})
+    statistics, dense = model.layers[0], model.layers[1]
+    fisher = spd_matrix(8, 30.0, seed=1)
+    statistics.inverse_root.assign(eigh_roots(fisher)[1].astype("float32"))
+    optimizer = NGD(0.1).attach(model)
+    assert optimizer.preconditioned_variables == [dense.kernel.path, model.layers[3].kernel.path]
+    inputs, targets = data()
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = keras.losses.MeanSquaredError()(targets, model(inputs))
+    gradient = tape.gradient(loss, dense.kernel)
+    expected = dense.kernel.numpy() - 0.1 * np.linalg.solve(fisher, np.asarray(gradient, np.float64))
+    model.compile(optimizer, "mse")
+    model.train_on_batch(inputs, targets)
+    np.testing.assert_allclose(dense.kernel.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ngd_and_sngd_follow_the_same_trajectory():
+    """Proposition 1 over many steps and refreshes: SNGD's effective weights track NGD's weights."""
+    plain = plain_mlp()
+    arguments = {"update_every": 3, "damping": 0.05}
+    sngd = keras_sngd.reconstruct(plain, local_fisher_arguments=arguments)
+    ngd = keras_sngd.reconstruct(plain, layer_class=FisherStatistics, local_fisher_arguments=arguments)
+    sngd.compile(keras.optimizers.SGD(0.05), "mse")
+    ngd.compile(NGD(0.05).attach(ngd), "mse")
+    for step in range(10):
+        inputs, targets = data(seed=step)
+        sngd.train_on_batch(inputs, targets)
+        ngd.train_on_batch(inputs, targets)
+    assert int(sngd.layers[0].refresh_count.numpy()) == int(ngd.layers[0].refresh_count.numpy()) == 3
+    folded = keras_sngd.fold(ngd)
+    effective = keras_sngd.fold(sngd)
+    assert [layer.name for layer in folded.layers] == [layer.name for layer in plain.layers]
+    moved = False
+    for a, b, original in zip(effective.weights, folded.weights, plain.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-3, atol=2e-4)
+        moved |= not np.allclose(b.numpy(), original.numpy(), atol=1e-3)
+    assert moved
+
+
+def test_attach_errors():
+    with pytest.raises(ValueError, match="no FisherStatistics"):
+        NGD(0.1).attach(plain_mlp())
