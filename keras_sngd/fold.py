@@ -6,11 +6,13 @@ import numpy as np
 from keras_sngd.binding import binding_for
 from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.graph import check_rewritable
+from keras_sngd.graph import clone_functional
 from keras_sngd.graph import clone_layer
 from keras_sngd.graph import consumers_in
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
 from keras_sngd.graph import producers_in
+from keras_sngd.graph import sequential_input
 from keras_sngd.local_fisher import LocalFisher
 
 
@@ -103,22 +105,13 @@ def _fold(model):
         return layers
 
     if isinstance(model, keras.Sequential):
-        new_model = keras.Sequential(
-            [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)], name=model.name
-        )
+        new_model = keras.Sequential([sequential_input(model)], name=model.name)
         for layer in model.layers:
             for new_layer in replacement(layer) if isinstance(layer, LocalFisher) else [clone(layer)]:
                 new_model.add(new_layer)
     else:
-        originals = {}
 
-        def clone_function(layer):
-            new = clone(layer)
-            originals[id(new)] = layer
-            return new
-
-        def call_function(layer, *args, **kwargs):
-            original = originals.get(id(layer))
+        def rewrite_call(original, layer, args, kwargs):
             if isinstance(original, LocalFisher):
                 tensor = first_tensor(args)
                 for new_layer in replacement(original):
@@ -126,7 +119,7 @@ def _fold(model):
                 return tensor
             return layer(*args, **kwargs)
 
-        new_model = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+        new_model = clone_functional(model, clone, rewrite_call)
     copy_weights([(original, new) for original, new in pairs if not isinstance(original, LocalFisher)])
     for dense, inverse_root in mixings:
         dense.kernel.assign(inverse_root)

@@ -34,6 +34,30 @@ def clone_layer(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
+def sequential_input(model):
+    """A fresh `keras.Input` like the first input of the built Sequential `model`."""
+    return keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+
+
+def clone_functional(model, clone, rewrite_call):
+    """`keras.models.clone_model` of a Functional `model` with two hooks.
+
+    `clone(layer)` makes each new layer; `rewrite_call(original, new_layer, args, kwargs)` makes the
+    output of each layer call in the new graph (`original` is the layer `new_layer` was cloned from).
+    """
+    originals = {}
+
+    def clone_function(layer):
+        new = clone(layer)
+        originals[id(new)] = layer
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        return rewrite_call(originals.get(id(layer)), layer, args, kwargs)
+
+    return keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+
+
 def copy_weights(pairs):
     """Copy weights from each original layer to its clone, for the pairs whose clone is built."""
     for original, clone in pairs:

@@ -8,9 +8,11 @@ from keras_sngd.binding import binding_for
 from keras_sngd.binding import SUPPORTED_TYPES
 from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import check_rewritable
+from keras_sngd.graph import clone_functional
 from keras_sngd.graph import clone_layer
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
+from keras_sngd.graph import sequential_input
 from keras_sngd.local_fisher import LocalFisher
 
 logger = logging.getLogger("keras_sngd")
@@ -200,7 +202,7 @@ def _reconstruct(model, options, report, prefix):
         return new
 
     if isinstance(model, keras.Sequential):
-        new_layers = [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)]
+        new_layers = [sequential_input(model)]
         previous = None
         for layer in model.layers:
             local_fisher = _decide(layer, options, prefix, report, previous if isinstance(previous, LocalFisher) else None)
@@ -210,16 +212,9 @@ def _reconstruct(model, options, report, prefix):
             previous = layer
         new_model = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
     else:
-        originals = {}
         shared = {}
 
-        def clone_function(layer):
-            new = clone(layer)
-            originals[id(new)] = layer
-            return new
-
-        def call_function(layer, *args, **kwargs):
-            original = originals.get(id(layer))
+        def rewrite_call(original, layer, args, kwargs):
             tensor = first_tensor(args)
             if original is not None and tensor is not None and not isinstance(layer, keras.Model):
                 if id(layer) not in shared:
@@ -231,6 +226,6 @@ def _reconstruct(model, options, report, prefix):
                     args = (local_fisher(tensor),) + tuple(args[1:])
             return layer(*args, **kwargs)
 
-        new_model = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+        new_model = clone_functional(model, clone, rewrite_call)
     copy_weights(pairs)
     return new_model
