@@ -264,13 +264,7 @@ class LocalFisher(keras.layers.Layer):
 
         def current():
             values = [old_inverse_root, ops.convert_to_tensor(False)]
-            if self.center:
-                values.append(old_shift)
-            for binding in bindings:
-                values.append(_frozen(binding.kernel))
-                if self.center:
-                    values.append(_frozen(binding.bias))
-            return tuple(values)
+            return tuple(values + [old_shift]) if self.center else tuple(values)
 
         def refresh():
             fisher = local_fisher_matrix(
@@ -279,34 +273,32 @@ class LocalFisher(keras.layers.Layer):
             inverse_root, root, accepted = refresh_inverse_root(
                 fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype
             )
-            values = [inverse_root, accepted]
+            shift = None
             if self.center:
                 shift = ops.where(accepted, moving_mean / ops.maximum(weight, 1e-30), old_shift)
-                values.append(shift)
             if bindings:
                 # W'_new = G_new^(1/2) U_old W', so that U_new W'_new = U_old W' (DESIGN.md, PRONG).
                 identity = ops.eye(old_inverse_root.shape[0], dtype="float32")
                 mixing = ops.where(accepted, ops.matmul(root, old_inverse_root), identity)
+            # The consumers' weights are assigned inside this branch, so that only refresh steps touch
+            # them. Bindings exist only off JAX (see `consumer_bindings`), where a branch may assign.
             for binding in bindings:
                 kernel = _frozen(binding.kernel)
-                values.append(binding.mix(mixing, kernel))
                 if self.center:
                     # b'_new = b' + W^T (mu_new - mu_old), W = U_old W' the effective kernel.
                     effective = binding.mix(old_inverse_root, kernel)
                     response = binding.shift_response(effective, shift - old_shift)
                     bias = _frozen(binding.bias)
                     input_bias = binding.input_bias(bias) + ops.cast(response, bias.dtype)
-                    values.append(binding.with_bias(bias, input_bias))
-            return tuple(values)
+                    binding.bias.assign(binding.with_bias(bias, input_bias))
+                binding.kernel.assign(binding.mix(mixing, kernel))
+            values = [inverse_root, accepted]
+            return tuple(values + [shift]) if self.center else tuple(values)
 
         # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
         values = [ops.stop_gradient(value) for value in ops.cond(due, refresh, current)]
-        inverse_root, accepted = values.pop(0), values.pop(0)
-        shift = values.pop(0) if self.center else None
-        for binding in bindings:
-            binding.kernel.assign(values.pop(0))
-            if self.center:
-                binding.bias.assign(values.pop(0))
+        inverse_root, accepted = values[0], values[1]
+        shift = values[2] if self.center else None
         self.second_moment.assign(moving_second_moment)
         self.mean.assign(moving_mean)
         self.statistics_weight.assign(weight)
