@@ -6,7 +6,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_sngd.binding import binding_for
+from keras_sngd.consumers import consumer_bindings
 from keras_sngd.refresh import refresh_inverse_root
 from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
@@ -212,36 +212,15 @@ class LocalFisher(keras.layers.Layer):
     def consumer_bindings(self):
         """`(bindings, reason)`: how the refresh re-expresses the layers this one feeds.
 
-        The consumers are found in the model graph (the layer's outbound nodes), so this works for a
-        LocalFisher inserted by hand, by `reconstruct`, or loaded from a `.keras` file. `bindings` is empty,
-        and `reason` says why, when the refresh cannot keep the model's function: `preserve_function=False`,
-        no consumer in a graph, a consumer whose weights cannot absorb `U` (see `keras_sngd.binding`), or
-        the JAX backend, whose trainer drops assignments to trainable variables inside the train step.
+        `bindings` is empty, and `reason` says why, when the refresh cannot keep the model's function:
+        `preserve_function=False`, the JAX backend (its trainer drops assignments to trainable variables
+        made inside the train step), or what `keras_sngd.consumers.consumer_bindings` finds in the graph.
         """
         if not self.preserve_function:
             return [], "preserve_function=False"
-        consumers = []
-        for node in self._outbound_nodes:
-            if node.operation not in consumers:
-                consumers.append(node.operation)
-        if not consumers:
-            return [], "no consumer layer in a model graph"
-        if keras.backend.backend() == "jax":
+        if keras.backend.backend() == "jax" and self._outbound_nodes:
             return [], "the JAX trainer drops assignments to trainable variables made inside the train step"
-        rank = self.input_spec.ndim
-        own_axis = self.axis % rank
-        bindings = []
-        for consumer in consumers:
-            binding, reason = binding_for(consumer)
-            if binding is None:
-                return [], f"consumer '{consumer.name}': {reason}"
-            if binding.feature_axis % rank != own_axis or binding.features != self.inverse_root.shape[0]:
-                return [], (f"consumer '{consumer.name}' takes features on axis {binding.feature_axis}, "
-                            f"this layer whitens axis {self.axis}")
-            if self.center and binding.centering:
-                return [], f"center=True but consumer '{consumer.name}': {binding.centering}"
-            bindings.append(binding)
-        return bindings, None
+        return consumer_bindings(self)
 
     def _update(self, inputs):
         """Statistics, counters and (every `update_every` steps) the refresh; returns the `U` (and the

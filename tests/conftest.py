@@ -14,3 +14,13 @@ def _clean_keras_state():
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def fashion_mnist_directory():
+    """The real Fashion-MNIST IDX directory, or a skip that says how to install it."""
+    from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
+
+    if not os.path.isdir(FASHION_MNIST_DIRECTORY):
+        pytest.skip(f"real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist ({FASHION_MNIST_DIRECTORY})")
+    return FASHION_MNIST_DIRECTORY

@@ -3,9 +3,9 @@ import os
 import keras
 import numpy as np
 import pytest
-from reference import damped
-from reference import eigh_roots
-from reference import relative_error
+from tests.reference import damped
+from tests.reference import eigh_roots
+from tests.reference import relative_error
 
 from keras_sngd import LocalFisher
 

@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import damped
-from reference import eigh_roots
-from reference import relative_error
-from reference import spd_matrix
-from reference import whitening_residual
+from tests.reference import damped
+from tests.reference import eigh_roots
+from tests.reference import relative_error
+from tests.reference import spd_matrix
+from tests.reference import whitening_residual
 
 import importlib
 from keras_sngd import newton_schulz

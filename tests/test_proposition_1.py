@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import eigh_roots
-from reference import spd_matrix
+from tests.reference import eigh_roots
+from tests.reference import spd_matrix
 
 import keras_sngd
 from keras_sngd.binding import binding_for

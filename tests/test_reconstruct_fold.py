@@ -7,7 +7,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from models import CORPUS
+from tests.models import CORPUS
 
 import keras_sngd
 from keras_sngd import LocalFisher
