@@ -82,6 +82,14 @@ class Binding:
             response = ops.sum(response, axis=tuple(range(spatial)))
         return response
 
+    def shifted_bias(self, bias, kernel, shift):
+        """The full bias value that absorbs a constant `shift` of the input: `b - contract(kernel, shift)`
+        on the input bias (`kernel` is the effective kernel that sees the shift). The one formula for both
+        centering (`fold`: `b = b' - contract(U K', mu)`) and the refresh of a centered LocalFisher
+        (`b'_new = b' + contract(U_old K', mu_new - mu_old)`, i.e. `shift = mu_old - mu_new`)."""
+        response = ops.cast(self.shift_response(kernel, shift), bias.dtype)
+        return self.with_bias(bias, self.input_bias(bias) - response)
+
     def input_bias(self, bias):
         """The part of the bias value `bias` that adds to the input kernel's outputs."""
         return bias if self.bias_row is None else bias[self.bias_row]
@@ -100,6 +108,8 @@ def binding_for(layer):
 
     The layer must be built.
     """
+    if not isinstance(layer, keras.layers.Layer):
+        return None, f"{type(layer).__name__} is an operation on tensors, not a layer with a kernel"
     if isinstance(layer, _NOT_MIXABLE):
         return None, f"{type(layer).__name__} filters each input channel separately: it cannot absorb a mixing of channels"
     if getattr(layer, "lora_enabled", False):
@@ -134,6 +144,13 @@ def binding_for(layer):
         return Binding(layer, cell.kernel, 0, -1, cell.bias, bias_row=bias_row, centering=centering), None
     if isinstance(layer, keras.layers.EinsumDense):
         return _einsum_binding(layer)
+    inner = [sublayer for sublayer in layer._flatten_layers(include_self=False) if is_supported_type(sublayer)]
+    if inner:
+        kinds = sorted({type(sublayer).__name__ for sublayer in inner})
+        return None, (
+            f"composite layer with {len(inner)} {'/'.join(kinds)} layers inside: its inner layers are not "
+            "rewritten (reconstruct rewrites the model graph, not a layer's own call)"
+        )
     return None, f"{type(layer).__name__} has no kernel over its input features that SNGD knows how to re-express"
 
 

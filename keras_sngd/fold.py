@@ -4,14 +4,13 @@ import keras
 import numpy as np
 
 from keras_sngd.binding import binding_for
+from keras_sngd.consumers import consumer_bindings
 from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.graph import check_rewritable
 from keras_sngd.graph import clone_functional
 from keras_sngd.graph import clone_layer
-from keras_sngd.graph import consumers_in
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
-from keras_sngd.graph import producers_in
 from keras_sngd.graph import sequential_input
 from keras_sngd.local_fisher import LocalFisher
 
@@ -29,8 +28,9 @@ def fold(model):
     so the folded model costs exactly what the original architecture costs. Where that is not exact, the
     transformation stays as standard Keras layers instead: a `Normalization(mean=mu, variance=1)` for a
     centered LocalFisher before a `same`/`causal`-padded convolution (zero padding sees no shift), and a
-    `Dense(d, use_bias=False)` with kernel `U` for a LocalFisher whose consumer cannot absorb it (or is
-    fed by several LocalFishers). `FisherStatistics` layers (the identity) are dropped. The result saves
+    `Dense(d, use_bias=False)` with kernel `U` for a LocalFisher with a consumer that cannot absorb it
+    (see `keras_sngd.consumers`: a layer at a non-first input such as the `Add` of a residual branch, a
+    layer also called on other inputs, a raw operation, a layer with no kernel), so every path keeps `U`. `FisherStatistics` layers (the identity) are dropped. The result saves
     and loads with no custom objects.
 
     Args:
@@ -44,8 +44,8 @@ def fold(model):
 
 
 def _fold_plan(model):
-    """For each LocalFisher of `model`: its consumers' bindings if they can absorb it, else None; and
-    for each absorbing consumer, the LocalFisher it absorbs."""
+    """For each LocalFisher of `model`: its consumers' bindings if they all absorb it (the rule of
+    `keras_sngd.consumers`), else None; and for each absorbing consumer, the LocalFisher it absorbs."""
     plan, absorbs = {}, {}
     for layer in model.layers:
         if not isinstance(layer, LocalFisher):
@@ -53,22 +53,9 @@ def _fold_plan(model):
         if isinstance(layer, FisherStatistics):
             plan[layer] = []  # the identity: dropped, nothing to absorb
             continue
-        consumers = consumers_in(model, layer)
-        bindings = []
-        for consumer in consumers:
-            binding, _ = binding_for(consumer)
-            rank = len(layer.input.shape)
-            if (
-                binding is None
-                or binding.feature_axis % rank != layer.axis % rank
-                or any(producer is not layer for producer in producers_in(model, consumer))
-                or (layer.center and binding.centering)
-            ):
-                bindings = None
-                break
-            bindings.append(binding)
+        bindings, _ = consumer_bindings(layer, model)
         plan[layer] = bindings or None
-        for binding in bindings or []:
+        for binding in bindings:
             absorbs[binding.layer] = (layer, binding)
     return plan, absorbs
 
@@ -99,7 +86,9 @@ def _fold(model):
                     f"Cannot fold LocalFisher {layer.name!r}: its consumers cannot absorb it and its features "
                     f"are on axis {layer.axis}, not the last one."
                 )
-            dense = keras.layers.Dense(layer.inverse_root.shape[0], use_bias=False, name=f"{layer.name}_mixing")
+            dense = keras.layers.Dense(
+                layer.inverse_root.shape[0], use_bias=False, dtype=layer.dtype_policy, name=f"{layer.name}_mixing"
+            )
             layers.append(dense)
             mixings.append((dense, layer.inverse_root.numpy()))
         return layers
@@ -138,5 +127,4 @@ def _absorb(local_fisher, binding, new_layer):
     new_binding.kernel.assign(effective)
     if local_fisher.center and binding.exact_centering:
         bias = keras.ops.convert_to_tensor(binding.bias)
-        response = binding.shift_response(effective, local_fisher.shift.numpy())
-        new_binding.bias.assign(binding.with_bias(bias, binding.input_bias(bias) - response))
+        new_binding.bias.assign(binding.shifted_bias(bias, effective, local_fisher.shift.numpy()))

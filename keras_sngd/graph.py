@@ -2,7 +2,7 @@
 
 import keras
 from keras.src.models.functional import Functional
-from keras.src.ops.function import make_node_key
+from keras.src.ops.core import Cast
 
 
 def check_rewritable(model, what):
@@ -30,7 +30,8 @@ def check_rewritable(model, what):
 
 
 def clone_layer(layer):
-    """A fresh layer with the same config (weights are copied once the new model is built)."""
+    """A fresh layer (or raw operation) with the same config (weights are copied once the new model is
+    built)."""
     return layer.__class__.from_config(layer.get_config())
 
 
@@ -61,41 +62,51 @@ def clone_functional(model, clone, rewrite_call):
 def copy_weights(pairs):
     """Copy weights from each original layer to its clone, for the pairs whose clone is built."""
     for original, clone in pairs:
-        if isinstance(original, keras.Model):
+        if not is_layer(original) or isinstance(original, keras.Model):
             continue  # nested models copied their own
         values = original.get_weights()
         if values:
             clone.set_weights(values)
 
 
-def consumers_in(model, layer):
-    """The layers of `model` that take `layer`'s output as their first input, in graph order."""
+def node_scope(model):
+    """The keys of the layer calls in `model`'s own graph (a Sequential's inner Functional), or None for
+    `model=None` (every call counts)."""
+    if model is None:
+        return None
     if isinstance(model, keras.Sequential):
-        layers = model.layers
-        index = layers.index(layer)
-        return layers[index + 1 : index + 2]
-    consumers = []
-    own = model._nodes
-    for node in layer._outbound_nodes:
-        operation = node.operation
-        key = make_node_key(operation, operation._inbound_nodes.index(node))
-        if key in own and node.input_tensors and node.input_tensors[0]._keras_history.operation is layer:
-            if operation not in consumers:
-                consumers.append(operation)
-    return consumers
+        model = model._functional
+        if model is None:
+            return set()
+    return model._nodes
 
 
-def producers_in(model, layer):
-    """For each call of `layer` in `model`, the layer that produced its first input."""
-    if isinstance(model, keras.Sequential):
-        layers = model.layers
-        index = layers.index(layer)
-        return [layers[index - 1]] if index > 0 else [None]
-    producers = []
-    for index, node in enumerate(layer._inbound_nodes):
-        if make_node_key(layer, index) in model._nodes and node.input_tensors:
-            producers.append(node.input_tensors[0]._keras_history.operation)
-    return producers
+def walk_layers(model):
+    """`(owner, layer)` for every layer of `model` and of the models nested in it, depth first in graph
+    order; `owner` is the model whose `layers` list holds `layer`."""
+    for layer in model.layers:
+        yield model, layer
+        if isinstance(layer, keras.Model):
+            yield from walk_layers(layer)
+
+
+def is_layer(operation):
+    """False for raw operations in a graph (`x + y`, `x[:, 0]`, `keras.ops.cast`): they hold no weights."""
+    return isinstance(operation, keras.layers.Layer)
+
+
+def source_operation(tensor):
+    """The operation that produced `tensor`, behind any dtype casts (`keras.ops.cast`, or a mixed-precision
+    layer's autocast)."""
+    return source_tensor(tensor)._keras_history.operation
+
+
+def source_tensor(tensor):
+    """`tensor` with the dtype casts that produced it walked back."""
+    while isinstance(tensor._keras_history.operation, Cast):
+        operation, node_index, _ = tensor._keras_history
+        tensor = operation._inbound_nodes[node_index].input_tensors[0]
+    return tensor
 
 
 def first_tensor(args):

@@ -12,7 +12,10 @@ from keras_sngd.graph import clone_functional
 from keras_sngd.graph import clone_layer
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
+from keras_sngd.graph import is_layer
 from keras_sngd.graph import sequential_input
+from keras_sngd.graph import source_operation
+from keras_sngd.graph import walk_layers
 from keras_sngd.local_fisher import LocalFisher
 
 logger = logging.getLogger("keras_sngd")
@@ -80,7 +83,10 @@ def reconstruct(
     Supported layers: Dense, EinsumDense (one contracted input axis, the last), Conv1D/2D/3D,
     Conv1D/2D/3DTranspose and LSTM/GRU/SimpleRNN (their input kernel). Skipped, with the reason in the
     report: depthwise and separable convolutions and grouped convolutions (no kernel can absorb a mixing of
-    their input channels), LoRA-enabled or quantized layers, layers excluded by name or type.
+    their input channels), LoRA-enabled or quantized layers, layers excluded by name or type, and
+    composite layers (`MultiHeadAttention`, a KerasHub `TransformerEncoder`, ...) whose Dense/EinsumDense
+    layers are called inside their own `call`, out of the graph's reach. Raw operations in the graph
+    (`x + y`, `x[:, 0]`, `keras.ops.cast`) pass through unchanged.
 
     Args:
         model: a built `keras.Sequential` or Functional `keras.Model`.
@@ -134,7 +140,7 @@ def reconstruct(
             raise ValueError(f"`{name}` cannot set `axis` or `name`: they follow from the layer. Received: {arguments!r}")
         LocalFisher(**arguments)  # validates every argument with the layer's own ValueErrors
     check_rewritable(model, "reconstruct")
-    known = {layer.name for layer in _all_layers(model)}
+    known = {layer.name for _, layer in walk_layers(model)}
     unknown = (exclude | set(per_layer_arguments)) - known
     if unknown:
         raise ValueError(f"No layers named {sorted(unknown)} in model {model.name!r} (from `exclude`/`per_layer_arguments`).")
@@ -152,18 +158,11 @@ def reconstruct(
     return (new_model, report) if return_report else new_model
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
-
 def _decide(layer, options, prefix, report, already_whitened):
     """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`."""
     path = prefix + layer.name
     kind = type(layer).__name__
-    if isinstance(layer, (LocalFisher, keras.layers.InputLayer)) or not layer.weights:
+    if not is_layer(layer) or isinstance(layer, (LocalFisher, keras.layers.InputLayer)) or not layer.weights:
         return None
     if not is_supported_type(layer):
         if isinstance(layer, keras.Model):
@@ -218,7 +217,7 @@ def _reconstruct(model, options, report, prefix):
             tensor = first_tensor(args)
             if original is not None and tensor is not None and not isinstance(layer, keras.Model):
                 if id(layer) not in shared:
-                    producer = tensor._keras_history.operation
+                    producer = source_operation(tensor)
                     whitened = producer if isinstance(producer, LocalFisher) else None
                     shared[id(layer)] = _decide(original, options, prefix, report, whitened)
                 local_fisher = shared[id(layer)]

@@ -3,9 +3,10 @@
 import keras
 from keras import ops
 
-from keras_sngd.binding import binding_for
+from keras_sngd.consumers import consumer_bindings
+from keras_sngd.consumers import NO_CONSUMER
 from keras_sngd.fisher_statistics import FisherStatistics
-from keras_sngd.graph import consumers_in
+from keras_sngd.graph import walk_layers
 
 
 @keras.saving.register_keras_serializable(package="keras_sngd")
@@ -54,13 +55,13 @@ class NGD(keras.optimizers.SGD):
                 "see; use the TensorFlow backend for the NGD baseline (SNGD itself runs on JAX)."
             )
         self._preconditioned = {}
-        for owner, layer in _layers_with_owner(model):
+        for owner, layer in walk_layers(model):
             if not isinstance(layer, FisherStatistics):
                 continue
-            for consumer in consumers_in(owner, layer):
-                binding, reason = binding_for(consumer)
-                if binding is None:
-                    raise ValueError(f"FisherStatistics {layer.name!r} feeds {consumer.name!r}: {reason}")
+            bindings, reason = consumer_bindings(layer, owner)
+            if reason is not None and reason != NO_CONSUMER:
+                raise ValueError(f"FisherStatistics {layer.name!r} cannot precondition its consumers: {reason}")
+            for binding in bindings:
                 self._preconditioned[self._var_key(binding.kernel)] = (layer, binding)
         if not self._preconditioned:
             raise ValueError(
@@ -68,6 +69,17 @@ class NGD(keras.optimizers.SGD):
                 "Create one with keras_sngd.reconstruct(model, layer_class=keras_sngd.FisherStatistics)."
             )
         return self
+
+    def apply(self, grads, trainable_variables=None):
+        if not self._preconditioned:
+            # A compiled NGD restored by `keras.saving.load_model` knows no model: without this it would
+            # silently take plain SGD steps.
+            raise ValueError(
+                "NGD is not attached to a model, so it knows no kernel to precondition and would train as plain "
+                "SGD. Call `optimizer.attach(model)` before training; after `keras.saving.load_model`, call "
+                "`model.optimizer.attach(model)`."
+            )
+        return super().apply(grads, trainable_variables)
 
     @property
     def preconditioned_variables(self):
@@ -82,10 +94,3 @@ class NGD(keras.optimizers.SGD):
             inverse_fisher = ops.matmul(inverse_root, inverse_root)
             gradient = binding.mix(inverse_fisher, gradient)
         super().update_step(gradient, variable, learning_rate)
-
-
-def _layers_with_owner(model):
-    for layer in model.layers:
-        yield model, layer
-        if isinstance(layer, keras.Model):
-            yield from _layers_with_owner(layer)
