@@ -72,6 +72,15 @@ def lstm():
     )
 
 
+def raw_operations():
+    """Raw `keras.ops` calls in the graph (`x + y`, `x[:, 0:2]`, a cast): operations with no weights."""
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(6, activation="tanh")(inputs)
+    x = keras.layers.Dense(4)(h + inputs)
+    x = keras.ops.cast(x[:, 0:2] * 2.0, "float32")
+    return keras.Model(inputs, keras.layers.Dense(3)(x), name="raw_operations")
+
+
 CORPUS = {
     "mlp": mlp,
     "small_cnn": small_cnn,
@@ -80,4 +89,5 @@ CORPUS = {
     "shared_dense": shared_dense,
     "nested": nested,
     "lstm": lstm,
+    "raw_operations": raw_operations,
 }

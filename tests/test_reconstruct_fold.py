@@ -7,43 +7,15 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from tests.inputs import as_list
+from tests.inputs import assert_outputs_close
+from tests.inputs import local_fishers
+from tests.inputs import sample_inputs
+from tests.inputs import train_a_few_steps
 from tests.models import CORPUS
 
 import keras_sngd
 from keras_sngd import LocalFisher
-
-
-def sample_inputs(model, batch=8, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = [(rng.standard_normal((batch,) + tuple(t.shape[1:])) * 0.5 + 0.3).astype("float32") for t in model.inputs]
-    return arrays if len(arrays) > 1 else arrays[0]
-
-
-def as_list(outputs):
-    return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
-
-
-def assert_outputs_close(a, b, rtol=1e-4):
-    for x, y in zip(as_list(a), as_list(b)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * max(1.0, np.abs(y).max()))
-
-
-def local_fishers(model):
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, LocalFisher):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(local_fishers(layer))
-    return found
-
-
-def train_a_few_steps(model, steps=4, seed=1):
-    inputs = sample_inputs(model, batch=16, seed=seed)
-    targets = [np.zeros_like(o) for o in as_list(model(inputs))]
-    model.compile(keras.optimizers.SGD(0.01), ["mse"] * len(targets) if len(targets) > 1 else "mse")
-    for _ in range(steps):
-        model.train_on_batch(inputs, targets if len(targets) > 1 else targets[0])
 
 
 def folded_config_is_plain(path):

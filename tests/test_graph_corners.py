@@ -1,0 +1,160 @@
+"""Graph corners where the consumer rule of `keras_sngd.consumers` decides: a whitened tensor used at a
+non-first input, a layer shared with a plain input, dtype casts under mixed precision, raw operations,
+composite layers, and NGD restored from a `.keras` file."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from tests.inputs import assert_outputs_close
+from tests.inputs import sample_inputs
+
+import keras_sngd
+from keras_sngd import FisherStatistics
+from keras_sngd import LocalFisher
+from keras_sngd.consumers import consumer_bindings
+from keras_sngd.consumers import consumers_of
+from keras_sngd.optimizers.ngd import NGD
+
+
+def train_at_zero_learning_rate(model, steps=2, batch=16):
+    """Refreshes with `update_every=1` but no SGD step: any change of the outputs is the refresh's."""
+    inputs = sample_inputs(model, batch)
+    outputs = model(inputs)
+    targets = [np.zeros(o.shape, "float32") for o in (outputs if isinstance(outputs, list) else [outputs])]
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    for _ in range(steps):
+        model.train_on_batch(inputs, targets if len(targets) > 1 else targets[0])
+
+
+def test_whitened_tensor_at_a_non_first_input_is_not_absorbed():
+    inputs = keras.Input((6,))
+    whitened = LocalFisher(update_every=1, name="lf")(inputs)
+    outputs = keras.layers.Add(name="add")([keras.layers.Dense(6, name="dense")(whitened), whitened])
+    model = keras.Model(inputs, outputs)
+    consumers = {c.operation.name: c for c in consumers_of(model.get_layer("lf"), model)}
+    assert set(consumers) == {"dense", "add"} and consumers["add"].position == 1
+    assert consumers["dense"].binding is not None and consumers["add"].binding is None
+    with pytest.warns(UserWarning, match="cannot keep the model's function.*consumer 'add'"):
+        train_at_zero_learning_rate(model)
+    assert model.get_layer("lf").refresh_mode.startswith("replacing")
+    folded = keras_sngd.fold(model)
+    assert "lf_mixing" in [layer.name for layer in folded.layers]  # both paths keep U
+    probe = sample_inputs(model)
+    assert_outputs_close(folded(probe), model(probe))
+
+
+def test_layer_shared_with_a_plain_input_is_not_re_expressed():
+    a, b = keras.Input((6,)), keras.Input((6,))
+    shared = keras.layers.Dense(4, name="shared")
+    local_fisher = LocalFisher(update_every=1, name="lf")
+    model = keras.Model([a, b], [shared(local_fisher(a)), shared(b)])
+    bindings, reason = consumer_bindings(local_fisher, model)
+    assert not bindings and "also called on inputs that do not come from this LocalFisher" in reason
+    probe = sample_inputs(model)
+    plain_output = np.asarray(model(probe)[1])
+    with pytest.warns(UserWarning, match="also called on inputs"):
+        train_at_zero_learning_rate(model)
+    assert int(local_fisher.refresh_count.numpy()) == 2
+    # The refresh moved U but left the shared kernel alone: the plain call's output has not moved.
+    np.testing.assert_array_equal(np.asarray(model(probe)[1]), plain_output)
+    assert_outputs_close(keras_sngd.fold(model)(probe), model(probe))
+
+
+def test_consumers_are_scoped_to_the_model():
+    """A layer called again in another graph is shared there, not in the model that is trained."""
+    inputs = keras.Input((6,))
+    local_fisher = LocalFisher(name="lf")
+    dense = keras.layers.Dense(3, name="dense")
+    model = keras.Model(inputs, dense(local_fisher(inputs)))
+    other = keras.Input((6,))
+    keras.Model(other, dense(other))
+    assert [b.layer for b in consumer_bindings(local_fisher, model).bindings] == [dense]
+    assert not consumer_bindings(local_fisher).bindings  # every graph: the other call counts
+
+
+def test_ngd_restored_from_keras_file_must_be_attached(tmp_path):
+    plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(3)])
+    model = keras_sngd.reconstruct(plain, layer_class=FisherStatistics, local_fisher_arguments={"update_every": 1})
+    model.compile(NGD(0.1).attach(model), "mse")
+    inputs = sample_inputs(model, 16)
+    targets = np.zeros((16, 3), "float32")
+    model.train_on_batch(inputs, targets)
+    path = os.path.join(tmp_path, "ngd.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored.optimizer, NGD) and not restored.optimizer.preconditioned_variables
+    with pytest.raises(ValueError, match="not attached.*model.optimizer.attach"):
+        restored.train_on_batch(inputs, targets)
+    restored.optimizer.attach(restored)
+    assert restored.optimizer.preconditioned_variables == [
+        layer.kernel.path for layer in restored.layers if isinstance(layer, keras.layers.Dense)
+    ]
+    # Attached, the restored model continues the original's NGD trajectory.
+    model.train_on_batch(inputs, targets)
+    restored.train_on_batch(inputs, targets)
+    for a, b in zip(model.weights, restored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_float32_head(policy):
+    keras.config.set_dtype_policy(policy)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    whitened = LocalFisher(update_every=1, name="lf")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="head")(whitened))
+    probe = sample_inputs(model)
+    before = np.asarray(model(probe))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "cannot keep the model's function"
+        train_at_zero_learning_rate(model)
+    local_fisher = model.get_layer("lf")
+    assert local_fisher.refresh_mode == "function-preserving (re-expresses 'head')"
+    assert int(local_fisher.refresh_count.numpy()) == 2
+    assert not np.allclose(local_fisher.inverse_root.numpy(), np.eye(8))
+    # U x is computed in the half-precision compute dtype: the function is kept up to its rounding.
+    tolerance = 2e-2 if policy == "mixed_bfloat16" else 3e-3
+    assert_outputs_close(model(probe), before, rtol=tolerance)
+    folded = keras_sngd.fold(model)
+    assert not any(isinstance(layer, LocalFisher) for layer in folded.layers)
+    assert_outputs_close(folded(probe), model(probe), rtol=tolerance)
+
+
+def test_raw_operations_pass_through_reconstruct_and_fold():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(6, activation="tanh", name="first")(inputs)
+    x = keras.layers.Dense(4, name="second")(x + inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x[:, 0:3] * 2.0))
+    probe = sample_inputs(model)
+    sngd, report = keras_sngd.reconstruct(model, return_report=True, local_fisher_arguments={"update_every": 1})
+    assert [row[0] for row in report.inserted] == ["first", "second", "head"] and not report.skipped
+    np.testing.assert_array_equal(np.asarray(sngd(probe)), np.asarray(model(probe)))
+    train_at_zero_learning_rate(sngd)
+    assert all(f.refresh_mode.startswith("function-preserving") for f in sngd.layers if isinstance(f, LocalFisher))
+    assert_outputs_close(sngd(probe), model(probe))
+    folded = keras_sngd.fold(sngd)
+    assert [w.shape for w in folded.weights] == [w.shape for w in model.weights]
+    assert_outputs_close(folded(probe), model(probe))
+
+
+def test_whitened_tensor_into_a_raw_operation_is_not_absorbed():
+    inputs = keras.Input((6,))
+    whitened = LocalFisher(name="lf")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(whitened) + whitened[:, :2])
+    bindings, reason = consumer_bindings(model.get_layer("lf"), model)
+    assert not bindings and "GetItem is an operation on tensors, not a layer" in reason
+
+
+def test_composite_layers_are_reported_as_composite():
+    inputs = keras.Input((5, 6))
+    x = keras.layers.MultiHeadAttention(2, 4, name="attention")(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    _, report = keras_sngd.reconstruct(model, return_report=True)
+    skipped = {path: reason for path, _, reason in report.skipped}
+    assert set(skipped) == {"attention"}
+    assert "composite layer with 4 EinsumDense layers inside" in skipped["attention"]
+    assert "not rewritten" in skipped["attention"] and "has no kernel" not in skipped["attention"]
+    assert [row[0] for row in report.inserted] == ["head"]
