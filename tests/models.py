@@ -1,6 +1,7 @@
 """The test corpus of plain Keras models for reconstruct/fold."""
 
 import keras
+import numpy as np
 
 
 def mlp():
@@ -90,4 +91,78 @@ CORPUS = {
     "nested": nested,
     "lstm": lstm,
     "raw_operations": raw_operations,
+}
+
+
+# Models that build from constructor arguments (weights=None, no downloads) with real-world graphs: raw
+# `keras.ops` calls between layers, depthwise and grouped convolutions, composite layers, dict inputs and
+# outputs, nested models. Each entry: a builder and a function `(model, batch, seed) -> inputs`.
+
+
+def image_inputs(model, batch=4, seed=0):
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (batch,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+
+
+def token_inputs(model, batch=4, seed=0):
+    """BERT-style inputs: token ids, segment ids and a padding mask with padded tails."""
+    rng = np.random.default_rng(seed)
+    length = HUB_SEQUENCE_LENGTH
+    lengths = rng.integers(2, length + 1, batch)
+    padding_mask = np.arange(length)[None, :] < lengths[:, None]
+    token_ids = rng.integers(1, HUB_VOCABULARY, (batch, length)) * padding_mask
+    segment_ids = (np.arange(length)[None, :] >= lengths[:, None] // 2) * padding_mask
+    return {"token_ids": token_ids.astype("int32"), "segment_ids": segment_ids.astype("int32"),
+            "padding_mask": padding_mask.astype("int32")}
+
+
+def sequence_inputs(model, batch=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+
+
+HUB_VOCABULARY = 50
+HUB_SEQUENCE_LENGTH = 8
+
+
+def mobilenet_v3_small():
+    return keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), alpha=0.75, include_top=False, pooling="avg",
+        include_preprocessing=False,
+    )
+
+
+def convnext_tiny():
+    return keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), include_top=False, pooling="avg")
+
+
+def bert_backbone():
+    import keras_hub
+
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=HUB_VOCABULARY, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=HUB_SEQUENCE_LENGTH,
+    )
+
+
+def bert_text_classifier():
+    import keras_hub
+
+    return keras_hub.models.BertTextClassifier(backbone=bert_backbone(), num_classes=3, preprocessor=None)
+
+
+def transformer_decoder():
+    import keras_hub
+
+    inputs = keras.Input((6, 8))
+    x = keras.layers.Dense(8, activation="relu", name="embed")(inputs)
+    x = keras_hub.layers.TransformerDecoder(intermediate_dim=16, num_heads=2, name="decoder")(x)
+    return keras.Model(inputs, keras.layers.Dense(4, name="head")(x[:, -1]), name="transformer_decoder")
+
+
+CONSTRUCTOR_CORPUS = {
+    "MobileNetV3Small": (mobilenet_v3_small, image_inputs),
+    "ConvNeXtTiny": (convnext_tiny, image_inputs),
+    "BertBackbone": (bert_backbone, token_inputs),
+    "BertTextClassifier": (bert_text_classifier, token_inputs),
+    "TransformerDecoder": (transformer_decoder, sequence_inputs),
 }
