@@ -6,9 +6,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from tests.inputs import local_fishers
 
 import keras_sngd
-from keras_sngd import LocalFisher
 
 APPLICATIONS = {
     "VGG16": lambda: keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), include_top=False, pooling="avg"),
@@ -42,12 +42,12 @@ def test_application_round_trip(name, tmp_path):
     targets = np.zeros_like(expected)
     sngd.train_on_batch(probe, targets)
     sngd.train_on_batch(probe, targets)  # step 2: every LocalFisher refreshes
-    fishers = [layer for layer in sngd.layers if isinstance(layer, LocalFisher)]
+    fishers = local_fishers(sngd)
     assert all(int(f.refresh_count.numpy()) == 1 for f in fishers)
     assert all(f.refresh_mode.startswith("function-preserving") for f in fishers)
     trained = np.asarray(sngd(probe))
 
     folded = keras_sngd.fold(sngd)
-    assert not any(isinstance(layer, LocalFisher) for layer in folded.layers)
+    assert not local_fishers(folded)
     assert len(folded.weights) == len(plain.weights)
     np.testing.assert_allclose(np.asarray(folded(probe)), trained, rtol=1e-3, atol=1e-4 * np.abs(trained).max())

@@ -158,3 +158,42 @@ def test_composite_layers_are_reported_as_composite():
     assert "composite layer with 4 EinsumDense layers inside" in skipped["attention"]
     assert "not rewritten" in skipped["attention"] and "has no kernel" not in skipped["attention"]
     assert [row[0] for row in report.inserted] == ["head"]
+
+
+def test_explicit_cast_between_local_fisher_and_layer_is_walked_through():
+    inputs = keras.Input((6,))
+    whitened = LocalFisher(name="lf")(inputs)
+    dense = keras.layers.Dense(3, name="dense")
+    model = keras.Model(inputs, dense(keras.ops.cast(whitened, "float32")))
+    for scope in (model, None):
+        (consumer,) = consumers_of(model.get_layer("lf"), scope)
+        assert consumer.operation is dense and consumer.binding is not None
+
+
+def test_reconstruct_under_mixed_precision_keeps_a_float32_head():
+    keras.config.set_dtype_policy("mixed_float16")
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    plain = keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="head")(hidden))
+    sngd, report = keras_sngd.reconstruct(plain, return_report=True, local_fisher_arguments={"update_every": 1})
+    assert [row[0] for row in report.inserted] == ["hidden", "head"]
+    assert sngd.get_layer("head").dtype_policy.name == "float32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train_at_zero_learning_rate(sngd)
+    assert all(f.refresh_mode.startswith("function-preserving") for f in sngd.layers if isinstance(f, LocalFisher))
+    again, report = keras_sngd.reconstruct(sngd, return_report=True)
+    assert not report.inserted  # the head's input comes from a LocalFisher through the autocast
+
+
+def test_nested_model_consumer_is_not_absorbed():
+    inner_inputs = keras.Input((6,))
+    inner = keras.Model(inner_inputs, keras.layers.Dense(3)(inner_inputs), name="inner")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, inner(LocalFisher(name="lf")(inputs)))
+    bindings, reason = consumer_bindings(model.get_layer("lf"), model)
+    assert not bindings and "consumer 'inner': a nested model" in reason
+    local_fisher = model.get_layer("lf")
+    local_fisher.inverse_root.assign(np.diag(np.linspace(0.5, 2.0, 6)).astype("float32"))
+    probe = sample_inputs(model)
+    assert_outputs_close(keras_sngd.fold(model)(probe), model(probe))
