@@ -8,7 +8,6 @@ from tests.reference import spd_matrix
 
 import keras_sngd
 from keras_sngd import FisherStatistics
-from keras_sngd.binding import binding_for
 from keras_sngd.optimizers.ngd import NGD
 
 
@@ -79,3 +78,22 @@ def test_ngd_and_sngd_follow_the_same_trajectory():
 def test_attach_errors():
     with pytest.raises(ValueError, match="no FisherStatistics"):
         NGD(0.1).attach(plain_mlp())
+
+
+def test_unattached_ngd_refuses_to_train_as_sgd():
+    model = keras_sngd.reconstruct(plain_mlp(), layer_class=FisherStatistics)
+    model.compile(NGD(0.1), "mse")
+    inputs, targets = data()
+    with pytest.raises(ValueError, match="not attached"):
+        model.train_on_batch(inputs, targets)
+
+
+def test_attach_skips_weightless_consumers_and_refuses_shared_kernels():
+    inputs, other = keras.Input((8,)), keras.Input((8,))
+    statistics = FisherStatistics(name="statistics")(inputs)
+    dense = keras.layers.Dense(8, name="dense")
+    residual = keras.Model(inputs, keras.layers.Add()([dense(statistics), statistics]))
+    assert NGD(0.1).attach(residual).preconditioned_variables == [dense.kernel.path]
+    shared = keras.Model([inputs, other], [dense(statistics), dense(other)])
+    with pytest.raises(ValueError, match="cannot precondition consumer 'dense': the layer is also called on inputs"):
+        NGD(0.1).attach(shared)

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from keras_sngd.consumers import consumer_bindings
-from keras_sngd.consumers import NO_CONSUMER
+from keras_sngd.consumers import consumers_of
 from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.graph import walk_layers
 
@@ -48,7 +47,21 @@ class NGD(keras.optimizers.SGD):
         self._preconditioned = {}
 
     def attach(self, model):
-        """Find every kernel fed by a `FisherStatistics` layer of `model` (also in nested models)."""
+        """Find every kernel fed by a `FisherStatistics` layer of `model` (also in nested models).
+
+        The consumers are those of `keras_sngd.consumers.consumers_of`, within the model that holds the
+        layer. A consumer without weights (an `Add`, a raw operation) needs no preconditioning; a consumer
+        with weights that cannot be preconditioned (a layer also called on other inputs, a composite
+        layer, a nested model) raises a ValueError, and so does a model with nothing to precondition.
+
+        Args:
+            model: the Functional or Sequential model being trained, e.g. from
+                `keras_sngd.reconstruct(model, layer_class=keras_sngd.FisherStatistics)`; after
+                `keras.saving.load_model`, the loaded model (`model.optimizer.attach(model)`).
+
+        Returns:
+            This optimizer.
+        """
         if keras.backend.backend() == "jax":
             raise ValueError(
                 "NGD reads FisherStatistics state inside the optimizer step, which the JAX trainer does not "
@@ -58,11 +71,15 @@ class NGD(keras.optimizers.SGD):
         for owner, layer in walk_layers(model):
             if not isinstance(layer, FisherStatistics):
                 continue
-            bindings, reason = consumer_bindings(layer, owner)
-            if reason is not None and reason != NO_CONSUMER:
-                raise ValueError(f"FisherStatistics {layer.name!r} cannot precondition its consumers: {reason}")
-            for binding in bindings:
-                self._preconditioned[self._var_key(binding.kernel)] = (layer, binding)
+            for consumer in consumers_of(layer, owner):
+                if consumer.binding is not None:
+                    self._preconditioned[self._var_key(consumer.binding.kernel)] = (layer, consumer.binding)
+                elif getattr(consumer.operation, "trainable_weights", None):
+                    # Its kernel would silently take plain SGD steps.
+                    raise ValueError(
+                        f"FisherStatistics {layer.name!r} cannot precondition consumer "
+                        f"'{consumer.operation.name}': {consumer.reason}"
+                    )
         if not self._preconditioned:
             raise ValueError(
                 f"Model {model.name!r} has no FisherStatistics layer feeding a Dense/Conv/RNN kernel. "
