@@ -16,6 +16,11 @@ over the input-feature and spatial axes. That is exact for Dense, RNN input kern
 convolutions; with `same`/`causal` padding the zero-padded border positions see no shift, so it is exact
 only in the interior (`Binding.exact_centering`). Depthwise, separable and grouped convolutions apply
 separate filters per input channel: no kernel can absorb a mixing of channels, so they are not bindable.
+Neither are raw operations (`x + y`) and composite layers (`MultiHeadAttention`, `TimeDistributed`, a
+KerasHub `TransformerEncoder`), whose inner Dense/EinsumDense layers are called inside their own `call`.
+
+Whether a layer that *could* absorb `U` actually does (it must be the one consumer call path of the
+LocalFisher's output) is decided by `keras_sngd.consumers`.
 """
 
 import keras

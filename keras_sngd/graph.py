@@ -1,4 +1,5 @@
-"""Shared helpers for rewriting Keras model graphs (`reconstruct` and `fold`)."""
+"""Shared helpers for reading and rewriting Keras model graphs (`reconstruct`, `fold`, `keras_sngd.consumers`
+and the `NGD` optimizer): the one recursive layer walk, the scope of a model's calls, and dtype casts."""
 
 import keras
 from keras.src.models.functional import Functional
