@@ -8,6 +8,9 @@ kernels so that the model's function does not move), for `fold` (which absorbs `
   two consumers of `w`: the Dense, and the Add at position 1). Dtype casts in the graph (`keras.ops.cast`,
   or the cast a float32 layer makes of a float16 input under mixed precision) are walked through to the
   layers behind them.
+* Into a nested Functional or Sequential model, the consumers are the layers of its graph that take that
+  input, judged by the same rule within the nested model (and only if every call of the nested model takes
+  the whitened tensor at that input).
 * A consumer absorbs `U` only if it is a layer whose kernel can be re-expressed (`keras_sngd.binding`),
   it takes the whitened tensor as its first input, on the same feature axis, and **every** call of that
   layer does so: re-expressing the kernel of a layer that is also called on other inputs would change the
@@ -23,6 +26,7 @@ autocast a layer makes inside its own call).
 from typing import NamedTuple
 
 import keras
+from keras.src.models.functional import Functional
 from keras.src.ops.core import Cast
 from keras.src.ops.function import make_node_key as _node_key
 
@@ -77,13 +81,17 @@ def consumers_of(local_fisher, model=None):
         output at several positions appears once, with the reason of a position that cannot absorb `U`.
     """
     scope = node_scope(model)
+
+    def comes_from(tensor):
+        return source_operation(tensor) is local_fisher
+
     found = {}
     for tensor in _outputs(local_fisher, scope):
         for node, position in _uses(tensor, scope):
-            consumer = _judge(local_fisher, node, position, tensor, scope)
-            previous = found.get(id(consumer.operation))
-            if previous is None or (previous.binding is not None and consumer.binding is None):
-                found[id(consumer.operation)] = consumer
+            for consumer in _judge(local_fisher, node, position, tensor, scope, comes_from):
+                previous = found.get(id(consumer.operation))
+                if previous is None or (previous.binding is not None and consumer.binding is None):
+                    found[id(consumer.operation)] = consumer
     return list(found.values())
 
 
@@ -111,11 +119,7 @@ def consumer_bindings(local_fisher, model=None):
 
 def _outputs(operation, scope):
     """The output tensors of `operation`'s calls within `scope`."""
-    outputs = []
-    for index, node in enumerate(operation._inbound_nodes):
-        if scope is None or _node_key(operation, index) in scope:
-            outputs.extend(node.output_tensors)
-    return outputs
+    return [tensor for node in _calls(operation, scope) for tensor in node.output_tensors]
 
 
 def _uses(tensor, scope):
@@ -138,17 +142,18 @@ def _uses(tensor, scope):
     return uses
 
 
-def _judge(local_fisher, node, position, tensor, scope):
-    """The `Consumer` for one use of the whitened `tensor`: `node` takes it at `position`."""
+def _judge(local_fisher, node, position, tensor, scope, comes_from):
+    """The `Consumer`s for one use of the whitened `tensor`: `node` takes it at `position`. `comes_from(t)`
+    says whether a tensor of this graph carries the whitened features."""
     operation = node.operation
 
     def refuse(reason):
-        return Consumer(operation, position, None, reason)
+        return [Consumer(operation, position, None, reason)]
 
     if not isinstance(operation, keras.layers.Layer):
         return refuse(f"{type(operation).__name__} is an operation on tensors, not a layer with a kernel")
     if isinstance(operation, keras.Model):
-        return refuse("a nested model: the layers inside it are not re-expressed")
+        return _judge_nested(local_fisher, node, position, scope, comes_from)
     binding, reason = binding_for(operation)
     if binding is None:
         return refuse(reason)
@@ -160,16 +165,47 @@ def _judge(local_fisher, node, position, tensor, scope):
         return refuse(f"takes features on axis {binding.feature_axis}, this LocalFisher whitens axis {local_fisher.axis}")
     if local_fisher.center and binding.centering:
         return refuse(f"center=True, but {binding.centering}")
-    for index, call in enumerate(operation._inbound_nodes):
-        if scope is not None and _node_key(operation, index) not in scope:
-            continue
+    for call in _calls(operation, scope):
         first = _first_argument(call)
-        if first is None or source_operation(first) is not local_fisher:
+        if first is None or not comes_from(first):
             return refuse(
                 "the layer is also called on inputs that do not come from this LocalFisher: re-expressing its "
                 "kernel would change the outputs of those calls"
             )
-    return Consumer(operation, position, binding, None)
+    return [Consumer(operation, position, binding, None)]
+
+
+def _judge_nested(local_fisher, node, position, scope, comes_from):
+    """The consumers inside a nested Functional/Sequential model that takes the whitened tensor as its
+    input `position`: the layers of its graph that take that input, judged within the nested model."""
+    model = node.operation
+    inner_scope = node_scope(model) if isinstance(model, (Functional, keras.Sequential)) else None
+    if inner_scope is None or not model.inputs:
+        return [Consumer(model, position, None, "a nested model with no layer graph (a subclassed model)")]
+    for call in _calls(model, scope):
+        if not comes_from(call.input_tensors[position]):
+            return [Consumer(model, position, None, (
+                "a nested model also called on inputs that do not come from this LocalFisher: re-expressing "
+                "its layers would change the outputs of those calls"
+            ))]
+    inner_input = model.inputs[position]
+
+    def inner_comes_from(tensor):
+        return source_tensor(tensor) is inner_input
+
+    return [
+        consumer
+        for inner_node, inner_position in _uses(inner_input, inner_scope)
+        for consumer in _judge(local_fisher, inner_node, inner_position, inner_input, inner_scope, inner_comes_from)
+    ]
+
+
+def _calls(operation, scope):
+    """The nodes of `operation`'s calls within `scope`."""
+    return [
+        node for index, node in enumerate(operation._inbound_nodes)
+        if scope is None or _node_key(operation, index) in scope
+    ]
 
 
 def _first_argument(node):

@@ -60,12 +60,14 @@ def _fold_plan(model):
     return plan, absorbs
 
 
-def _fold(model):
+def _fold(model, inherited=None):
+    """Fold `model`; `inherited` maps layers of this (nested) model to the outer LocalFisher they absorb."""
     plan, absorbs = _fold_plan(model)
+    absorbs.update(inherited or {})
     pairs, mixings = [], []
 
     def clone(layer):
-        new = _fold(layer) if isinstance(layer, keras.Model) else clone_layer(layer)
+        new = _fold(layer, absorbs) if isinstance(layer, keras.Model) else clone_layer(layer)
         pairs.append((layer, new))
         return new
 

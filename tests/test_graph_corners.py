@@ -186,13 +186,32 @@ def test_reconstruct_under_mixed_precision_keeps_a_float32_head():
     assert not report.inserted  # the head's input comes from a LocalFisher through the autocast
 
 
-def test_nested_model_consumer_is_not_absorbed():
+def test_consumers_inside_a_nested_model_absorb_u():
+    inner_inputs = keras.Input((6,))
+    inner = keras.Model(inner_inputs, keras.layers.Dense(3, name="inner_dense")(inner_inputs), name="inner")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, inner(LocalFisher(update_every=1, name="lf")(inputs)))
+    bindings, reason = consumer_bindings(model.get_layer("lf"), model)
+    assert reason is None and [b.layer.name for b in bindings] == ["inner_dense"]
+    probe = sample_inputs(model)
+    before = np.asarray(model(probe))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train_at_zero_learning_rate(model)
+    assert model.get_layer("lf").refresh_mode == "function-preserving (re-expresses 'inner_dense')"
+    assert_outputs_close(model(probe), before)
+    folded = keras_sngd.fold(model)
+    assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer", "Functional"]  # U absorbed inside
+    assert_outputs_close(folded(probe), model(probe))
+
+
+def test_nested_model_called_on_other_inputs_is_not_absorbed():
     inner_inputs = keras.Input((6,))
     inner = keras.Model(inner_inputs, keras.layers.Dense(3)(inner_inputs), name="inner")
-    inputs = keras.Input((6,))
-    model = keras.Model(inputs, inner(LocalFisher(name="lf")(inputs)))
+    inputs, other = keras.Input((6,)), keras.Input((6,))
+    model = keras.Model([inputs, other], [inner(LocalFisher(name="lf")(inputs)), inner(other)])
     bindings, reason = consumer_bindings(model.get_layer("lf"), model)
-    assert not bindings and "consumer 'inner': a nested model" in reason
+    assert not bindings and "consumer 'inner': a nested model also called on inputs" in reason
     local_fisher = model.get_layer("lf")
     local_fisher.inverse_root.assign(np.diag(np.linspace(0.5, 2.0, 6)).astype("float32"))
     probe = sample_inputs(model)
