@@ -188,3 +188,26 @@ def test_fold_centered_same_padding_uses_normalization():
     assert [type(layer).__name__ for layer in folded.layers] == ["Normalization", "Conv2D"]
     probe = sample_inputs(sngd)
     assert_outputs_close(folded(probe), sngd(probe))
+
+
+@pytest.mark.parametrize(
+    "shape, consumer",
+    [
+        ((6,), lambda: keras.layers.Dense(4)),
+        ((6, 6, 3), lambda: keras.layers.Conv2D(4, 3)),
+        ((5, 3), lambda: keras.layers.GRU(4)),  # reset_after=True: a (2, 3 * units) bias, row 0 absorbs
+    ],
+)
+def test_fold_absorbs_a_centered_local_fisher_into_the_bias(shape, consumer):
+    """`b = b' - contract(U K', mu)`: the shift of a centered LocalFisher goes into the consumer's bias."""
+    model = keras.Sequential([keras.Input(shape), LocalFisher(center=True, name="lf"), consumer()])
+    local_fisher = model.get_layer("lf")
+    rng = np.random.default_rng(0)
+    dim = shape[-1]
+    noise = rng.standard_normal((dim, dim))
+    local_fisher.inverse_root.assign((np.eye(dim) + 0.2 * (noise + noise.T)).astype("float32"))
+    local_fisher.shift.assign(rng.uniform(0.2, 0.8, dim).astype("float32"))
+    folded = keras_sngd.fold(model)
+    assert not local_fishers(folded) and len(folded.layers) == 1
+    probe = sample_inputs(model)
+    assert_outputs_close(folded(probe), model(probe))
