@@ -27,7 +27,9 @@ class NGD(keras.optimizers.SGD):
     Call `attach(model)` (returns the optimizer) before `compile`, on a model with `FisherStatistics`
     layers, e.g. from `keras_sngd.reconstruct(model, layer_class=FisherStatistics)`. It reads the layers'
     `inverse_root` inside the compiled train step, which the TensorFlow backend supports; on JAX the
-    optimizer would see stale values, so `attach` refuses it there.
+    optimizer would see stale values, so `attach` refuses it there. An optimizer restored with a model by
+    `keras.saving.load_model` knows no model: call `model.optimizer.attach(model)` before training again.
+    An NGD that is not attached refuses to train rather than take plain SGD steps.
 
     Args:
         learning_rate: as for `keras.optimizers.SGD`. Defaults to `0.01`.
