@@ -170,7 +170,7 @@ def test_explicit_cast_between_local_fisher_and_layer_is_walked_through():
         assert consumer.operation is dense and consumer.binding is not None
 
 
-def test_reconstruct_under_mixed_precision_keeps_a_float32_head():
+def test_reconstruct_under_mixed_precision_keeps_a_float32_head(tmp_path):
     keras.config.set_dtype_policy("mixed_float16")
     inputs = keras.Input((6,))
     hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
@@ -184,6 +184,13 @@ def test_reconstruct_under_mixed_precision_keeps_a_float32_head():
     assert all(f.refresh_mode.startswith("function-preserving") for f in sngd.layers if isinstance(f, LocalFisher))
     again, report = keras_sngd.reconstruct(sngd, return_report=True)
     assert not report.inserted  # the head's input comes from a LocalFisher through the autocast
+    path = os.path.join(tmp_path, "mixed.keras")
+    sngd.save(path)
+    loaded = keras.saving.load_model(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train_at_zero_learning_rate(loaded)
+    assert loaded.get_layer("head_local_fisher").refresh_mode == "function-preserving (re-expresses 'head')"
 
 
 def test_consumers_inside_a_nested_model_absorb_u():
