@@ -30,8 +30,9 @@ def fold(model):
     centered LocalFisher before a `same`/`causal`-padded convolution (zero padding sees no shift), and a
     `Dense(d, use_bias=False)` with kernel `U` for a LocalFisher with a consumer that cannot absorb it
     (see `keras_sngd.consumers`: a layer at a non-first input such as the `Add` of a residual branch, a
-    layer also called on other inputs, a raw operation, a layer with no kernel), so every path keeps `U`. `FisherStatistics` layers (the identity) are dropped. The result saves
-    and loads with no custom objects.
+    layer also called on other inputs, a raw operation, a layer with no kernel), so every path keeps `U`.
+    Consumers inside a nested model absorb `U` there. `FisherStatistics` layers (the identity) are dropped.
+    The result saves and loads with no custom objects.
 
     Args:
         model: a Functional or Sequential model (nested models are folded recursively).
