@@ -144,9 +144,11 @@ def step_errors(case, kl_clip):
 
 def all_errors():
     """Every check of this file on the current backend (what the JAX subprocess prints)."""
+    # Jitted factors (the jit-free path is the same code) and each case's step once, clipped or not, to
+    # keep the subprocess short.
     return {
-        "factors": {f"{case}_jit{jit}": factor_errors(case, jit) for case in CASES for jit in (False, True)},
-        "steps": {f"{case}_clip{clip}": step_errors(case, clip) for case in CASES for clip in (None, 1e-6)},
+        "factors": {case: factor_errors(case, True) for case in CASES},
+        "steps": {"dense": step_errors("dense", None), "conv2d": step_errors("conv2d", 1e-6)},
     }
 
 
@@ -175,9 +177,8 @@ def test_one_step_matches_numpy(case, kl_clip):
     check_step_errors(step_errors(case, kl_clip))
 
 
-def test_kl_clip_shrinks_the_step():
-    unclipped, clipped = step_errors("dense", None), step_errors("dense", 1e-6)
-    # Both match their references; the reference with clipping must actually clip at this bound.
+def test_kl_clip_bound_is_active_in_the_clipped_cases():
+    # Otherwise the clipped step tests would test nothing more than the unclipped ones.
     keras.utils.set_random_seed(0)
     model, inputs, targets, patches_of = dense_case()
     outputs = model.predict(inputs, verbose=0).astype("float64")
@@ -185,8 +186,6 @@ def test_kl_clip_shrinks_the_step():
     args = (kernel, bias, patches_of(None), outputs, targets.astype("float64"), DAMPING, LEARNING_RATE)
     free, bounded = reference_kfac_step(*args), reference_kfac_step(*args, kl_clip=1e-6)
     assert np.linalg.norm(bounded[0] - kernel) < 0.5 * np.linalg.norm(free[0] - kernel)
-    check_step_errors(unclipped)
-    check_step_errors(clipped)
 
 
 @pytest.mark.parametrize(

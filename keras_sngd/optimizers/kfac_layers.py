@@ -170,6 +170,14 @@ class KFACLayerMixin:
             ops.convert_to_tensor(self.factor_weight),
         )
 
+    # Dense and Conv save only kernel and bias (their quantization-aware formats); the factors are state to
+    # keep, so every variable is saved in order, as a plain `Layer` does (LoRA and quantization are refused).
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
     def _kfac_config(self, config):
         config["factor_decay"] = self.factor_decay
         return config
@@ -322,10 +330,7 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY):
         replaced.append(layer.name)
         return replacement.from_config({**layer.get_config(), "factor_decay": factor_decay})
 
-    try:
-        prepared = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    except ValueError as error:
-        raise ValueError(f"prepare() needs a Sequential or Functional model: {error}") from error
+    prepared = keras.models.clone_model(model, clone_function=clone, recursive=True)
     if not replaced:
         raise ValueError(f"Model {model.name!r} has no Dense or Conv1D/2D/3D layer for K-FAC.")
     originals = {layer.name: layer for layer in _all_layers(model)}
