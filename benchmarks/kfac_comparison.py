@@ -8,7 +8,7 @@ Every optimizer starts from the same initial weights (one seed) and sees the sam
 order (`shuffle=False`); it prints the training loss after each epoch and the seconds per epoch (median of
 the epochs after the first, which also compiles). Optimizers: K-FAC (`keras_sngd.optimizers.KFAC`, its
 defaults, learning rate `--kfac-lr`), SNGD (`keras_sngd.reconstruct` with its default LocalFisher, plain
-SGD at `--sngd-lr`) and Adam (`--adam-lr`). Use `nice` and small sizes on a shared machine.
+SGD at `--sngd-lr`), Adam (`--adam-lr`) and, with `--optimizers`, SGD with momentum 0.9 (`--sgd-lr`). Use `nice` and small sizes on a shared machine.
 """
 
 import argparse
@@ -50,6 +50,8 @@ def training(name, plain, learning_rate, args):
         return reconstruct(plain), keras.optimizers.SGD(learning_rate)
     model = keras.models.clone_model(plain)
     model.set_weights(plain.get_weights())
+    if name == "sgd":
+        return model, keras.optimizers.SGD(learning_rate, momentum=0.9)
     return model, keras.optimizers.Adam(learning_rate)
 
 
@@ -81,6 +83,8 @@ def main():
     parser.add_argument("--kfac-lr", type=float, default=0.1)
     parser.add_argument("--sngd-lr", type=float, default=0.1)
     parser.add_argument("--adam-lr", type=float, default=0.001)
+    parser.add_argument("--sgd-lr", type=float, default=0.03)
+    parser.add_argument("--optimizers", default="kfac,sngd,adam", help="from kfac, sngd, adam, sgd (momentum 0.9)")
     parser.add_argument("--kfac-grid", default="", help="comma-separated K-FAC learning rates; runs only K-FAC")
     parser.add_argument("--kfac", default="", help="other KFAC arguments, e.g. kl_clip=0.01,damping=0.001,momentum=0.9")
     args = parser.parse_args()
@@ -99,8 +103,9 @@ def main():
         for learning_rate in (float(value) for value in args.kfac_grid.split(",")):
             run("kfac", learning_rate, data, args)
         return
-    for name, learning_rate in (("kfac", args.kfac_lr), ("sngd", args.sngd_lr), ("adam", args.adam_lr)):
-        run(name, learning_rate, data, args)
+    rates = {"kfac": args.kfac_lr, "sngd": args.sngd_lr, "adam": args.adam_lr, "sgd": args.sgd_lr}
+    for name in args.optimizers.split(","):
+        run(name, rates[name], data, args)
 
 
 if __name__ == "__main__":
