@@ -43,7 +43,9 @@ import math
 import keras
 from keras import ops
 
+from keras_sngd.validation import check_choice
 from keras_sngd.validation import check_float
+from keras_sngd.validation import check_int
 
 KFAC_DEFAULT_FACTOR_DECAY = 0.95
 
@@ -84,6 +86,22 @@ def output_factor_batch(output_gradient):
     return examples * ops.matmul(ops.transpose(rows), rows)
 
 
+def sampled_output_factor_batch(sampled_gradient):
+    """`S_batch = (1/k) sum_rows g g^T` for per-example gradients `g` of `k` examples (the true Fisher's rows).
+
+    Args:
+        sampled_gradient: tensor `(k, ..., units)`, gradients of `-log p(y_sampled | x)` with respect to the
+            pre-activations, one example per leading index.
+
+    Returns:
+        float32 `(units, units)`.
+    """
+    gradient = ops.cast(sampled_gradient, "float32")
+    examples = ops.cast(ops.shape(gradient)[0], "float32")
+    rows = ops.reshape(gradient, (-1, gradient.shape[-1]))
+    return ops.matmul(ops.transpose(rows), rows) / examples
+
+
 def conv_patches(inputs, kernel_size, strides, padding, dilation_rate):
     """Every receptive field of a channels-last convolution, flattened like `kernel.reshape(-1, filters)`.
 
@@ -107,8 +125,35 @@ def _update_factor(old, batch, decay):
 class KFACLayerMixin:
     """What a K-FAC layer adds to its plain Keras layer: the factor variables and the gradient probe."""
 
-    def _check_factor_decay(self, factor_decay):
-        return check_float("factor_decay", factor_decay, 0.0, 1.0, exclusive_maximum=True)
+    def _init_kfac(self, factor_decay, sampled_rows):
+        self.factor_decay = check_float("factor_decay", factor_decay, 0.0, 1.0, exclusive_maximum=True)
+        self.sampled_rows = check_int("sampled_rows", sampled_rows, 0)
+
+    def call(self, inputs, training=None):
+        self._check_call()
+        inputs, padding = self._padded(inputs)
+        kernel, bias = self._kernel, self.bias
+        rows = self.sampled_rows
+        if training and rows:
+            # The last `rows` examples are the true-Fisher copies (see `prepare(fisher="true")`): they see
+            # the weights through stop_gradient, so that only their cotangents (for sampled labels) reach S.
+            real, copies = inputs[:-rows], inputs[-rows:]
+            frozen_bias = None if bias is None else ops.stop_gradient(bias)
+            outputs = ops.concatenate(
+                [self._linear(real, kernel, bias, padding), self._linear(copies, ops.stop_gradient(kernel), frozen_bias, padding)],
+                axis=0,
+            )
+            outputs = self._probe(outputs, input_factor_batch(self._patches(real, padding)))
+        else:
+            outputs = self._linear(inputs, kernel, bias, padding)
+            if training:
+                outputs = self._probe(outputs, input_factor_batch(self._patches(inputs, padding)))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def _padded(self, inputs):
+        return inputs, None
 
     def _build_factors(self):
         if self.dtype_policy.compute_dtype == "float16":
@@ -146,14 +191,17 @@ class KFACLayerMixin:
         )
 
     def _probe(self, outputs, input_factor):
-        decay = self.factor_decay
+        decay, rows = self.factor_decay, self.sampled_rows
 
         @ops.custom_gradient
         def probe(outputs, input_factor, old_input, old_output, old_weight):
             def grad(*args, upstream=None, variables=None):
                 if upstream is None:
                     (upstream,) = args
-                output_factor = output_factor_batch(upstream)
+                if rows:
+                    output_factor = sampled_output_factor_batch(upstream[-rows:])
+                else:
+                    output_factor = output_factor_batch(upstream)
                 accepted = ops.all(ops.isfinite(input_factor)) & ops.all(ops.isfinite(output_factor))
                 new_input = ops.where(accepted, _update_factor(old_input, input_factor, decay), old_input)
                 new_output = ops.where(accepted, _update_factor(old_output, output_factor, decay), old_output)
@@ -180,6 +228,7 @@ class KFACLayerMixin:
 
     def _kfac_config(self, config):
         config["factor_decay"] = self.factor_decay
+        config["sampled_rows"] = self.sampled_rows
         return config
 
 
@@ -192,28 +241,30 @@ class KFACDense(KFACLayerMixin, keras.layers.Dense):
 
     Args:
         factor_decay: float in [0, 1), the running averages' decay. Defaults to `0.95`.
+        sampled_rows: int >= 0; in training, the last `sampled_rows` examples are true-Fisher copies
+            (`prepare(fisher="true")`): they see the weights through stop_gradient and alone give `S`,
+            while `A` comes from the other examples. Defaults to `0` (empirical Fisher).
         *args, **kwargs: as for `keras.layers.Dense`.
     """
 
-    def __init__(self, *args, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, **kwargs):
+    def __init__(self, *args, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, sampled_rows=0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.factor_decay = self._check_factor_decay(factor_decay)
+        self._init_kfac(factor_decay, sampled_rows)
 
     def build(self, input_shape):
         super().build(input_shape)
         self._build_factors()
 
-    def call(self, inputs, training=None):
+    def _check_call(self):
         if self.lora_enabled or self.quantization_mode is not None:
             raise ValueError(f"KFACDense '{self.name}' does not support LoRA or quantization.")
-        outputs = ops.matmul(inputs, self._kernel)
-        if self.bias is not None:
-            outputs = ops.add(outputs, self.bias)
-        if training:
-            outputs = self._probe(outputs, input_factor_batch(inputs))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+
+    def _linear(self, inputs, kernel, bias, padding):
+        outputs = ops.matmul(inputs, kernel)
+        return outputs if bias is None else ops.add(outputs, bias)
+
+    def _patches(self, inputs, padding):
+        return inputs
 
     def get_config(self):
         return self._kfac_config(super().get_config())
@@ -236,33 +287,33 @@ class _KFACConv(KFACLayerMixin):
         super().build(input_shape)
         self._build_factors()
 
-    def call(self, inputs, training=None):
+    def _check_call(self):
         if self.lora_enabled:
             raise ValueError(f"{type(self).__name__} '{self.name}' does not support LoRA.")
-        padding = self.padding
-        if padding == "causal":
-            inputs = ops.pad(inputs, [[0, 0], [self.dilation_rate[0] * (self.kernel_size[0] - 1), 0], [0, 0]])
-            padding = "valid"
-        outputs = ops.conv(
-            inputs, self._kernel, strides=list(self.strides), padding=padding, dilation_rate=self.dilation_rate
-        )
-        if self.use_bias:
-            outputs = ops.add(outputs, ops.reshape(self.bias, (1,) * (self.rank + 1) + (self.filters,)))
-        if training:
-            patches = conv_patches(inputs, self.kernel_size, list(self.strides), padding, self.dilation_rate)
-            outputs = self._probe(outputs, input_factor_batch(patches))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+
+    def _padded(self, inputs):
+        if self.padding == "causal":
+            left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
+            return ops.pad(inputs, [[0, 0], [left, 0], [0, 0]]), "valid"
+        return inputs, self.padding
+
+    def _linear(self, inputs, kernel, bias, padding):
+        outputs = ops.conv(inputs, kernel, strides=list(self.strides), padding=padding, dilation_rate=self.dilation_rate)
+        if bias is None:
+            return outputs
+        return ops.add(outputs, ops.reshape(bias, (1,) * (self.rank + 1) + (self.filters,)))
+
+    def _patches(self, inputs, padding):
+        return conv_patches(inputs, self.kernel_size, list(self.strides), padding, self.dilation_rate)
 
     def get_config(self):
         return self._kfac_config(super().get_config())
 
 
 def _conv_class(base):
-    def __init__(self, *args, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, **kwargs):
+    def __init__(self, *args, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, sampled_rows=0, **kwargs):
         base.__init__(self, *args, **kwargs)
-        self.factor_decay = self._check_factor_decay(factor_decay)
+        self._init_kfac(factor_decay, sampled_rows)
 
     name = "KFAC" + base.__name__
     cls = type(
@@ -277,6 +328,8 @@ def _conv_class(base):
                 "    docstring). Inference: exactly the plain layer. channels_last and groups=1 only.\n\n"
                 "    Args:\n"
                 "        factor_decay: float in [0, 1), the running averages' decay. Defaults to `0.95`.\n"
+                "        sampled_rows: int >= 0, true-Fisher copies at the end of the batch (as for `KFACDense`).\n"
+                "            Defaults to `0`.\n"
                 f"        *args, **kwargs: as for `keras.layers.{base.__name__}`.\n"
             ),
         },
@@ -296,7 +349,86 @@ _REPLACEMENTS = {
 }
 
 
-def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY):
+@keras.saving.register_keras_serializable(package="keras_sngd")
+class SampledFisherRows(keras.layers.Layer):
+    """Appends `rows` copies of the first examples to the batch in training (true-Fisher K-FAC, input side).
+
+    Training: `[x; stop_gradient(x[j mod n] for j < rows)]`, `n + rows` examples. Inference: `x`.
+    Inserted by `prepare(model, fisher="true")`; the K-FAC layers and `SampledLabels` treat the last
+    `rows` examples as the copies.
+
+    Args:
+        rows: int >= 1, the number of copies. Defaults to `8`.
+        **kwargs: base layer keyword arguments.
+    """
+
+    def __init__(self, rows=8, **kwargs):
+        super().__init__(**kwargs)
+        self.rows = check_int("rows", rows, 1)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        picks = ops.arange(self.rows) % ops.shape(inputs)[0]
+        return ops.concatenate([inputs, ops.stop_gradient(ops.take(inputs, picks, axis=0))], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows}
+
+
+@keras.saving.register_keras_serializable(package="keras_sngd")
+class SampledLabels(keras.layers.Layer):
+    """Drops the true-Fisher copies from the logits and gives them sampled-label gradients (output side).
+
+    Training, with logits `l` of `n + rows` examples: the output is `l[:n]` (what the loss sees, so the
+    training gradient is unchanged), labels `y_j ~ softmax(l_j)` are sampled for the copies, and the
+    backward pass gives each copy the cotangent `softmax(l_j) - onehot(y_j)`, the gradient of
+    `-log p(y_j | x_j)`. Through the K-FAC layers this makes `S` the true Fisher's factor (Monte Carlo,
+    one sample per copy) instead of the empirical Fisher's. Inference: the logits unchanged.
+
+    Args:
+        rows: int >= 1, the number of copies at the end of the batch. Defaults to `8`.
+        seed: int or None, the sampling seed. Defaults to `None`.
+        **kwargs: base layer keyword arguments.
+    """
+
+    def __init__(self, rows=8, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rows = check_int("rows", rows, 1)
+        self.seed = check_int("seed", seed, allow_none=True)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, logits, training=None):
+        if not training:
+            return logits
+        rows = self.rows
+        copies = ops.stop_gradient(ops.cast(logits[-rows:], "float32"))
+        labels = keras.random.categorical(copies, 1, seed=self.seed_generator)[:, 0]
+        onehot = ops.one_hot(labels, logits.shape[-1], dtype="float32")
+
+        @ops.custom_gradient
+        def drop_copies(logits, onehot):
+            def grad(*args, upstream=None, variables=None):
+                if upstream is None:
+                    (upstream,) = args
+                sampled = ops.softmax(ops.cast(logits[-rows:], "float32"), axis=-1) - onehot
+                return ops.concatenate([upstream, ops.cast(sampled, upstream.dtype)], axis=0), ops.zeros_like(onehot)
+
+            return logits[:-rows], grad
+
+        return drop_copies(logits, onehot)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "seed": self.seed}
+
+
+def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", sampled_rows=8, seed=None):
     """A copy of `model` whose Dense/Conv1D/2D/3D layers keep K-FAC factors, for `keras_sngd.optimizers.KFAC`.
 
     Every layer whose class is exactly `keras.layers.Dense`, `Conv1D`, `Conv2D` or `Conv3D` becomes its
@@ -304,9 +436,25 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY):
     layer is cloned unchanged (also inside nested models) and takes the plain SGD step in `KFAC`. The copy
     computes the same outputs as `model`.
 
+    **Empirical Fisher** (`fisher="empirical"`): `S` comes from the gradients of the training loss at the
+    true labels.
+
+    **True Fisher** (`fisher="true"`): the prepared model is wrapped as
+    `SampledFisherRows -> model -> SampledLabels`. In training, `sampled_rows` copies of the first
+    examples ride along at the end of the batch; they see every K-FAC layer's weights through
+    `stop_gradient`, their logits are removed before the loss, and their backward pass carries the
+    gradient of `-log p(y | x)` for labels `y` sampled from the model's softmax. The K-FAC layers then
+    take `S` from the copies only (`S = (1/k) sum g g^T`), and the training gradient, so the trajectory
+    under any other optimizer, is unchanged. It needs one model output of logits `(batch, classes)` for a
+    softmax cross-entropy loss, and no weights outside the replaced layers (a normalization layer would
+    mix the copies into its batch statistics and its weights' gradients): a `ValueError` says otherwise.
+
     Args:
         model: a built Sequential or Functional model.
         factor_decay: float in [0, 1), decay of the factors' running averages. Defaults to `0.95`.
+        fisher: `"empirical"` or `"true"`. Defaults to `"empirical"`.
+        sampled_rows: int >= 1, the copies per batch for `fisher="true"`. Defaults to `8`.
+        seed: int or None, the label-sampling seed for `fisher="true"`. Defaults to `None`.
 
     Returns:
         The prepared model (not compiled).
@@ -315,12 +463,18 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY):
 
     ```python
     kfac_model = keras_sngd.optimizers.prepare_kfac(model)
-    kfac_model.compile(keras_sngd.optimizers.KFAC(0.05), loss=...)
+    kfac_model.compile(keras_sngd.optimizers.KFAC(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ```
     """
     factor_decay = check_float("factor_decay", factor_decay, 0.0, 1.0, exclusive_maximum=True)
+    fisher = check_choice("fisher", fisher, ("empirical", "true"))
+    sampled_rows = check_int("sampled_rows", sampled_rows, 1)
+    seed = check_int("seed", seed, allow_none=True)
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(f"`model` must be a built keras.Model. Received: model={model!r}")
+    if fisher == "true":
+        _check_true_fisher_model(model)
+    rows = sampled_rows if fisher == "true" else 0
     replaced = []
 
     def clone(layer):
@@ -328,7 +482,7 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY):
         if replacement is None:
             return layer.__class__.from_config(layer.get_config())
         replaced.append(layer.name)
-        return replacement.from_config({**layer.get_config(), "factor_decay": factor_decay})
+        return replacement.from_config({**layer.get_config(), "factor_decay": factor_decay, "sampled_rows": rows})
 
     prepared = keras.models.clone_model(model, clone_function=clone, recursive=True)
     if not replaced:
@@ -345,7 +499,25 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY):
                 layer.bias.assign(ops.convert_to_numpy(original.bias))
         elif not isinstance(layer, keras.Model):
             layer.set_weights(original.get_weights())
-    return prepared
+    if fisher == "empirical":
+        return prepared
+    inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+    outputs = SampledLabels(sampled_rows, seed=seed)(prepared(SampledFisherRows(sampled_rows)(inputs)))
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _check_true_fisher_model(model):
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise ValueError(
+            "prepare(fisher='true') needs one input and one output of logits (batch, classes). Received "
+            f"inputs {[tuple(x.shape) for x in model.inputs]}, outputs {[tuple(x.shape) for x in model.outputs]}."
+        )
+    for layer in _all_layers(model):
+        if layer.weights and type(layer) not in _REPLACEMENTS and not isinstance(layer, keras.Model):
+            raise ValueError(
+                f"prepare(fisher='true') cannot route the sampled-label copies through layer {layer.name!r} "
+                f"({type(layer).__name__}): only Dense/Conv layers may have weights. Use fisher='empirical'."
+            )
 
 
 def _all_layers(model):
