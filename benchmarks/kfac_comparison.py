@@ -26,6 +26,7 @@ from keras_sngd.datasets import load_dataset  # noqa: E402
 from keras_sngd.models import paper_mlp  # noqa: E402
 from keras_sngd.models import small_cnn  # noqa: E402
 from keras_sngd.optimizers import build_kfac_training  # noqa: E402
+from keras_sngd.optimizers import prepare_kfac  # noqa: E402
 
 MODELS = {"mlp": paper_mlp, "small_cnn": small_cnn}
 
@@ -42,6 +43,8 @@ class _EpochClock(keras.callbacks.Callback):
 def training(name, plain, learning_rate, args):
     if name == "kfac":
         model, optimizer = build_kfac_training(plain, learning_rate)
+        if args.kfac_fisher == "true":
+            model = prepare_kfac(plain, fisher="true", seed=args.seed)
         if args.kfac_options:
             options = {**optimizer.get_config(), **args.kfac_options}
             optimizer = type(optimizer).from_config(options)
@@ -87,6 +90,8 @@ def main():
     parser.add_argument("--optimizers", default="kfac,sngd,adam", help="from kfac, sngd, adam, sgd (momentum 0.9)")
     parser.add_argument("--kfac-grid", default="", help="comma-separated K-FAC learning rates; runs only K-FAC")
     parser.add_argument("--kfac", default="", help="other KFAC arguments, e.g. kl_clip=0.01,damping=0.001,momentum=0.9")
+    parser.add_argument("--kfac-fisher", choices=["empirical", "true"], default="empirical",
+                        help="K-FAC's S factor: empirical Fisher, or true Fisher from 8 sampled-label copies per batch")
     args = parser.parse_args()
     args.kfac_options = {}
     for item in filter(None, args.kfac.split(",")):
