@@ -138,3 +138,14 @@ def test_check_kfac_model():
     plain.compile(keras.optimizers.SGD(0.1), "mse")
     with pytest.raises(ValueError, match="not compiled with KFAC"):
         check_kfac_model(plain)
+
+
+def test_mixed_bfloat16_trains():
+    # bfloat16 needs no loss scaling; the factors and the preconditioning are computed in float32.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    inputs, labels = data((12,), 3)
+    model = compiled(mlp())
+    history = model.fit(inputs, labels, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert model.layers[0].input_factor.dtype == "float32"

@@ -39,7 +39,9 @@ class KFAC(keras.optimizers.SGD):
     with `benchmarks/kfac_comparison.py` (see its docstring). The inverses are optimizer variables (saved with the optimizer);
     `keras.ops.linalg.inv` computes them.
 
-    The factors use the empirical Fisher: `g` is the gradient of the training loss at the true labels.
+    With `prepare_kfac(model)` the factors use the empirical Fisher (`g` is the gradient of the training
+    loss at the true labels); `prepare_kfac(model, fisher="true")` gives the true Fisher's `S` from
+    sampled labels. The optimizer is the same for both.
 
     **Not handled** (a `ValueError` says so): `loss_scale_factor` and float16 mixed precision (loss
     scaling scales `S`), `gradient_accumulation_steps` (the factors would see partial batches), and

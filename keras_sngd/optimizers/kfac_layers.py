@@ -36,6 +36,10 @@ c     <- decay * c + (1 - decay)              # bias correction: A = A_var / c, 
 
 A batch with a NaN or Inf in either factor leaves all three unchanged. During inference nothing is
 updated and the layer computes exactly what the plain layer computes.
+
+`g` above is the empirical Fisher's (the training labels). `prepare(model, fisher="true")` gives the true
+Fisher's `S` instead, from copies of a few examples that carry gradients for labels sampled from the model
+(`SampledFisherRows`, `SampledLabels`).
 """
 
 import math
@@ -48,7 +52,6 @@ from keras_sngd.validation import check_float
 from keras_sngd.validation import check_int
 
 KFAC_DEFAULT_FACTOR_DECAY = 0.95
-
 
 def input_factor_batch(patches):
     """`A_batch = [a, 1]^T [a, 1] / rows`: the second moment of the homogeneous input rows.
