@@ -8,7 +8,8 @@ Every optimizer starts from the same initial weights (one seed) and sees the sam
 order (`shuffle=False`); it prints the training loss after each epoch and the seconds per epoch (median of
 the epochs after the first, which also compiles). Optimizers: K-FAC (`keras_sngd.optimizers.KFAC`, its
 defaults, learning rate `--kfac-lr`), SNGD (`keras_sngd.reconstruct` with its default LocalFisher, plain
-SGD at `--sngd-lr`), Adam (`--adam-lr`) and, with `--optimizers`, SGD with momentum 0.9 (`--sgd-lr`). Use `nice` and small sizes on a shared machine.
+SGD at `--sngd-lr`), Adam (`--adam-lr`) and, with `--optimizers`, SGD with momentum 0.9 (`--sgd-lr`).
+Use `nice` and small sizes on a shared machine.
 """
 
 import argparse

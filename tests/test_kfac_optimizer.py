@@ -149,3 +149,11 @@ def test_mixed_bfloat16_trains():
     assert np.isfinite(history.history["loss"]).all()
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert model.layers[0].input_factor.dtype == "float32"
+
+
+def test_shared_layer_is_refused():
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(4)
+    model = keras.Model(inputs, shared(shared(inputs)))
+    with pytest.raises(ValueError, match="no shared layers"):
+        prepare_kfac(model)

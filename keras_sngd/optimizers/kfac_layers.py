@@ -490,6 +490,13 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", s
     prepared = keras.models.clone_model(model, clone_function=clone, recursive=True)
     if not replaced:
         raise ValueError(f"Model {model.name!r} has no Dense or Conv1D/2D/3D layer for K-FAC.")
+    for layer in _all_layers(prepared):
+        if isinstance(layer, KFACLayerMixin) and len(layer._inbound_nodes) > 1:
+            # The factor "gradients" of several calls would add up instead of averaging.
+            raise ValueError(
+                f"Layer {layer.name!r} is called {len(layer._inbound_nodes)} times in the model; K-FAC needs one "
+                "call per Dense/Conv layer (no shared layers)."
+            )
     originals = {layer.name: layer for layer in _all_layers(model)}
     for layer in _all_layers(prepared):
         original = originals.get(layer.name)
