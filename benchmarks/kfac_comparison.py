@@ -5,8 +5,9 @@
     python benchmarks/kfac_comparison.py --model small_cnn --samples 4096 --epochs 2
 
 Every optimizer starts from the same initial weights (one seed) and sees the same batches in the same
-order (`shuffle=False`); it prints the training loss after each epoch and the seconds per epoch (median of
-the epochs after the first, which also compiles). Optimizers: K-FAC (`keras_sngd.optimizers.KFAC`, its
+order (`shuffle=False`); it prints the training loss after each epoch and the wall-clock and CPU (process)
+seconds per epoch (medians of the epochs after the first, which also compiles; on a shared machine the CPU
+seconds are the steadier of the two). Optimizers: K-FAC (`keras_sngd.optimizers.KFAC`, its
 defaults, learning rate `--kfac-lr`), SNGD (`keras_sngd.reconstruct` with its default LocalFisher, plain
 SGD at `--sngd-lr`), Adam (`--adam-lr`) and, with `--optimizers`, SGD with momentum 0.9 (`--sgd-lr`).
 Use `nice` and small sizes on a shared machine.
@@ -34,11 +35,12 @@ MODELS = {"mlp": paper_mlp, "small_cnn": small_cnn}
 
 class _EpochClock(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-        self.ends = []
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.ends, self.cpu_ends = [], []
 
     def on_epoch_end(self, epoch, logs=None):
         self.ends.append(time.perf_counter() - self.start)
+        self.cpu_ends.append(time.process_time() - self.cpu_start)
 
 
 def training(name, plain, learning_rate, args):
@@ -68,10 +70,12 @@ def run(name, learning_rate, data, args):
     history = model.fit(*data, batch_size=args.batch_size, epochs=args.epochs, shuffle=False, callbacks=[clock], verbose=0)
     durations = np.diff([0.0] + clock.ends)
     per_epoch = statistics.median(durations[1:]) if len(durations) > 1 else durations[0]
+    cpu = np.diff([0.0] + clock.cpu_ends)
+    cpu_per_epoch = statistics.median(cpu[1:]) if len(cpu) > 1 else cpu[0]
     losses = history.history["loss"]
     print(
         f"{name:5s} lr={learning_rate:<7g} loss per epoch: {' / '.join(f'{loss:.4f}' for loss in losses)}   "
-        f"{per_epoch:.2f} s/epoch (first epoch with compilation {durations[0]:.2f} s)",
+        f"{per_epoch:.2f} s/epoch, {cpu_per_epoch:.2f} CPU s/epoch (first epoch with compilation {durations[0]:.2f} s)",
         flush=True,
     )
     return losses, per_epoch
