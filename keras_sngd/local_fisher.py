@@ -7,8 +7,8 @@ import keras
 from keras import ops
 
 from keras_sngd.consumers import consumer_bindings
+from keras_sngd.distributed import global_batch_moments
 from keras_sngd.refresh import refresh_inverse_root
-from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
 from keras_sngd.statistics import update_moving_moments
 
@@ -225,7 +225,8 @@ class LocalFisher(keras.layers.Layer):
     def _update(self, inputs):
         """Statistics, counters and (every `update_every` steps) the refresh; returns the `U` (and the
         shift) to use in this step."""
-        second_moment, mean = batch_moments(inputs, self.axis)
+        # Over the global batch: all-reduced across tf.distribute replicas (keras_sngd.distributed).
+        second_moment, mean = global_batch_moments(inputs, self.axis)
         moving_second_moment, moving_mean, weight, accepted_batch = update_moving_moments(
             self.second_moment.value,
             self.mean.value,
