@@ -59,14 +59,19 @@ class LocalFisher(keras.layers.Layer):
     model's outputs, do not change (as in PRONG, Desjardins et al. 2015); between refreshes, SGD on `W'` is
     NGD on `W = U W'` (paper, Proposition 1). **Replacing refresh**: with `preserve_function=False`, or when
     a consumer cannot absorb `U` (a depthwise convolution, a layer that is not Dense/Conv/RNN/EinsumDense,
-    a nested model), or on the JAX backend (its trainer drops assignments to trainable variables made in
-    the train step), `U` is replaced and the function moves at each refresh, like batch normalization
+    a nested model), or on the JAX backend without `keras_sngd.FunctionPreservingRefresh` in `fit`'s
+    callbacks (its trainer drops assignments to trainable variables made in the train step; the callback
+    moves the refresh between steps, `refresh()`, and keeps the function), `U` is replaced and the function moves at each refresh, like batch normalization
     replacing its statistics; a warning says so and `describe()` shows which mode a layer is in. SGD
     momentum slots are not re-expressed.
 
     A batch with a NaN or Inf leaves the statistics unchanged; a refresh whose iteration does not converge
     or is not finite keeps the previous `U` (and the consumers' weights) and increments
     `failed_refresh_count`. Until the first refresh, `U` is the identity and the layer changes nothing.
+
+    **Several devices**: under `tf.distribute` the batch sums behind `S` and `m` are all-reduced across
+    replicas before the average (`keras_sngd.distributed`), so every replica holds the same state, that
+    of one device on the global batch.
 
     **During inference** (`training=False`): `y = U x`, and nothing is updated.
 
