@@ -61,9 +61,9 @@ class LocalFisher(keras.layers.Layer):
     a consumer cannot absorb `U` (a depthwise convolution, a layer that is not Dense/Conv/RNN/EinsumDense,
     a nested model), or on the JAX backend without `keras_sngd.FunctionPreservingRefresh` in `fit`'s
     callbacks (its trainer drops assignments to trainable variables made in the train step; the callback
-    moves the refresh between steps, `refresh()`, and keeps the function), `U` is replaced and the function moves at each refresh, like batch normalization
-    replacing its statistics; a warning says so and `describe()` shows which mode a layer is in. SGD
-    momentum slots are not re-expressed.
+    moves the refresh between steps, `refresh()`, and keeps the function), `U` is replaced and the
+    function moves at each refresh, like batch normalization replacing its statistics; a warning says so
+    and `describe()` shows which mode a layer is in. SGD momentum slots are not re-expressed.
 
     A batch with a NaN or Inf leaves the statistics unchanged; a refresh whose iteration does not converge
     or is not finite keeps the previous `U` (and the consumers' weights) and increments
