@@ -16,8 +16,12 @@ How each backend distributes:
 
 - **TensorFlow `tf.distribute`** (`MirroredStrategy`, `MultiWorkerMirroredStrategy`, `TPUStrategy`):
   the train step runs once per replica inside a replica context, and `sum_across_replicas` is one
-  batched `all_reduce(SUM)` of the list. The refresh then computes the same `U` on every replica, and
-  the layer's non-trainable state, assigned the same value everywhere, stays identical.
+  batched `all_reduce(SUM)` of the list. The layer's state variables keep Keras's defaults
+  (`aggregation="none"`, `synchronization="auto"`): under the strategy they are mirrored, and each
+  replica assigns its own copy. The copies stay identical because every replica computes them from
+  the same all-reduced sums (the statistics, then the same refresh of `U`, then the same counters); an
+  aggregating variable (`"mean"`) would average values that are already equal, at the cost of another
+  all-reduce per variable.
 - **JAX `keras.distribution.DataParallel`**: the train step is one program over the *global* batch,
   sharded by XLA; sums over the batch are already global (XLA inserts the all-reduce), so nothing is
   needed here: the identity.

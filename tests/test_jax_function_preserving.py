@@ -37,7 +37,7 @@ def run_case(backend, *arguments):
 
 @pytest.fixture(scope="module")
 def jax_runs():
-    return run_case("jax", "forget", "lr0", "trajectory")
+    return run_case("jax", "forget", "lr0", "lr0_steps_per_execution", "trajectory")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,13 @@ def test_lr0_fit_through_refreshes_keeps_outputs_on_jax(jax_runs):
     assert not report["inverse_root_is_identity"]
     assert report["refresh_mode"].startswith("function-preserving")
     # The tolerance of tests/test_function_preserving_refresh.py on TensorFlow.
+    assert report["max_output_change"] <= 1e-4 * report["max_output"]
+
+
+def test_steps_per_execution_refreshes_after_the_execution_on_jax(jax_runs):
+    """12 steps in executions of 3, a refresh due at steps 4, 8 and 12: one after each such execution."""
+    report = jax_runs["lr0_steps_per_execution"]
+    assert report["step"] == 12 and report["refresh_count"] == 3 and report["failed_refresh_count"] == 0
     assert report["max_output_change"] <= 1e-4 * report["max_output"]
 
 

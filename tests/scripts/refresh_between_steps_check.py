@@ -4,6 +4,7 @@ Run by tests/test_jax_function_preserving.py in a subprocess (a process has one 
 cases as arguments, in order; prints one JSON line, a report per case.
 
 - `lr0`: SGD(0.0) through 3 refreshes (`update_every=4`): the outputs before and after `fit`.
+- `lr0_steps_per_execution`: the same with `steps_per_execution=3` (refreshes due inside an execution).
 - `trajectory`: SGD(0.05) for 3 epochs from weights drawn with numpy (the same on every backend):
   losses, final weights and `U`.
 - `mlp DIRECTORY`: the 784-80-80-10 MLP, LocalFisher defaults, SGD(0.1), 200 steps of 50 real
@@ -54,10 +55,10 @@ def data():
     return inputs, targets
 
 
-def lr0(callbacks):
+def lr0(callbacks, steps_per_execution=1):
     inputs, targets = data()
     model = small_model()
-    model.compile(keras.optimizers.SGD(0.0), "mse")
+    model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=steps_per_execution)
     before = np.asarray(model.predict(inputs, verbose=0))
     model.fit(inputs, targets, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
     after = np.asarray(model.predict(inputs, verbose=0))
@@ -83,6 +84,8 @@ def run(case, argument=None):
     callbacks = [keras_sngd.callbacks.FunctionPreservingRefresh()]
     if case == "lr0":
         return lr0(callbacks)
+    if case == "lr0_steps_per_execution":
+        return lr0(callbacks, steps_per_execution=3)
     if case == "forget":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
