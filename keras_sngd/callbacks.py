@@ -3,6 +3,7 @@
 import keras
 
 from keras_sngd.local_fisher import LocalFisher
+from keras_sngd.validation import check_bool
 
 
 class FunctionPreservingRefresh(keras.callbacks.Callback):
@@ -42,8 +43,6 @@ class FunctionPreservingRefresh(keras.callbacks.Callback):
 
     def __init__(self, verbose=False):
         super().__init__()
-        from keras_sngd.validation import check_bool
-
         self.verbose = check_bool("verbose", verbose)
         self._layers = []
         self._steps = {}

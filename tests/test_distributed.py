@@ -63,3 +63,23 @@ def test_jax_data_parallel_matches_one_device():
     assert report["devices"] == 2 and "batch" in report["sharding"]
     assert report["single"]["0.refresh_count"] > 0
     assert_same_state(report["single"], report["parallel"])
+
+
+def test_one_device_is_the_identity():
+    """Off a multi-replica context the reduction changes nothing and the moments are the batch's."""
+    import keras
+
+    from keras_sngd.distributed import global_batch_moments
+    from keras_sngd.distributed import in_replica_context
+    from keras_sngd.distributed import sum_across_replicas
+    from keras_sngd.statistics import batch_moments
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 5)).astype("float32")
+    values = [keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(2.0)]
+    summed = sum_across_replicas(values)
+    assert not in_replica_context() and len(summed) == 2 and summed[0] is values[0]
+    for axis in (-1, 1):
+        expected = batch_moments(x, axis)
+        for actual, wanted in zip(global_batch_moments(x, axis), expected):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(wanted), rtol=1e-6, atol=1e-6)

@@ -37,7 +37,7 @@ def run_case(backend, *arguments):
 
 @pytest.fixture(scope="module")
 def jax_runs():
-    return run_case("jax", "forget", "lr0", "lr0_steps_per_execution", "trajectory")
+    return run_case("jax", "forget", "lr0", "lr0_center", "lr0_steps_per_execution", "trajectory")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def tensorflow_runs():
     return run_case("tensorflow", "trajectory", "trajectory_everywhere")
 
 
-def test_lr0_fit_through_refreshes_keeps_outputs_on_jax(jax_runs):
-    report = jax_runs["lr0"]
+@pytest.mark.parametrize("case", ["lr0", "lr0_center"])
+def test_lr0_fit_through_refreshes_keeps_outputs_on_jax(jax_runs, case):
+    report = jax_runs[case]
     assert report["step"] == 12 and report["refresh_count"] == 3 and report["failed_refresh_count"] == 0
     assert not report["inverse_root_is_identity"]
     assert report["refresh_mode"].startswith("function-preserving")
@@ -109,3 +110,32 @@ def test_callback_is_a_no_op_off_jax():
     assert int(with_callback.layers[0].refresh_count.numpy()) == 5
     for a, b in zip(with_callback.get_weights(), without.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def refreshable(center=False):
+    """A built model whose first LocalFisher has statistics (lr 0, no refresh due yet)."""
+    model = keras.Sequential([
+        keras.Input((5,)), keras_sngd.LocalFisher(update_every=1000, center=center), keras.layers.Dense(3),
+    ])
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 5)) * rng.uniform(0.2, 3.0, 5) + 0.7).astype("float32")
+    return model, x
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_refresh_method_keeps_outputs(center):
+    model, x = refreshable(center)
+    layer = model.layers[0]
+    assert not layer.refresh()  # no statistics yet: nothing changes but the failure count
+    assert int(layer.failed_refresh_count.numpy()) == 1 and int(layer.refresh_count.numpy()) == 0
+    np.testing.assert_array_equal(layer.inverse_root.numpy(), np.eye(5))
+    model.fit(x, np.zeros((64, 3), "float32"), batch_size=16, epochs=1, verbose=0)
+    before = np.asarray(model.predict(x, verbose=0))
+    kernel = np.array(model.layers[1].kernel.numpy())
+    assert layer.refresh()
+    assert int(layer.refresh_count.numpy()) == 1 and int(layer.step.numpy()) == 4
+    assert not np.allclose(layer.inverse_root.numpy(), np.eye(5))
+    assert not np.allclose(model.layers[1].kernel.numpy(), kernel)
+    after = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())

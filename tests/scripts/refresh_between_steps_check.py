@@ -4,6 +4,7 @@ Run by tests/test_jax_function_preserving.py in a subprocess (a process has one 
 cases as arguments, in order; prints one JSON line, a report per case.
 
 - `lr0`: SGD(0.0) through 3 refreshes (`update_every=4`): the outputs before and after `fit`.
+- `lr0_center`: the same with `center=True` (the consumers' biases absorb the shift).
 - `lr0_steps_per_execution`: the same with `steps_per_execution=3` (refreshes due inside an execution).
 - `trajectory`: SGD(0.05) for 3 epochs from weights drawn with numpy (the same on every backend):
   losses, final weights and `U`.
@@ -55,9 +56,9 @@ def data():
     return inputs, targets
 
 
-def lr0(callbacks, steps_per_execution=1):
+def lr0(callbacks, steps_per_execution=1, center=False):
     inputs, targets = data()
-    model = small_model()
+    model = small_model(center=center)
     model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=steps_per_execution)
     before = np.asarray(model.predict(inputs, verbose=0))
     model.fit(inputs, targets, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
@@ -84,6 +85,8 @@ def run(case, argument=None):
     callbacks = [keras_sngd.callbacks.FunctionPreservingRefresh()]
     if case == "lr0":
         return lr0(callbacks)
+    if case == "lr0_center":
+        return lr0(callbacks, center=True)
     if case == "lr0_steps_per_execution":
         return lr0(callbacks, steps_per_execution=3)
     if case == "forget":
