@@ -39,14 +39,11 @@ def state(model):
 
 
 def replicas(model):
-    """Each replica's copy of every LocalFisher variable, as lists."""
+    """Each replica's copy of every variable of the model (kernels re-expressed by refreshes included)."""
     copies = {}
-    for index, layer in enumerate(model.layers):
-        if isinstance(layer, LocalFisher):
-            for name in STATE:
-                variable = getattr(layer, name).value
-                values = getattr(variable, "values", (variable,))
-                copies[f"{index}.{name}"] = [np.asarray(v.numpy()).tolist() for v in values]
+    for variable in model.weights:
+        values = getattr(variable.value, "values", (variable.value,))
+        copies[variable.path] = [np.asarray(v.numpy()).tolist() for v in values]
     return copies
 
 
