@@ -372,7 +372,9 @@ class LocalFisher(keras.layers.Layer):
         if not bool(ops.convert_to_numpy(accepted)):
             self.failed_refresh_count.assign(self.failed_refresh_count.value + 1)
             return False
-        bindings = consumer_bindings(self)[0] if self.preserve_function else []
+        bindings, reason = consumer_bindings(self) if self.preserve_function else ([], "preserve_function=False")
+        if self._refresh_outside_step and not bindings:
+            self.refresh_mode = f"replacing, the model's function moves at each refresh ({reason})"
         # W'_new = G_new^(1/2) U_old W', so that U_new W'_new = U_old W' (as in the train step).
         mixing = ops.matmul(root, old_inverse_root)
         if self.center:
