@@ -1,5 +1,7 @@
 """keras-sngd: structured natural gradient descent (SNGD) for Keras 3 `model.fit`."""
 
+from keras_sngd import callbacks
+from keras_sngd.callbacks import FunctionPreservingRefresh
 from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.fold import fold
 from keras_sngd.local_fisher import LocalFisher
@@ -9,4 +11,14 @@ from keras_sngd.reconstruct import reconstruct
 
 __version__ = "0.1.0"
 
-__all__ = ["FisherStatistics", "LocalFisher", "ReconstructionReport", "fold", "newton_schulz", "reconstruct", "__version__"]
+__all__ = [
+    "FisherStatistics",
+    "FunctionPreservingRefresh",
+    "LocalFisher",
+    "ReconstructionReport",
+    "callbacks",
+    "fold",
+    "newton_schulz",
+    "reconstruct",
+    "__version__",
+]

@@ -7,12 +7,18 @@ import keras
 from keras import ops
 
 from keras_sngd.consumers import consumer_bindings
+from keras_sngd.distributed import global_batch_moments
 from keras_sngd.refresh import refresh_inverse_root
-from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
 from keras_sngd.statistics import update_moving_moments
 
 _REFRESH_DTYPES = ("float32", "float64")
+_JAX_REASON = (
+    "the JAX trainer drops assignments to trainable variables made inside the train step; pass "
+    "callbacks=[keras_sngd.callbacks.FunctionPreservingRefresh()] to model.fit"
+)
+_OUTSIDE_MODE = "function-preserving, between train steps (keras_sngd.callbacks.FunctionPreservingRefresh)"
+_warned_jax = False
 
 
 @keras.saving.register_keras_serializable(package="keras_sngd")
@@ -53,14 +59,19 @@ class LocalFisher(keras.layers.Layer):
     model's outputs, do not change (as in PRONG, Desjardins et al. 2015); between refreshes, SGD on `W'` is
     NGD on `W = U W'` (paper, Proposition 1). **Replacing refresh**: with `preserve_function=False`, or when
     a consumer cannot absorb `U` (a depthwise convolution, a layer that is not Dense/Conv/RNN/EinsumDense,
-    a nested model), or on the JAX backend (its trainer drops assignments to trainable variables made in
-    the train step), `U` is replaced and the function moves at each refresh, like batch normalization
-    replacing its statistics; a warning says so and `describe()` shows which mode a layer is in. SGD
-    momentum slots are not re-expressed.
+    a nested model), or on the JAX backend without `keras_sngd.FunctionPreservingRefresh` in `fit`'s
+    callbacks (its trainer drops assignments to trainable variables made in the train step; the callback
+    moves the refresh between steps, `refresh()`, and keeps the function), `U` is replaced and the
+    function moves at each refresh, like batch normalization replacing its statistics; a warning says so
+    and `describe()` shows which mode a layer is in. SGD momentum slots are not re-expressed.
 
     A batch with a NaN or Inf leaves the statistics unchanged; a refresh whose iteration does not converge
     or is not finite keeps the previous `U` (and the consumers' weights) and increments
     `failed_refresh_count`. Until the first refresh, `U` is the identity and the layer changes nothing.
+
+    **Several devices**: under `tf.distribute` the batch sums behind `S` and `m` are all-reduced across
+    replicas before the average (`keras_sngd.distributed`), so every replica holds the same state, that
+    of one device on the global batch.
 
     **During inference** (`training=False`): `y = U x`, and nothing is updated.
 
@@ -166,6 +177,9 @@ class LocalFisher(keras.layers.Layer):
         self.preserve_function = preserve_function
         self.supports_masking = True
         self.refresh_mode = "not traced yet"
+        # Set by keras_sngd.callbacks.FunctionPreservingRefresh (JAX): the train step then only updates
+        # the statistics, and the callback calls `refresh()` between steps.
+        self._refresh_outside_step = False
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -219,13 +233,14 @@ class LocalFisher(keras.layers.Layer):
         if not self.preserve_function:
             return [], "preserve_function=False"
         if keras.backend.backend() == "jax" and self._outbound_nodes:
-            return [], "the JAX trainer drops assignments to trainable variables made inside the train step"
+            return [], _JAX_REASON
         return consumer_bindings(self)
 
     def _update(self, inputs):
         """Statistics, counters and (every `update_every` steps) the refresh; returns the `U` (and the
         shift) to use in this step."""
-        second_moment, mean = batch_moments(inputs, self.axis)
+        # Over the global batch: all-reduced across tf.distribute replicas (keras_sngd.distributed).
+        second_moment, mean = global_batch_moments(inputs, self.axis)
         moving_second_moment, moving_mean, weight, accepted_batch = update_moving_moments(
             self.second_moment.value,
             self.mean.value,
@@ -236,8 +251,13 @@ class LocalFisher(keras.layers.Layer):
         )
         step = self.step.value + 1
         due = ops.equal(step % self.update_every, 0)
-        bindings, reason = self.consumer_bindings()
-        self._note_refresh_mode(bindings, reason)
+        if self._refresh_outside_step:
+            bindings = []
+            due = ops.convert_to_tensor(False)
+            self.refresh_mode = _OUTSIDE_MODE
+        else:
+            bindings, reason = self.consumer_bindings()
+            self._note_refresh_mode(bindings, reason)
         old_inverse_root = self.inverse_root.value
         old_shift = self.shift.value if self.center else None
 
@@ -275,7 +295,8 @@ class LocalFisher(keras.layers.Layer):
             return tuple(values + [shift]) if self.center else tuple(values)
 
         # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
-        values = [ops.stop_gradient(value) for value in ops.cond(due, refresh, current)]
+        branches = current() if self._refresh_outside_step else ops.cond(due, refresh, current)
+        values = [ops.stop_gradient(value) for value in branches]
         inverse_root, accepted = values[0], values[1]
         shift = values[2] if self.center else None
         self.second_moment.assign(moving_second_moment)
@@ -298,13 +319,81 @@ class LocalFisher(keras.layers.Layer):
             mode = f"function-preserving (re-expresses {names})"
         else:
             mode = f"replacing, the model's function moves at each refresh ({reason})"
-            if self.preserve_function and mode != self.refresh_mode and reason != "no consumer layer in a model graph":
+            if reason == _JAX_REASON:
+                # Once per process: every LocalFisher of the model would say the same.
+                global _warned_jax
+                if not _warned_jax:
+                    _warned_jax = True
+                    warnings.warn(
+                        f"LocalFisher '{self.name}' (and any other) cannot keep the model's function across "
+                        f"refreshes inside the JAX train step: {reason}. Without that it replaces G^(-1/2) "
+                        "at each refresh, which can diverge with the default damping.",
+                        stacklevel=3,
+                    )
+            elif self.preserve_function and mode != self.refresh_mode and reason != "no consumer layer in a model graph":
                 warnings.warn(
                     f"LocalFisher '{self.name}' cannot keep the model's function across refreshes: {reason}. "
                     "It replaces G^(-1/2) like batch normalization replaces its statistics.",
                     stacklevel=3,
                 )
         self.refresh_mode = mode
+
+    def refresh(self):
+        """One refresh of `U` now, outside the train step (eagerly); function-preserving where it can be.
+
+        The same update as the refresh inside the train step, from the current moving statistics:
+
+        ```
+        G = activation_factor * (S / c)                       # minus (m/c)(m/c)^T when center=True
+        G^(1/2), U_new = newton_schulz(G, damping)            # paper Eq. 15
+        W' <- G^(1/2) U W'   (b' <- b' + (U W')^T (m/c - mu), mu <- m/c with center=True)
+        U  <- U_new;  refresh_count += 1
+        ```
+
+        The consumers' kernels are re-expressed (so the model's outputs do not change) on every backend,
+        JAX included: this runs outside the compiled step, where assignments stick. It does not touch
+        `step` or the statistics. `keras_sngd.callbacks.FunctionPreservingRefresh` calls it during `fit`
+        on JAX. A refresh that fails (no statistics yet, an iteration that does not converge or is not
+        finite) changes nothing but `failed_refresh_count`.
+
+        Returns:
+            bool, whether `U` was refreshed.
+        """
+        if not self.built:
+            raise ValueError(f"LocalFisher '{self.name}' is not built: call it on data before `refresh()`.")
+        weight = self.statistics_weight.value
+        old_inverse_root = ops.convert_to_tensor(self.inverse_root.value)
+        fisher = local_fisher_matrix(
+            self.second_moment.value, self.mean.value, weight, self.center, self.activation_factor
+        )
+        inverse_root, root, accepted = refresh_inverse_root(
+            fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype
+        )
+        if not bool(ops.convert_to_numpy(accepted)):
+            self.failed_refresh_count.assign(self.failed_refresh_count.value + 1)
+            return False
+        bindings, reason = consumer_bindings(self) if self.preserve_function else ([], "preserve_function=False")
+        if self._refresh_outside_step and not bindings:
+            self.refresh_mode = f"replacing, the model's function moves at each refresh ({reason})"
+        # W'_new = G_new^(1/2) U_old W', so that U_new W'_new = U_old W' (as in the train step).
+        mixing = ops.matmul(root, old_inverse_root)
+        if self.center:
+            old_shift = ops.convert_to_tensor(self.shift.value)
+            shift = self.mean.value / ops.maximum(weight, 1e-30)
+        for binding in bindings:
+            kernel = _frozen(binding.kernel)
+            if self.center:
+                effective = binding.mix(old_inverse_root, kernel)
+                response = binding.shift_response(effective, shift - old_shift)
+                bias = _frozen(binding.bias)
+                input_bias = binding.input_bias(bias) + ops.cast(response, bias.dtype)
+                binding.bias.assign(binding.with_bias(bias, input_bias))
+            binding.kernel.assign(binding.mix(mixing, kernel))
+        if self.center:
+            self.shift.assign(shift)
+        self.inverse_root.assign(inverse_root)
+        self.refresh_count.assign(self.refresh_count.value + 1)
+        return True
 
     def compute_output_shape(self, input_shape):
         return input_shape

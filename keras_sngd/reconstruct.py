@@ -112,7 +112,9 @@ def reconstruct(
     sngd, report = keras_sngd.reconstruct(plain, return_report=True)
     print(report)
     sngd.compile(optimizer=keras.optimizers.SGD(0.1), loss=...)
-    sngd.fit(...)
+    # On JAX this callback is the one extra step (a no-op elsewhere): without it the refresh cannot
+    # keep the function there, and JAX warns.
+    sngd.fit(..., callbacks=[keras_sngd.FunctionPreservingRefresh()])
     deployable = keras_sngd.fold(sngd)
     ```
     """

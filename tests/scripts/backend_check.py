@@ -1,14 +1,19 @@
-"""Train a small SNGD model on the backend in KERAS_BACKEND and check the layer's state against numpy.
+"""Train a small SNGD model on the backend in KERAS_BACKEND and check the layer's state against numpy;
+then reconstruct a plain model, train it with `FunctionPreservingRefresh`, fold it, save and load it.
 
-Run by tests/test_backends.py in a subprocess (a process has one Keras backend). Prints one JSON line.
+Run by tests/test_backends.py in a subprocess (a process has one Keras backend), also on PyTorch when it
+is installed. Prints one JSON line.
 """
 
 import json
+import os
 import sys
+import tempfile
 
 import keras
 import numpy as np
 
+import keras_sngd
 from keras_sngd import LocalFisher
 from keras_sngd import newton_schulz
 
@@ -22,7 +27,8 @@ def main():
         [keras.Input((6,)), LocalFisher(update_every=4), keras.layers.Dense(8, activation="relu"),
          LocalFisher(update_every=4), keras.layers.Dense(2)]
     )
-    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=True)
+    # On torch, jit_compile=True is torch.compile, which takes minutes on CPU for this step.
+    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=keras.backend.backend() != "torch")
     losses = model.fit(inputs, targets, batch_size=16, epochs=3, shuffle=False, verbose=0).history["loss"]
     layer = model.layers[0]
     moment = np.asarray(layer.second_moment.numpy(), np.float64) / float(layer.statistics_weight.numpy())
@@ -38,7 +44,9 @@ def main():
         newton_schulz(damped, dtype="float64")
     except ValueError as exception:
         float64_error = str(exception)
+    report = reconstruct_fit_fold_save()
     print(json.dumps({
+        **report,
         "backend": keras.backend.backend(),
         "losses": [float(loss) for loss in losses],
         "step": int(layer.step.numpy()),
@@ -50,6 +58,57 @@ def main():
         "float64_error": float64_error,
         "refresh_mode": layer.refresh_mode,
     }))
+
+
+def reconstruct_fit_fold_save():
+    """The user's path: reconstruct, fit through refreshes, fold, and a `.keras` round trip."""
+    rng = np.random.default_rng(1)
+    inputs = (rng.standard_normal((96, 12)) * rng.uniform(0.2, 3.0, 12) + 0.5).astype("float32")
+    labels = rng.integers(0, 3, 96)
+    keras.utils.set_random_seed(1)
+    plain = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    sngd, report = keras_sngd.reconstruct(
+        plain, local_fisher_arguments={"update_every": 4}, return_report=True
+    )
+    same_at_start = float(np.abs(np.asarray(sngd.predict(inputs, verbose=0)) - np.asarray(plain.predict(inputs, verbose=0))).max())
+
+    # Learning rate 0 through 3 refreshes: the function must not move.
+    sngd.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = np.asarray(sngd.predict(inputs, verbose=0))
+    sngd.fit(inputs, labels, batch_size=8, epochs=1, shuffle=False, verbose=0,
+             callbacks=[keras_sngd.FunctionPreservingRefresh()])
+    lr0_change = float(np.abs(np.asarray(sngd.predict(inputs, verbose=0)) - before).max() / np.abs(before).max())
+
+    sngd.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    losses = sngd.fit(inputs, labels, batch_size=8, epochs=3, shuffle=False, verbose=0,
+                      callbacks=[keras_sngd.FunctionPreservingRefresh()]).history["loss"]
+    outputs = np.asarray(sngd.predict(inputs, verbose=0))
+    scale = np.abs(outputs).max()
+    folded = keras_sngd.fold(sngd)
+    fold_error = float(np.abs(np.asarray(folded.predict(inputs, verbose=0)) - outputs).max() / scale)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "sngd.keras")
+        sngd.save(path)
+        loaded = keras.saving.load_model(path)
+    load_error = float(np.abs(np.asarray(loaded.predict(inputs, verbose=0)) - outputs).max() / scale)
+    fishers = keras_sngd.callbacks.local_fishers(sngd)
+    loaded_fishers = keras_sngd.callbacks.local_fishers(loaded)
+    return {
+        "inserted": len(report.inserted),
+        "same_at_start": same_at_start,
+        "lr0_change": lr0_change,
+        "sngd_losses": [float(loss) for loss in losses],
+        "sngd_refresh_counts": [int(layer.refresh_count.numpy()) for layer in fishers],
+        "sngd_refresh_modes": [layer.refresh_mode for layer in fishers],
+        "fold_error": fold_error,
+        "folded_has_local_fisher": bool(keras_sngd.callbacks.local_fishers(folded)),
+        "load_error": load_error,
+        "loaded_state_equal": all(
+            np.array_equal(np.asarray(a.inverse_root.numpy()), np.asarray(b.inverse_root.numpy()))
+            and int(a.step.numpy()) == int(b.step.numpy())
+            for a, b in zip(fishers, loaded_fishers)
+        ),
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# SNGD vs SGD per step on ResNet-18 and VGG-16 (CIFAR-10 size, synthetic data), JAX backend, one command.
+#
+# Meant for a GPU machine with JAX and CUDA but no TensorFlow and no network. Keras and its small missing
+# dependencies travel as wheels in .whl/ at the repository root (git-ignored), made beforehand on a
+# machine with PyPI access by:
+#
+#     bash benchmarks/gpu.sh --download-wheels      # keras, namex, optree for CPython 3.12 x86-64
+#
+# Then, on the GPU machine, from the repository root:
+#
+#     bash benchmarks/gpu.sh                        # 120 steps per run, batch 128
+#     bash benchmarks/gpu.sh --steps 8 --warmup 2 --batch 8 --width 0.125   # a smoke run on CPU
+#
+# It installs the wheels and this package (without its TensorFlow dependency) into a private folder,
+# runs the correctness checks and the timings of benchmarks/gpu_bench.py, and exits non-zero if a check
+# fails. Extra arguments go to gpu_bench.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [ "${1:-}" = "--download-wheels" ]; then
+    KERAS_VERSION=$($PYTHON -c "import keras; print(keras.__version__)" 2>/dev/null || echo 3.15.1)
+    rm -rf .whl && mkdir -p .whl
+    $PYTHON -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+        "keras==${KERAS_VERSION}" namex optree
+    ls -l .whl
+    exit 0
+fi
+
+SITE=${SNGD_SITE:-/tmp/keras_sngd_site}
+mkdir -p "$SITE"
+if ! $PYTHON -c "import keras, namex, optree" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then
+    # Only what is missing there travels (keras, namex, optree); the machine's own jax/numpy/h5py stay.
+    $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+fi
+# This package without its dependencies (TensorFlow is not needed on the JAX backend).
+if ! $PYTHON -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . 2> /dev/null; then
+    echo "gpu.sh: pip could not install the package (no setuptools>=77?); using the source tree instead"
+fi
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export KERAS_BACKEND=jax
+# float32 matrix products in full float32: TF32 would perturb the Newton-Schulz iteration.
+export JAX_DEFAULT_MATMUL_PRECISION=${JAX_DEFAULT_MATMUL_PRECISION:-highest}
+$PYTHON -c "import jax, keras, keras_sngd; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'keras_sngd from', keras_sngd.__file__)"
+exec $PYTHON benchmarks/gpu_bench.py "$@"

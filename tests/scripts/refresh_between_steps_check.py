@@ -1,0 +1,141 @@
+"""SNGD with `keras_sngd.callbacks.FunctionPreservingRefresh` on the backend in KERAS_BACKEND.
+
+Run by tests/test_jax_function_preserving.py in a subprocess (a process has one Keras backend), with the
+cases as arguments, in order; prints one JSON line, a report per case.
+
+- `lr0`: SGD(0.0) through 3 refreshes (`update_every=4`): the outputs before and after `fit`.
+- `lr0_center`: the same with `center=True` (the consumers' biases absorb the shift).
+- `lr0_steps_per_execution`: the same with `steps_per_execution=3` (refreshes due inside an execution).
+- `trajectory`: SGD(0.05) for 3 epochs from weights drawn with numpy (the same on every backend):
+  losses, final weights and `U`.
+- `mlp DIRECTORY`: the 784-80-80-10 MLP, LocalFisher defaults, SGD(0.1), 200 steps of 50 real
+  Fashion-MNIST images: the losses.
+- `trajectory_everywhere`: `trajectory` with the callback's mechanism also off JAX (refresh between steps).
+- `forget`: the `lr0` case without the callback: the warnings it raised and whether outputs moved (first:
+  the warning comes once per process).
+"""
+
+import json
+import sys
+import warnings
+
+import keras
+import numpy as np
+
+import keras_sngd
+from keras_sngd import LocalFisher
+
+
+def small_model(update_every=4, center=False):
+    model = keras.Sequential([
+        keras.Input((6,)),
+        LocalFisher(update_every=update_every, center=center),
+        keras.layers.Dense(8, activation="tanh"),
+        LocalFisher(update_every=update_every, center=center),
+        keras.layers.Dense(2),
+    ])
+    rng = np.random.default_rng(1)
+    model.set_weights([
+        (rng.standard_normal(w.shape) * (0.5 if len(w.shape) == 2 and w.shape[0] == w.shape[1] else 1.0)).astype("float32")
+        if not _is_state(model, i) else w
+        for i, w in enumerate(model.get_weights())
+    ])
+    return model
+
+
+def _is_state(model, index):
+    """Whether weight number `index` of `model.get_weights()` is LocalFisher state (kept as initialized)."""
+    owners = [layer for layer in model.layers for _ in layer.weights]
+    return isinstance(owners[index], LocalFisher)
+
+
+def data():
+    rng = np.random.default_rng(0)
+    inputs = (rng.standard_normal((96, 6)) * rng.uniform(0.2, 3.0, 6) + 0.7).astype("float32")
+    targets = np.tanh(inputs @ rng.standard_normal((6, 2))).astype("float32")
+    return inputs, targets
+
+
+def lr0(callbacks, steps_per_execution=1, center=False):
+    inputs, targets = data()
+    model = small_model(center=center)
+    model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=steps_per_execution)
+    before = np.asarray(model.predict(inputs, verbose=0))
+    model.fit(inputs, targets, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    after = np.asarray(model.predict(inputs, verbose=0))
+    fisher = model.layers[0]
+    return {
+        "refresh_count": int(fisher.refresh_count.numpy()),
+        "failed_refresh_count": int(fisher.failed_refresh_count.numpy()),
+        "step": int(fisher.step.numpy()),
+        "inverse_root_is_identity": bool(np.allclose(fisher.inverse_root.numpy(), np.eye(6))),
+        "max_output_change": float(np.abs(after - before).max()),
+        "max_output": float(np.abs(before).max()),
+        "refresh_mode": fisher.refresh_mode,
+    }
+
+
+class RefreshBetweenStepsEverywhere(keras_sngd.callbacks.FunctionPreservingRefresh):
+    """The JAX mechanism on any backend, to compare backends with the refresh at the same point."""
+
+    active = True
+
+
+def run(case, argument=None):
+    callbacks = [keras_sngd.callbacks.FunctionPreservingRefresh()]
+    if case == "lr0":
+        return lr0(callbacks)
+    if case == "lr0_center":
+        return lr0(callbacks, center=True)
+    if case == "lr0_steps_per_execution":
+        return lr0(callbacks, steps_per_execution=3)
+    if case == "forget":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = lr0([])
+        report["warnings"] = [str(w.message) for w in caught if "LocalFisher" in str(w.message)]
+        return report
+    if case in ("trajectory", "trajectory_everywhere"):
+        if case == "trajectory_everywhere":
+            callbacks = [RefreshBetweenStepsEverywhere()]
+        inputs, targets = data()
+        model = small_model()
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        history = model.fit(inputs, targets, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+        return {
+            "losses": history.history["loss"],
+            "weights": [np.asarray(w).tolist() for w in model.get_weights()],
+            "refresh_count": int(model.layers[0].refresh_count.numpy()),
+        }
+    if case == "mlp":
+        from keras_sngd.datasets import load_dataset
+
+        images, labels = load_dataset("fashion_mnist", "train", data_dir=argument)
+        images = images[:10000].reshape(10000, 784).astype("float32") / 255.0
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((784,)), LocalFisher(), keras.layers.Dense(80, activation="relu"),
+            LocalFisher(), keras.layers.Dense(80, activation="relu"), LocalFisher(), keras.layers.Dense(10),
+        ])
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(images, labels[:10000], batch_size=50, epochs=1, verbose=0, callbacks=callbacks)
+        return {
+            "losses": history.history["loss"],
+            "refresh_counts": [int(layer.refresh_count.numpy()) for layer in model.layers if isinstance(layer, LocalFisher)],
+            "step": int(model.layers[0].step.numpy()),
+        }
+    raise ValueError(f"unknown case {case!r}")
+
+
+def main():
+    report = {"backend": keras.backend.backend()}
+    arguments = sys.argv[1:]
+    while arguments:
+        case = arguments.pop(0)
+        argument = arguments.pop(0) if case == "mlp" else None
+        report[case] = run(case, argument)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The small SNGD model and data shared by the distributed checks (no backend-specific import)."""
+
+import keras
+import numpy as np
+
+from keras_sngd import LocalFisher
+
+STATE = ("second_moment", "mean", "statistics_weight", "inverse_root", "step", "refresh_count")
+
+
+def build(update_every):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((6,)),
+        LocalFisher(update_every=update_every),
+        keras.layers.Dense(8, activation="relu"),
+        LocalFisher(update_every=update_every),
+        keras.layers.Dense(2),
+    ])
+
+
+def data():
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((128, 6)).astype("float32")
+    # The halves of every global batch of 16 differ: replica 0 sees shifted, scaled rows.
+    inputs[np.arange(128) % 16 < 8] = 3.0 * inputs[np.arange(128) % 16 < 8] + 2.0
+    targets = inputs @ rng.standard_normal((6, 2)).astype("float32")
+    return inputs, targets

@@ -1,0 +1,141 @@
+"""`FunctionPreservingRefresh`: on JAX the refresh keeps the model's function, as inside the TF step.
+
+The JAX cases run in subprocesses (a process has one Keras backend) through
+tests/scripts/refresh_between_steps_check.py.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sngd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "scripts", "refresh_between_steps_check.py")
+
+
+def run_case(backend, *arguments):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install -e '.[tests]' installs it)")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, SCRIPT, *arguments], capture_output=True, text=True, env=env, timeout=600, check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["backend"] == backend
+    return report
+
+
+@pytest.fixture(scope="module")
+def jax_runs():
+    return run_case("jax", "forget", "lr0", "lr0_center", "lr0_steps_per_execution", "trajectory")
+
+
+@pytest.fixture(scope="module")
+def tensorflow_runs():
+    return run_case("tensorflow", "trajectory", "trajectory_everywhere")
+
+
+@pytest.mark.parametrize("case", ["lr0", "lr0_center"])
+def test_lr0_fit_through_refreshes_keeps_outputs_on_jax(jax_runs, case):
+    report = jax_runs[case]
+    assert report["step"] == 12 and report["refresh_count"] == 3 and report["failed_refresh_count"] == 0
+    assert not report["inverse_root_is_identity"]
+    assert report["refresh_mode"].startswith("function-preserving")
+    # The tolerance of tests/test_function_preserving_refresh.py on TensorFlow.
+    assert report["max_output_change"] <= 1e-4 * report["max_output"]
+
+
+def test_steps_per_execution_refreshes_after_the_execution_on_jax(jax_runs):
+    """12 steps in executions of 3, a refresh due at steps 4, 8 and 12: one after each such execution."""
+    report = jax_runs["lr0_steps_per_execution"]
+    assert report["step"] == 12 and report["refresh_count"] == 3 and report["failed_refresh_count"] == 0
+    assert report["max_output_change"] <= 1e-4 * report["max_output"]
+
+
+def test_forgetting_the_callback_on_jax_warns_once_and_replaces(jax_runs):
+    report = jax_runs["forget"]
+    assert len(report["warnings"]) == 1, report["warnings"]
+    assert "callbacks=[keras_sngd.callbacks.FunctionPreservingRefresh()]" in report["warnings"][0]
+    assert report["refresh_mode"].startswith("replacing")
+    assert report["refresh_count"] == 3 and report["max_output_change"] > 1e-2 * report["max_output"]
+
+
+def test_jax_follows_the_tensorflow_trajectory(jax_runs, tensorflow_runs):
+    jax_run = jax_runs["trajectory"]
+    # The same mechanism (refresh between steps) on TensorFlow: equal up to float32 rounding.
+    same_mechanism = tensorflow_runs["trajectory_everywhere"]
+    assert jax_run["refresh_count"] == same_mechanism["refresh_count"] == 9
+    np.testing.assert_allclose(jax_run["losses"], same_mechanism["losses"], rtol=1e-5)
+    for jax_weight, tf_weight in zip(jax_run["weights"], same_mechanism["weights"]):
+        tf_weight = np.asarray(tf_weight)
+        np.testing.assert_allclose(jax_weight, tf_weight, rtol=0, atol=1e-5 * max(np.abs(tf_weight).max(), 1.0))
+    # TensorFlow's own refresh, inside the step, takes effect one step earlier at each refresh: after 3
+    # epochs (36 steps, 9 refreshes) the losses differ by about 2.5%.
+    in_step = tensorflow_runs["trajectory"]
+    np.testing.assert_allclose(jax_run["losses"], in_step["losses"], rtol=0.05)
+    assert in_step["losses"][-1] < 0.5 * in_step["losses"][0] and jax_run["losses"][-1] < 0.5 * jax_run["losses"][0]
+
+
+def test_paper_mlp_with_defaults_is_finite_on_jax(fashion_mnist_directory):
+    """784-80-80-10, LocalFisher defaults, SGD 0.1, 200 steps: NaN on JAX without the callback."""
+    report = run_case("jax", "mlp", fashion_mnist_directory)["mlp"]
+    assert report["step"] == 200 and report["refresh_counts"] == [4, 4, 4]
+    assert np.isfinite(report["losses"][0]) and report["losses"][0] < np.log(10.0)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="checks the callback off JAX")
+def test_callback_is_a_no_op_off_jax():
+    def trained(callbacks):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras_sngd.LocalFisher(update_every=2), keras.layers.Dense(3)])
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((40, 5)).astype("float32"), rng.standard_normal((40, 3)).astype("float32")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        return model
+
+    with_callback = trained([keras_sngd.callbacks.FunctionPreservingRefresh()])
+    without = trained([])
+    assert with_callback.layers[0].refresh_mode.startswith("function-preserving (re-expresses")
+    assert int(with_callback.layers[0].refresh_count.numpy()) == 5
+    for a, b in zip(with_callback.get_weights(), without.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def refreshable(center=False):
+    """A built model whose first LocalFisher has statistics (lr 0, no refresh due yet)."""
+    model = keras.Sequential([
+        keras.Input((5,)), keras_sngd.LocalFisher(update_every=1000, center=center), keras.layers.Dense(3),
+    ])
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 5)) * rng.uniform(0.2, 3.0, 5) + 0.7).astype("float32")
+    return model, x
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_refresh_method_keeps_outputs(center):
+    model, x = refreshable(center)
+    layer = model.layers[0]
+    assert not layer.refresh()  # no statistics yet: nothing changes but the failure count
+    assert int(layer.failed_refresh_count.numpy()) == 1 and int(layer.refresh_count.numpy()) == 0
+    np.testing.assert_array_equal(layer.inverse_root.numpy(), np.eye(5))
+    model.fit(x, np.zeros((64, 3), "float32"), batch_size=16, epochs=1, verbose=0)
+    before = np.asarray(model.predict(x, verbose=0))
+    kernel = np.array(model.layers[1].kernel.numpy())
+    assert layer.refresh()
+    assert int(layer.refresh_count.numpy()) == 1 and int(layer.step.numpy()) == 4
+    assert not np.allclose(layer.inverse_root.numpy(), np.eye(5))
+    assert not np.allclose(model.layers[1].kernel.numpy(), kernel)
+    after = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
