@@ -19,7 +19,7 @@ class Settings(NamedTuple):
     batch_size: int
     l2: float = 0.0
     lstm_layers: int = 2
-    local_fisher: dict = {}
+    local_fisher: dict = None
     verbose: int = 1
 
 
