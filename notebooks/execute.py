@@ -6,18 +6,23 @@
 
 Each notebook reads its sizes from environment variables in its first code cell (`SNGD_NOTEBOOK_SAMPLES`,
 `SNGD_NOTEBOOK_EPOCHS`); `--small` sets them to `SMALL_SIZES`, otherwise the notebook's own defaults apply.
-Plots are embedded as PNG (the kernel's inline backend), and per-cell execution timestamps are dropped so
-that a re-run changes only what the notebook computes.
+Plots are embedded as PNG (the kernel's inline backend); per-cell execution timestamps and TensorFlow's
+C++ start-up log lines are dropped, so that the saved outputs are what the notebook computes.
 """
 
 import argparse
 import os
+import re
 import sys
 import time
 
 NOTEBOOK_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
 NOTEBOOKS = ("quickstart.ipynb", "saved_model_walkthrough.ipynb")
 SMALL_SIZES = {"SNGD_NOTEBOOK_SAMPLES": "1024", "SNGD_NOTEBOOK_EPOCHS": "2"}
+# TensorFlow's C++ start-up lines (absl logging before it is initialized, which TF_CPP_MIN_LOG_LEVEL does
+# not silence): machine noise, not something the notebook computes.
+_LOG_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWE]\d{4} \d\d:\d\d:\d\d).*\n?",
+                        flags=re.M)
 
 
 def execute(name, small=False, output_dir=None, timeout=900):
@@ -52,10 +57,21 @@ def execute(name, small=False, output_dir=None, timeout=900):
         os.environ.update(saved_environment)
     for cell in notebook.cells:
         cell.get("metadata", {}).pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = [output for output in map(_without_log_noise, cell.outputs) if output is not None]
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         nbformat.write(notebook, os.path.join(output_dir, name))
     return notebook
+
+
+def _without_log_noise(output):
+    """The output without TensorFlow's start-up log lines; None when nothing else was in it."""
+    if output.output_type == "stream" and output.name == "stderr":
+        output.text = _LOG_NOISE.sub("", output.text)
+        if not output.text.strip():
+            return None
+    return output
 
 
 def main(argv=None):
