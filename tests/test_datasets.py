@@ -294,3 +294,12 @@ def test_ptb_is_never_downloaded(tmp_path, no_data_environment, monkeypatch):
     monkeypatch.setattr("keras_sngd.datasets.registry.download_dataset", lambda *args: pytest.fail("downloaded"))
     with pytest.raises(FileNotFoundError, match="simple-examples"):
         load_dataset("ptb", data_dir=str(tmp_path), download=True)
+
+
+def test_download_dataset_checks_its_arguments():
+    from keras_sngd.datasets import download_dataset
+
+    with pytest.raises(ValueError, match="`name` must be one of 'mnist', 'fashion_mnist', 'cifar10'"):
+        download_dataset("ptb")
+    with pytest.raises(ValueError, match="`split`"):
+        download_dataset("mnist", "validation")

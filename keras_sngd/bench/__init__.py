@@ -1,6 +1,6 @@
 """The main command: SNGD side by side with SGD, Adam, RAdam, Muon and NGD on a reference model.
 
-    python -m keras_sngd.bench                      # MLP on Fashion-MNIST: SGD, Adam, SNGD, 5 epochs
+    python -m keras_sngd.bench                      # MLP on Fashion-MNIST: SGD, Adam, Muon, SNGD, 5 epochs
     python -m keras_sngd.bench --model small_cnn --optimizers sgd,adam,muon,ngd,sngd --seeds 0,1,2
     python -m keras_sngd.bench --optimizers adam,muon,sngd --lr-grid default   # each tuned on its own grid
     python -m keras_sngd.bench --model lstm --dataset ptb --data-dir ~/ptb --epochs 10

@@ -11,7 +11,7 @@ from keras_sngd.bench.training import Settings
 from keras_sngd.bench.training import run_one
 from keras_sngd.bench.training import search_learning_rate
 
-DEFAULT_OPTIMIZERS = "sgd,adam,sngd"
+DEFAULT_OPTIMIZERS = "sgd,adam,muon,sngd"
 # `--lr-grid default`: every optimizer tries its own table grid.
 DEFAULT_GRID = "default"
 
