@@ -224,12 +224,13 @@ def test_missing_dataset_offline_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.delenv("KERAS_SNGD_DATA", raising=False)
     monkeypatch.setattr("keras_sngd.datasets.registry._read_tfds", lambda *args: (None, "no TFDS copy (test)."))
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
-    with pytest.raises(FileNotFoundError, match="downloading it failed") as raised:
+    with pytest.raises(SystemExit, match="downloading it failed") as raised:
         bench.main(["--model", "small_cnn", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--verbose", "0",
                     "--output-dir", str(tmp_path / "out")])
     assert "cifar-10-python.tar.gz" in str(raised.value) and "name resolution" in str(raised.value)
+    assert not (tmp_path / "out").exists()
     # --no-download: the loader is not even asked.
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: pytest.fail("downloaded"))
-    with pytest.raises(FileNotFoundError, match="nothing was downloaded"):
+    with pytest.raises(SystemExit, match="nothing was downloaded"):
         bench.main(["--model", "small_cnn", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download",
                     "--output-dir", str(tmp_path / "out")])

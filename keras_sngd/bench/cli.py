@@ -167,13 +167,21 @@ def machine_description():
 
 
 def main(argv=None):
-    """Run the command: train every optimizer (after its grid search, if asked), print the table, write files."""
+    """Run the command: train every optimizer (after its grid search, if asked), print the table, write files.
+
+    Returns the summary rows. When the dataset cannot be found or downloaded it exits (`SystemExit`, status
+    1) with the message that says how to get it.
+    """
     args = parse_arguments(argv)
     if args.summarize:
         return report.resummarize(args.summarize, plot=not args.no_plot)
-    data = data_module.load_data(args.dataset, data_dir=args.data_dir, download=not args.no_download,
-                                 samples=args.samples, test_samples=args.test_samples,
-                                 sequence_length=args.sequence_length)
+    try:
+        data = data_module.load_data(args.dataset, data_dir=args.data_dir, download=not args.no_download,
+                                     samples=args.samples, test_samples=args.test_samples,
+                                     sequence_length=args.sequence_length)
+    except FileNotFoundError as error:
+        # The message says how to get the data; a traceback would only bury it.
+        raise SystemExit(f"error: {error}") from None
     settings = Settings(model=args.model, epochs=args.epochs, batch_size=args.batch_size, l2=args.l2,
                         lstm_layers=args.lstm_layers, local_fisher=args.local_fisher, verbose=args.verbose)
     machine = machine_description()
