@@ -24,24 +24,22 @@ from keras_sngd.models import REFERENCE_MODELS
 def test_comparison_on_fashion_mnist(tmp_path, capsys, fashion_mnist_directory):
     output = tmp_path / "out"
     rows = bench.main([
-        "--samples", "512", "--test-samples", "256", "--epochs", "2", "--optimizers", "sgd,adam,muon,ngd,sngd",
-        "--seeds", "0,1", "--verbose", "0", "--output-dir", str(output), "--local-fisher", "update_every=4",
-        "--no-download",
+        "--samples", "512", "--test-samples", "256", "--epochs", "2", "--optimizers", "muon,ngd,sngd",
+        "--verbose", "0", "--output-dir", str(output), "--local-fisher", "update_every=4", "--no-download",
     ])
     printed = capsys.readouterr().out
-    assert [row["optimizer"] for row in rows] == ["sgd", "adam", "muon", "ngd", "sngd"]
+    assert [row["optimizer"] for row in rows] == ["muon", "ngd", "sngd"]
     for row in rows:
-        assert row["seeds"] == 2 and 0.0 < row["test_accuracy"]["mean"] <= 1.0
+        assert row["seeds"] == 1 and 0.0 < row["test_accuracy"]["mean"] <= 1.0
         assert row["final_training_loss"]["mean"] > 0 and row["seconds_per_epoch"]["mean"] > 0
-        assert row["final_training_loss"]["std"] is not None  # two seeds: a real spread
     # NGD and SNGD are the same method in exact arithmetic (Proposition 1): same losses up to rounding.
-    ngd, sngd = rows[3]["final_training_loss"]["mean"], rows[4]["final_training_loss"]["mean"]
+    ngd, sngd = rows[1]["final_training_loss"]["mean"], rows[2]["final_training_loss"]["mean"]
     assert abs(ngd - sngd) < 1e-2 * ngd
-    assert "| SNGD | 0.1 |" in printed and "| Muon | 0.003 |" in printed and "s to loss" in printed and " ± " in printed
+    assert "| SNGD | 0.1 |" in printed and "| Muon | 0.003 |" in printed and "s to loss" in printed
     summary = json.loads((output / "results.json").read_text())
-    assert len(summary["runs"]) == 10 and summary["summary"][0]["target_loss"] is not None
+    assert len(summary["runs"]) == 3 and summary["summary"][0]["target_loss"] == rows[0]["final_training_loss"]["mean"]
     with open(output / "results.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 20
+        assert len(list(csv.DictReader(handle))) == 6
     assert (output / "curves.png").stat().st_size > 10000
 
 
