@@ -98,7 +98,7 @@ def _download(name, split):
 
 def _not_found_message(name, split, data_dir, searched, reasons, tried_download):
     local = _LOCAL_FILES[name]
-    places = "a directory passed as `data_dir`" if data_dir is None else f"{os.fspath(data_dir)!r}"
+    places = "a directory passed as `data_dir` (the main command's `--data-dir`)" if data_dir is None else f"{os.fspath(data_dir)!r}"
     which = f"Dataset {name!r}" + ("" if name == "ptb" else f" (split {split!r})")
     outcome = "and downloading it failed" if tried_download else "and nothing was downloaded"
     lines = [f"{which} is not available locally, {outcome}."]
