@@ -232,3 +232,74 @@ def test_bad_name_and_split(tmp_path):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="split"):
         load_dataset("cifar10", split="validation", data_dir=str(tmp_path))
+
+
+# Downloading, with the network replaced by a stand-in for Keras's loader (tests never download).
+
+
+def fake_loader(calls, train_count=5, test_count=3, shape=(28, 28), label_shape=()):
+    def load_data():
+        calls.append("load_data")
+        split = lambda count: (  # noqa: E731
+            np.full((count,) + shape, 7, np.uint8), np.arange(count, dtype=np.uint8).reshape((count,) + label_shape)
+        )
+        return split(train_count), split(test_count)
+
+    return load_data
+
+
+@pytest.fixture
+def nothing_local(tmp_path, monkeypatch, no_data_environment):
+    monkeypatch.setattr("keras_sngd.datasets.registry.FASHION_MNIST_DIRECTORY", str(tmp_path / "absent"))
+    monkeypatch.setattr("keras_sngd.datasets.registry._read_tfds", lambda *args: (None, "no TFDS copy (test)."))
+    return tmp_path
+
+
+def test_download_fetches_with_the_keras_loader_only_when_asked(nothing_local, monkeypatch, capsys):
+    import keras
+
+    calls = []
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", fake_loader(calls))
+    with pytest.raises(FileNotFoundError, match="nothing was downloaded"):
+        load_dataset("fashion_mnist", "test", data_dir=str(nothing_local))
+    assert calls == []
+    images, labels = load_dataset("fashion_mnist", "test", data_dir=str(nothing_local), download=True)
+    assert calls == ["load_data"]
+    assert images.shape == (3, 28, 28, 1) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 1, 2] and labels.dtype == np.int64
+    assert "keras.datasets.fashion_mnist.load_data()" in capsys.readouterr().err
+    # CIFAR-10's loader gives (n, 1) labels; the registry's format is (n,).
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", fake_loader(calls, shape=(32, 32, 3), label_shape=(1,)))
+    images, labels = load_dataset("cifar10", "train", data_dir=str(nothing_local), download=True)
+    assert images.shape == (5, 32, 32, 3) and labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_offline_download_says_what_to_install(nothing_local, monkeypatch):
+    import keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://example.invalid/train-labels-idx1-ubyte.gz: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    with pytest.raises(FileNotFoundError) as raised:
+        load_dataset("fashion_mnist", "train", data_dir=str(nothing_local), download=True)
+    message = str(raised.value)
+    assert "downloading it failed" in message and "Temporary failure in name resolution" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "train-images-idx3-ubyte" in message
+    assert "KERAS_SNGD_DATA" in message
+
+
+def test_ptb_is_never_downloaded(tmp_path, no_data_environment, monkeypatch):
+    monkeypatch.setattr("keras_sngd.datasets.registry.download_dataset", lambda *args: pytest.fail("downloaded"))
+    with pytest.raises(FileNotFoundError, match="simple-examples"):
+        load_dataset("ptb", data_dir=str(tmp_path), download=True)
+
+
+def test_download_dataset_checks_its_arguments():
+    from keras_sngd.datasets import download_dataset
+
+    with pytest.raises(ValueError, match="`name` must be one of 'mnist', 'fashion_mnist', 'cifar10'"):
+        download_dataset("ptb")
+    with pytest.raises(ValueError, match="`split`"):
+        download_dataset("mnist", "validation")
