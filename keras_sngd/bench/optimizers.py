@@ -74,6 +74,12 @@ def _sngd(plain, learning_rate, local_fisher_arguments):
     return reconstruct(plain, local_fisher_arguments=local_fisher_arguments), keras.optimizers.SGD(learning_rate)
 
 
+def _kfac(plain, learning_rate, local_fisher_arguments):
+    from keras_sngd.optimizers import build_kfac_training
+
+    return build_kfac_training(plain, learning_rate)
+
+
 # SGD with momentum 0.9 and the adaptive methods at their usual rates; SNGD and NGD take plain SGD steps
 # (no momentum) at the rate benchmarks/defaults_sweep.py found for the MLP. Muon's default is the better
 # of 3e-3 and 1e-3 on the MLP (README "Two commands" has the command that measured it).
@@ -84,4 +90,7 @@ OPTIMIZERS = {
     "muon": OptimizerSpec("Muon", 0.003, (0.01, 0.003, 0.001, 0.0003), True, _muon),
     "ngd": OptimizerSpec("NGD", 0.1, (0.3, 0.1, 0.03, 0.01), False, _ngd),
     "sngd": OptimizerSpec("SNGD", 0.1, (0.3, 0.1, 0.03, 0.01), False, _sngd),
+    # K-FAC (momentum 0.9, KL clip 1e-4): with the KL clip active the step length is set by the clip, so
+    # its learning rate matters little (benchmarks/kfac_results.md).
+    "kfac": OptimizerSpec("K-FAC", 0.1, (0.3, 0.1, 0.03, 0.01), False, _kfac),
 }
