@@ -9,6 +9,7 @@ from keras_sngd.refresh import NOT_TRACED
 from keras_sngd.refresh import RefreshMode
 from keras_sngd.refresh import RefreshResult
 from keras_sngd.refresh import warm_refresh
+from keras_sngd.refresh import whitening_drift
 from keras_sngd.statistics import MovingMoments
 from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
@@ -48,6 +49,7 @@ class FisherLayer(keras.layers.Layer):
         iterations=None,
         refresh_dtype="float32",
         preserve_function=True,
+        refresh_tolerance=0.3,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -61,6 +63,7 @@ class FisherLayer(keras.layers.Layer):
         self.iterations = check_int("iterations", iterations, minimum=1, allow_none=True)
         self.refresh_dtype = check_choice("refresh_dtype", refresh_dtype, REFRESH_DTYPES)
         self.preserve_function = check_bool("preserve_function", preserve_function)
+        self.refresh_tolerance = check_float("refresh_tolerance", refresh_tolerance, minimum=0.0)
         self.supports_masking = True
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
         # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
@@ -139,7 +142,7 @@ class FisherLayer(keras.layers.Layer):
             due = ops.convert_to_tensor(False)
             result = self._unchanged(old_inverse_root, old_shift)
         else:
-            due = self._refresh_due(step)
+            due = self._refresh_due(step, moving)
             bindings, mode = self._refresh_plan(in_step=True)
             self._set_refresh_mode(mode)
             # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
@@ -161,9 +164,22 @@ class FisherLayer(keras.layers.Layer):
             moments.second_moment, moments.mean, self.momentum, count=moments.count,
         )
 
-    def _refresh_due(self, step):
-        """Whether this step refreshes: every `update_every` steps."""
-        return ops.equal(step % self.update_every, 0)
+    def _refresh_due(self, step, moving):
+        """Whether this step refreshes: every `update_every` steps, if there was no refresh yet or `U` has
+        drifted from whitening `G` by more than `refresh_tolerance` (always, with tolerance 0)."""
+        check = ops.equal(step % self.update_every, 0)
+        if self.refresh_tolerance == 0:
+            return check
+        first = ops.equal(self.refresh_count.value, 0)
+
+        def drifted():
+            fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
+                                         self.activation_factor)
+            drift = whitening_drift(fisher, self.inverse_root.value, self.damping)
+            return first | ~(drift <= self.refresh_tolerance)
+
+        # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
+        return ops.cond(check, drifted, lambda: ops.convert_to_tensor(False))
 
     def _refresh(self, moving, bindings):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`."""
@@ -251,6 +267,7 @@ class FisherLayer(keras.layers.Layer):
                 "iterations": self.iterations,
                 "refresh_dtype": self.refresh_dtype,
                 "preserve_function": self.preserve_function,
+                "refresh_tolerance": self.refresh_tolerance,
             }
         )
         return config

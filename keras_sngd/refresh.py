@@ -9,6 +9,10 @@ from keras_sngd.newton_schulz import coupled_newton_schulz
 # A converged float32 iteration ends with a residual ||Z Y - I|| / sqrt(d) of 1e-7 to 1e-4 (condition
 # numbers up to 1e6, d up to 1024); a larger one means the estimate did not converge.
 ACCEPTED_RESIDUAL = 1e-3
+# The refresh stops its iteration here: one quadratic step past 1e-3, and the further iterations of the
+# rounding-error rule would change `U` and the consumers' kernels by less than this relative amount.
+_STOP_RESIDUAL = {"float32": 1e-5, "float64": None}
+_PROBES = 8
 
 FUNCTION_PRESERVING = "function-preserving"
 REPLACING = "replacing"
@@ -86,7 +90,9 @@ def warm_refresh(fisher, inverse_root, damping, iterations=None, dtype="float32"
     old = ops.cast(inverse_root, dtype)
     whitened = ops.matmul(ops.transpose(old), ops.matmul(ops.cast(damped, dtype), old))
     whitened = 0.5 * (whitened + ops.transpose(whitened))
-    result = coupled_newton_schulz(whitened, iterations=iterations, scaling="near_identity", dtype=dtype)
+    tolerance = None if iterations is not None else _STOP_RESIDUAL[dtype]
+    result = coupled_newton_schulz(whitened, iterations=iterations, tolerance=tolerance, scaling="near_identity",
+                                   dtype=dtype)
     new_inverse_root = ops.cast(ops.matmul(old, result.inverse_root), "float32")
     mixing = ops.cast(result.root, "float32")
     # Checking the outputs' sums is enough: any NaN or Inf in a matrix reaches its sum.
@@ -103,3 +109,38 @@ def warm_refresh(fisher, inverse_root, damping, iterations=None, dtype="float32"
         accepted=accepted,
         iterations=result.iterations,
     )
+
+
+def whitening_drift(fisher, inverse_root, damping):
+    """A cheap estimate of how far `U` is from whitening `G_d`: `||U^T G_d U - I||_F / sqrt(d)`.
+
+    ```
+    E v_j = U^T (G_d (U v_j)) - v_j,   drift = sqrt(mean_j ||E v_j||^2 / d)
+    ```
+
+    with 8 fixed Gaussian probe vectors `v_j` (`E[||E v||^2] = ||E||_F^2`), so it costs three `(d, d)` by
+    `(d, 8)` products instead of a refresh's dozens of `(d, d)` products. It is the root mean square
+    deviation of the whitened second moment from the identity: 0 right after a refresh on the same
+    statistics, about `sqrt(d / n)` for `n` effective rows of fresh statistics.
+
+    Args:
+        fisher: `(d, d)` float32 `G`.
+        inverse_root: `(d, d)` float32 `U`.
+        damping: float >= 0, relative damping, as in `warm_refresh`.
+
+    Returns:
+        float32 scalar.
+    """
+    dim = fisher.shape[-1]
+    probes = ops.convert_to_tensor(_probe_vectors(dim), "float32")
+    damping_term = damping * ops.trace(fisher) / dim
+    mapped = ops.matmul(inverse_root, probes)
+    mapped = ops.matmul(fisher, mapped) + damping_term * mapped
+    deviation = ops.matmul(ops.transpose(inverse_root), mapped) - probes
+    return ops.sqrt(ops.mean(ops.sum(ops.square(deviation), axis=0)) / dim)
+
+
+def _probe_vectors(dim):
+    import numpy as np
+
+    return np.random.default_rng(dim).standard_normal((dim, _PROBES)).astype("float32")

@@ -176,7 +176,7 @@ def test_masking_passes_through():
 def test_get_config_round_trip():
     layer = LocalFisher(
         axis=1, momentum=0.9, update_every=7, damping=1e-2, center=True, activation_factor=0.5,
-        iterations=30, refresh_dtype="float64", name="fisher",
+        iterations=30, refresh_dtype="float64", refresh_tolerance=0.1, name="fisher",
     )
     config = layer.get_config()
     clone = LocalFisher.from_config(config)
@@ -198,6 +198,9 @@ def test_get_config_round_trip():
         ({"activation_factor": 0.0}, "activation_factor"),
         ({"iterations": 0}, "iterations"),
         ({"refresh_dtype": "float16"}, "refresh_dtype"),
+        ({"damping": True}, "damping"),
+        ({"preserve_function": 1}, "preserve_function"),
+        ({"refresh_tolerance": float("nan")}, "refresh_tolerance"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
@@ -216,8 +219,8 @@ def test_unknown_feature_size_or_bad_axis_raise():
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_sequential_fit_with_sgd(jit_compile):
     model = keras.Sequential(
-        [keras.Input((6,)), LocalFisher(update_every=2), keras.layers.Dense(4, activation="relu"),
-         LocalFisher(update_every=2), keras.layers.Dense(1)]
+        [keras.Input((6,)), LocalFisher(update_every=2, refresh_tolerance=0.0), keras.layers.Dense(4, activation="relu"),
+         LocalFisher(update_every=2, refresh_tolerance=0.0), keras.layers.Dense(1)]
     )
     model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit_compile)
     assert model.jit_compile == jit_compile
@@ -233,8 +236,8 @@ def test_sequential_fit_with_sgd(jit_compile):
 def test_save_load_is_bit_identical_and_continues_identically(tmp_path):
     def make():
         model = keras.Sequential(
-            [keras.Input((6,)), LocalFisher(update_every=3), keras.layers.Dense(8, activation="relu"),
-             LocalFisher(update_every=3, center=True), keras.layers.Dense(2)]
+            [keras.Input((6,)), LocalFisher(update_every=3, refresh_tolerance=0.0),
+             keras.layers.Dense(8, activation="relu"), LocalFisher(update_every=3, center=True), keras.layers.Dense(2)]
         )
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
         return model
