@@ -1,6 +1,6 @@
 """Refresh schedules for the paper MLP: loss per epoch, epoch time and refreshes per layer (issue #7).
 
-Each configuration is `update_every:refresh_tolerance` (refresh when due and the whitening drift
+Each configuration is `update_every:refresh_tolerance`, or `update_every` for the default tolerance (refresh when due and the whitening drift
 `||U^T G_d U - I||_F / sqrt(d)` exceeds the tolerance; 0 refreshes whenever due). One process, same data,
 same seed; SGD lr 0.1 on the reconstruction (LocalFisher defaults otherwise) and a plain-SGD epoch time
 for the ratio.
@@ -59,8 +59,11 @@ def main(argv=None):
     print("| update_every:tolerance | loss per epoch | s/epoch (after the 1st) | ratio to SGD | refreshes per layer |")
     print("|---|---|---|---|---|")
     for config in args.configs.split(","):
-        every, tolerance = config.split(":")
-        losses, durations, refreshes = run(data, args, {"update_every": int(every), "refresh_tolerance": float(tolerance)})
+        every, _, tolerance = config.partition(":")
+        arguments = {"update_every": int(every)}
+        if tolerance:  # without one, the layer's default (also for versions without the option)
+            arguments["refresh_tolerance"] = float(tolerance)
+        losses, durations, refreshes = run(data, args, arguments)
         steady = float(np.median(durations[1:]))
         print(f"| {config} | {' '.join(f'{x:.4f}' for x in losses)} | {steady:.2f} | {steady / sgd:.2f} | {refreshes} |",
               flush=True)

@@ -21,6 +21,9 @@ from keras_sngd.validation import check_int
 
 REFRESH_DTYPES = ("float32", "float64")
 _NO_CONSUMER = "no consumer layer in a model graph"
+# Where a conditional branch may assign variables (not JAX, whose traced branches would leak), the new U
+# is written inside the refresh branch, so that steps without a refresh do not rewrite the (d, d) state.
+_ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
 
 
 class FisherLayer(keras.layers.Layer):
@@ -122,10 +125,7 @@ class FisherLayer(keras.layers.Layer):
         bindings, mode = self._refresh_plan(in_step=False)
         self._set_refresh_mode(mode)
         moving = MovingMoments(self.second_moment.value, self.mean.value, self.statistics_weight.value, True)
-        result = self._refresh(moving, bindings)
-        self.inverse_root.assign(result.inverse_root)
-        if self.center:
-            self.shift.assign(result.shift)
+        result = self._refresh(moving, bindings, write=True)
         accepted = bool(ops.convert_to_numpy(result.accepted))
         counter = self.refresh_count if accepted else self.failed_refresh_count
         counter.assign(counter.value + 1)
@@ -148,7 +148,7 @@ class FisherLayer(keras.layers.Layer):
             # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
             result = RefreshResult(*(ops.stop_gradient(value) for value in ops.cond(
                 due,
-                lambda: tuple(self._refresh(moving, bindings)),
+                lambda: tuple(self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH)),
                 lambda: tuple(self._unchanged(old_inverse_root, old_shift)),
             )))
         self._write_state(moving, step, due, result)
@@ -181,8 +181,9 @@ class FisherLayer(keras.layers.Layer):
         # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
         return ops.cond(check, drifted, lambda: ops.convert_to_tensor(False))
 
-    def _refresh(self, moving, bindings):
-        """The refresh computation and the consumers' re-expression; returns a `RefreshResult`."""
+    def _refresh(self, moving, bindings, write):
+        """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with
+        `write` also assigns the new `U` (and shift)."""
         old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
         fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
                                      self.activation_factor)
@@ -192,6 +193,10 @@ class FisherLayer(keras.layers.Layer):
             result = result._replace(shift=ops.where(result.accepted, mean, old_shift))
         if bindings:
             self._reexpress(bindings, result, old_inverse_root, old_shift)
+        if write:
+            self.inverse_root.assign(result.inverse_root)
+            if self.center:
+                self.shift.assign(result.shift)
         return result
 
     def _unchanged(self, inverse_root, shift):
@@ -208,9 +213,10 @@ class FisherLayer(keras.layers.Layer):
         self.second_moment.assign(moving.second_moment)
         self.mean.assign(moving.mean)
         self.statistics_weight.assign(moving.weight)
-        self.inverse_root.assign(result.inverse_root)
-        if self.center:
-            self.shift.assign(result.shift)
+        if not _ASSIGN_IN_BRANCH:
+            self.inverse_root.assign(result.inverse_root)
+            if self.center:
+                self.shift.assign(result.shift)
         self.step.assign(step)
         self.refresh_count.assign(self.refresh_count.value + ops.cast(result.accepted, "int32"))
         self.failed_refresh_count.assign(
