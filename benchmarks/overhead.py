@@ -147,7 +147,7 @@ def main(argv=None):
         rows = epoch_ratios(small_cnn, data, {"LocalFisher defaults": LocalFisher}, args)
         print(f"\nsmall_cnn, {args.cnn_images} images, batch {args.batch_size}: "
               f"SNGD/SGD epoch ratio {rows['LocalFisher defaults'][1]:.2f} "
-              f"({rows['LocalFisher defaults'][0]:.2f} s vs {rows['SGD'][0]:.2f} s)")
+              f"({rows['LocalFisher defaults'][0]:.2f} s vs {rows['SGD'][0]:.2f} s)", flush=True)
     if "adam" not in args.skip:
         data = (images[: args.time_to_adam_images], labels[: args.time_to_adam_images])
         epochs = args.time_to_adam_epochs
@@ -162,6 +162,8 @@ def main(argv=None):
               f"{sngd_ends[-1]:.1f} | {reach:.1f} s = {reach / adam_ends[-1]:.2f}x Adam's time |")
         print("per-epoch losses: Adam " + " ".join(f"{x:.4f}" for x in adam_losses)
               + "; SNGD " + " ".join(f"{x:.4f}" for x in sngd_losses))
+        print("epoch ends (s): Adam " + " ".join(f"{x:.1f}" for x in adam_ends)
+              + "; SNGD " + " ".join(f"{x:.1f}" for x in sngd_ends), flush=True)
 
 
 if __name__ == "__main__":

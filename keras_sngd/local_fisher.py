@@ -40,13 +40,21 @@ class LocalFisher(FisherLayer):
     every `update_every` steps:
         G   = activation_factor * (S / c)               # minus (mu_s/c)(mu_s/c)^T when center=True
         G_d = G + damping * (trace(G) / d) * I
-        A   = U^T G_d U                                 # warm start: near I once statistics settle
-        A^(1/2), A^(-1/2) = newton_schulz(A)            # paper Eq. 15, float32 by default
-        W'  <- A^(1/2) W'                               # each consumer's kernel, on its input axis
-        b'  <- b' + (U W')^T (mu_s/c - mu)              # center=True only; then mu <- mu_s/c
-        U   <- U A^(-1/2)                               # so U U^T = G_d^-1 and U_new W'_new = U_old W'
+        drift = ||U^T G_d U - I||_F / sqrt(d)           # estimated from 8 probe vectors: cheap
+        refresh only if drift > refresh_tolerance, or if there was no refresh yet:
+            A   = U^T G_d U                             # warm start: near I once statistics settle
+            A^(1/2), A^(-1/2) = newton_schulz(A)        # paper Eq. 15, float32 by default
+            W'  <- A^(1/2) W'                           # each consumer's kernel, on its input axis
+            b'  <- b' + (U W')^T (mu_s/c - mu)          # center=True only; then mu <- mu_s/c
+            U   <- U A^(-1/2)                           # so U U^T = G_d^-1 and U_new W'_new = U_old W'
     y = x U          (y = (x - mu) U when center=True)  # with the refreshed U on a refresh step
     ```
+
+    The refresh follows need: statistics that have settled (a layer fed raw pixels, whose statistics
+    depend on the data alone) leave `U` whitening `G` up to their sampling noise, and their refreshes are
+    skipped; statistics that move (the hidden layers while the network trains) are refreshed at every
+    due step. `refresh_tolerance=0` refreshes at every due step. The first refresh waits `update_every`
+    steps: earlier refreshes from a few batches' statistics can diverge at usual learning rates.
 
     The sums are taken over every replica of a data-parallel strategy before they are divided
     (`keras_sngd.distributed`), so every replica holds the same `U`. Masked positions (padding from
@@ -81,8 +89,8 @@ class LocalFisher(FisherLayer):
     **`activation_factor`** is the paper's `E(v_f)`, the mean derivative of the next layer's activation
     (the fraction of active units for ReLU), for you to set where you know it. It is one scalar per layer,
     so it only scales that layer's effective learning rate by `1 / activation_factor`. The defaults of it,
-    `update_every`, `damping` and `momentum` were chosen by measurement (`python benchmarks/defaults_sweep.py`,
-    see the README).
+    `update_every`, `damping`, `momentum` and `refresh_tolerance` were chosen by measurement
+    (`python benchmarks/defaults_sweep.py`, `python benchmarks/refresh_schedule.py`, see the README).
 
     Args:
         axis: int, the feature axis. Defaults to `-1`.
@@ -99,6 +107,9 @@ class LocalFisher(FisherLayer):
         refresh_dtype: `"float32"` or `"float64"`, the dtype of the iteration. Defaults to `"float32"`.
         preserve_function: bool; re-express the consumers' weights at each refresh so that the model's
             function is unchanged, where they can be. Defaults to `True`.
+        refresh_tolerance: float >= 0; a due refresh runs only when the estimated whitening drift
+            `||U^T G_d U - I||_F / sqrt(d)` exceeds it (or before the first refresh); 0 refreshes at every
+            due step. Chosen by measurement (`python benchmarks/refresh_schedule.py`). Defaults to `0.3`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
