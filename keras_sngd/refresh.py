@@ -91,7 +91,7 @@ def warm_refresh(fisher, inverse_root, damping, iterations=None, dtype="float32"
     whitened = ops.matmul(ops.transpose(old), ops.matmul(ops.cast(damped, dtype), old))
     whitened = 0.5 * (whitened + ops.transpose(whitened))
     tolerance = None if iterations is not None else _STOP_RESIDUAL[dtype]
-    result = coupled_newton_schulz(whitened, iterations=iterations, tolerance=tolerance, scaling="near_identity",
+    result = coupled_newton_schulz(whitened, iterations=iterations, tolerance=tolerance, scaling="power",
                                    dtype=dtype)
     new_inverse_root = ops.cast(ops.matmul(old, result.inverse_root), "float32")
     mixing = ops.cast(result.root, "float32")
