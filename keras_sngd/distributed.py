@@ -29,7 +29,6 @@ How each backend distributes:
 """
 
 import keras
-from keras import ops
 
 
 def sum_across_replicas(values):
@@ -59,33 +58,6 @@ def sum_across_replicas(values):
     import tensorflow as tf
 
     return list(context.all_reduce(tf.distribute.ReduceOp.SUM, values))
-
-
-def global_batch_moments(inputs, axis=-1):
-    """Second moment and mean of the features on `axis` over the *global* batch of all replicas.
-
-    ```
-    sum_xx, sum_x, count = sum_across_replicas([X^T X, 1^T X, n])   # X: (n, d), rows of this replica
-    second_moment = sum_xx / count,  mean = sum_x / count
-    ```
-
-    With one replica this equals `keras_sngd.statistics.batch_moments(inputs, axis)`.
-
-    Args:
-        inputs: tensor with at least 2 dimensions.
-        axis: the feature axis. Defaults to `-1`.
-
-    Returns:
-        `(second_moment, mean)`, float32, gradients stopped.
-    """
-    features = ops.moveaxis(ops.stop_gradient(inputs), axis, -1)
-    dim = features.shape[-1]
-    rows = ops.cast(ops.reshape(features, (-1, dim)), "float32")
-    count = ops.cast(ops.shape(rows)[0], "float32")
-    sum_xx, sum_x, count = sum_across_replicas([ops.matmul(ops.transpose(rows), rows), ops.sum(rows, axis=0), count])
-    # A replica's empty share adds zeros; only an empty global batch divides by zero.
-    count = ops.maximum(count, 1.0)
-    return sum_xx / count, sum_x / count
 
 
 def in_replica_context():

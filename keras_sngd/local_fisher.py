@@ -1,91 +1,99 @@
-"""The local Fisher layer: multiplies its input by `G^(-1/2)`, the inverse root of the local Fisher matrix."""
-
-import math
-import warnings
+"""The local Fisher layer: multiplies its input by `U`, an inverse root of the local Fisher matrix."""
 
 import keras
 from keras import ops
 
 from keras_sngd.consumers import consumer_bindings
-from keras_sngd.distributed import global_batch_moments
-from keras_sngd.refresh import refresh_inverse_root
-from keras_sngd.statistics import local_fisher_matrix
-from keras_sngd.statistics import update_moving_moments
+from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.refresh import FUNCTION_PRESERVING
+from keras_sngd.refresh import REPLACING
+from keras_sngd.refresh import RefreshMode
 
-_REFRESH_DTYPES = ("float32", "float64")
-_JAX_REASON = (
+_JAX_IN_STEP = (
     "the JAX trainer drops assignments to trainable variables made inside the train step; pass "
     "callbacks=[keras_sngd.callbacks.FunctionPreservingRefresh()] to model.fit"
 )
-_OUTSIDE_MODE = "function-preserving, between train steps (keras_sngd.callbacks.FunctionPreservingRefresh)"
-_warned_jax = False
 
 
 @keras.saving.register_keras_serializable(package="keras_sngd")
-class LocalFisher(keras.layers.Layer):
+class LocalFisher(FisherLayer):
     """Local Fisher layer for structured natural gradient descent (SNGD).
 
-    Put it right before a parameterized layer (Dense, Conv, RNN). It multiplies its input `x` by the
-    non-trainable matrix `U = G^(-1/2)`, where `G` is the local Fisher matrix of that input:
+    Put it right before a parameterized layer (Dense, Conv, RNN). With rows as samples it multiplies its
+    input `x` by the non-trainable matrix `U`, an inverse root of the local Fisher matrix `G` of that
+    input:
 
     ```
-    y = U x,   U = G^(-1/2),   G = E(v_f) * E[x x^T]                  (paper, local Fisher matrix)
+    y = x U,   U U^T = G^-1,   G = E(v_f) * E[x x^T]                  (paper, local Fisher matrix)
     ```
 
-    Training the next layer's weights `w'` with plain gradient descent is then natural gradient descent
-    on the effective weights `w = U w'` (paper, Proposition 1), with the layer-wise Fisher `G`. Features
-    are on `axis` and statistics run over every other axis: before a Dense layer over the batch, before a
-    Conv layer over the batch and every pixel (channel whitening), before an RNN over batch and time.
+    Training the next layer's weights `W'` with plain gradient descent is then natural gradient descent
+    on the effective weights `W = U W'` (paper, Proposition 1, which needs only `U U^T = G^-1`), with the
+    layer-wise Fisher `G`. Features are on `axis` and statistics run over every other axis: before a Dense
+    layer over the batch, before a Conv layer over the batch and every pixel (channel whitening), before
+    an RNN over batch and time.
 
     **During training** (`training=True`, as in `model.fit`), on every call:
 
     ```
-    S <- momentum * S + (1 - momentum) * x^T x / n       # n rows: every position but the feature axis
-    m <- momentum * m + (1 - momentum) * mean(x)
-    c <- momentum * c + (1 - momentum)                   # bias correction: E[x x^T] = S / c
+    S <- momentum * S + (1 - momentum) * sum(m x x^T) / sum(m)     # m: the Keras mask, 1 without one
+    mu_s <- momentum * mu_s + (1 - momentum) * sum(m x) / sum(m)
+    c <- momentum * c + (1 - momentum)                  # bias correction: E[x x^T] = S / c
     step <- step + 1
-    every `update_every` steps (step % update_every == 0):
-        G = activation_factor * (S / c)                   # minus (m/c)(m/c)^T when center=True
-        G^(1/2), U_new = newton_schulz(G, damping)        # paper Eq. 15, float32 by default
-        W'  <- G^(1/2) U W'                               # each consumer's kernel, on its input axis
-        b'  <- b' + (U W')^T (m/c - mu)                   # center=True only; then mu <- m/c
-        U   <- U_new
-    y = U x          (y = U (x - mu) when center=True)    # with the refreshed U on a refresh step
+    every `update_every` steps:
+        G   = activation_factor * (S / c)               # minus (mu_s/c)(mu_s/c)^T when center=True
+        G_d = G + damping * (trace(G) / d) * I
+        drift = ||U^T G_d U - I||_F / sqrt(d)           # estimated from 8 probe vectors: cheap
+        refresh only if drift > refresh_tolerance, or if there was no refresh yet:
+            A   = U^T G_d U                             # warm start: near I once statistics settle
+            A^(1/2), A^(-1/2) = newton_schulz(A)        # paper Eq. 15, float32 by default
+            W'  <- A^(1/2) W'                           # each consumer's kernel, on its input axis
+            b'  <- b' + (U W')^T (mu_s/c - mu)          # center=True only; then mu <- mu_s/c
+            U   <- U A^(-1/2)                           # so U U^T = G_d^-1 and U_new W'_new = U_old W'
+    y = x U          (y = (x - mu) U when center=True)  # with the refreshed U on a refresh step
     ```
+
+    The refresh follows need: statistics that have settled (a layer fed raw pixels, whose statistics
+    depend on the data alone) leave `U` whitening `G` up to their sampling noise, and their refreshes are
+    skipped; statistics that move (the hidden layers while the network trains) are refreshed at every
+    due step. `refresh_tolerance=0` refreshes at every due step. The first refresh waits `update_every`
+    steps: earlier refreshes from a few batches' statistics can diverge at usual learning rates.
+
+    The sums are taken over every replica of a data-parallel strategy before they are divided
+    (`keras_sngd.distributed`), so every replica holds the same `U`. Masked positions (padding from
+    `Embedding(mask_zero=True)` or `Masking`) stay out of the statistics, as in `BatchNormalization`.
 
     The refresh runs inside the compiled train step (`keras.ops.cond`). **Function-preserving refresh**
     (default): the layers this one feeds (found in the model graph, so also when inserted by hand or
     loaded from `.keras`) have their kernels re-expressed so that the effective weights `U W'`, and so the
     model's outputs, do not change (as in PRONG, Desjardins et al. 2015); between refreshes, SGD on `W'` is
-    NGD on `W = U W'` (paper, Proposition 1). **Replacing refresh**: with `preserve_function=False`, or when
-    a consumer cannot absorb `U` (a depthwise convolution, a layer that is not Dense/Conv/RNN/EinsumDense,
-    a nested model), or on the JAX backend without `keras_sngd.FunctionPreservingRefresh` in `fit`'s
-    callbacks (its trainer drops assignments to trainable variables made in the train step; the callback
-    moves the refresh between steps, `refresh()`, and keeps the function), `U` is replaced and the
-    function moves at each refresh, like batch normalization replacing its statistics; a warning says so
-    and `describe()` shows which mode a layer is in. SGD momentum slots are not re-expressed.
+    NGD on `W = U W'`. **Replacing refresh**: with `preserve_function=False`, or when a consumer cannot
+    absorb `U` (a depthwise convolution, a layer that is not Dense/Conv/RNN/EinsumDense, a nested model),
+    or inside the train step on the JAX backend (its trainer drops assignments to trainable variables made
+    there; `refresh()` called between steps is function-preserving), `U` is replaced and the function
+    moves at each refresh, like batch normalization replacing its statistics; a warning says so and
+    `refresh_mode` (a `RefreshMode(kind, reason)`) shows which mode a layer is in. SGD momentum slots are
+    not re-expressed.
 
-    A batch with a NaN or Inf leaves the statistics unchanged; a refresh whose iteration does not converge
-    or is not finite keeps the previous `U` (and the consumers' weights) and increments
-    `failed_refresh_count`. Until the first refresh, `U` is the identity and the layer changes nothing.
+    A batch with a NaN or Inf, or with every position masked, leaves the statistics unchanged and counts
+    in `skipped_batch_count`; a refresh whose iteration does not converge or is not finite keeps `U` (and
+    the consumers' weights) and increments `failed_refresh_count`. Until the first refresh, `U` is the
+    identity and the layer changes nothing.
 
-    **Several devices**: under `tf.distribute` the batch sums behind `S` and `m` are all-reduced across
-    replicas before the average (`keras_sngd.distributed`), so every replica holds the same state, that
-    of one device on the global batch.
-
-    **During inference** (`training=False`): `y = U x`, and nothing is updated.
+    **During inference** (`training=False`), and in training when the layer is frozen
+    (`trainable=False`, also through a frozen enclosing model, as for `BatchNormalization`): `y = x U`,
+    and nothing is updated.
 
     State (non-trainable, float32 also under mixed precision, saved with the model): `second_moment`
-    (`S`), `mean` (`m`), `statistics_weight` (`c`), `inverse_root` (`U`), `shift` (`mu`, only with
-    `center=True`), and int32 counters `step`,
-    `refresh_count`, `failed_refresh_count` and `skipped_batch_count` (batches with non-finite values).
+    (`S`), `mean` (`mu_s`), `statistics_weight` (`c`), `inverse_root` (`U`), `shift` (`mu`, only with
+    `center=True`), and int32 counters `step`, `refresh_count`, `failed_refresh_count` and
+    `skipped_batch_count`.
 
     **`activation_factor`** is the paper's `E(v_f)`, the mean derivative of the next layer's activation
     (the fraction of active units for ReLU), for you to set where you know it. It is one scalar per layer,
-    so it only scales that layer's effective learning rate by `1 / activation_factor`. The default 1.0
-    was chosen by measurement (`python benchmarks/defaults_sweep.py`, see the README), as were
-    `update_every`, `damping` and `momentum`: on the paper's ReLU MLP, 0.5 (about the fraction of active
-    ReLUs) reached a higher training loss at the same learning rate (0.054 against 0.040).
+    so it only scales that layer's effective learning rate by `1 / activation_factor`. The defaults of it,
+    `update_every`, `damping`, `momentum` and `refresh_tolerance` were chosen by measurement
+    (`python benchmarks/defaults_sweep.py`, `python benchmarks/refresh_schedule.py`, see the README).
 
     Args:
         axis: int, the feature axis. Defaults to `-1`.
@@ -102,11 +110,16 @@ class LocalFisher(keras.layers.Layer):
         refresh_dtype: `"float32"` or `"float64"`, the dtype of the iteration. Defaults to `"float32"`.
         preserve_function: bool; re-express the consumers' weights at each refresh so that the model's
             function is unchanged, where they can be. Defaults to `True`.
+        refresh_tolerance: float >= 0; a due refresh runs only when the estimated whitening drift
+            `||U^T G_d U - I||_F / sqrt(d)` exceeds it (or before the first refresh); 0 refreshes at every
+            due step. Chosen by measurement (`python benchmarks/refresh_schedule.py`). Defaults to `0.3`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: tensor whose `axis` dimension is known.
-        training: bool; update statistics and refresh only when True.
+        training: bool; update statistics and refresh only when True (and the layer is trainable).
+        mask: optional boolean tensor of the input's shape without the feature axis; masked positions are
+            left out of the statistics. Passed on unchanged.
 
     Example:
 
@@ -126,314 +139,46 @@ class LocalFisher(keras.layers.Layer):
         Gradient Descent" (local Fisher layers, Proposition 1, Eq. 15).
     """
 
-    def __init__(
-        self,
-        axis=-1,
-        momentum=0.99,
-        update_every=50,
-        damping=0.01,
-        center=False,
-        activation_factor=1.0,
-        iterations=None,
-        refresh_dtype="float32",
-        preserve_function=True,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(f"`axis` must be an int. Received: axis={axis!r}")
-        if not _is_real(momentum) or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"`momentum` must be a float in [0, 1). Received: momentum={momentum!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"`update_every` must be an int >= 1. Received: update_every={update_every!r}")
-        if not _is_real(damping) or not damping >= 0.0:
-            raise ValueError(f"`damping` must be a finite float >= 0. Received: damping={damping!r}")
-        if not isinstance(center, bool):
-            raise ValueError(f"`center` must be a bool. Received: center={center!r}")
-        if not _is_real(activation_factor) or not activation_factor > 0.0:
-            raise ValueError(
-                f"`activation_factor` must be a finite float > 0. Received: activation_factor={activation_factor!r}"
-            )
-        if iterations is not None and (
-            isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1
-        ):
-            raise ValueError(f"`iterations` must be None or an int >= 1. Received: iterations={iterations!r}")
-        if refresh_dtype not in _REFRESH_DTYPES:
-            raise ValueError(
-                f"`refresh_dtype` must be one of {_REFRESH_DTYPES}. Received: refresh_dtype={refresh_dtype!r}"
-            )
-        self.axis = axis
-        self.momentum = float(momentum)
-        self.update_every = update_every
-        self.damping = float(damping)
-        self.center = center
-        self.activation_factor = float(activation_factor)
-        self.iterations = iterations
-        if not isinstance(preserve_function, bool):
-            raise ValueError(
-                f"`preserve_function` must be a bool. Received: preserve_function={preserve_function!r}"
-            )
-        self.refresh_dtype = refresh_dtype
-        self.preserve_function = preserve_function
-        self.supports_masking = True
-        self.refresh_mode = "not traced yet"
-        # Set by keras_sngd.callbacks.FunctionPreservingRefresh (JAX): the train step then only updates
-        # the statistics, and the callback calls `refresh()` between steps.
-        self._refresh_outside_step = False
+    def consumer_bindings(self):
+        """`(bindings, reason)`: how a refresh re-expresses the layers this one feeds.
 
-    def build(self, input_shape):
-        rank = len(input_shape)
-        if rank < 2 or not -rank <= self.axis < rank:
-            raise ValueError(
-                f"`axis`={self.axis} is not a valid axis for inputs of shape {tuple(input_shape)}."
-            )
-        dim = input_shape[self.axis]
-        if dim is None:
-            raise ValueError(
-                f"LocalFisher needs a known size on `axis`={self.axis}. Received input shape "
-                f"{tuple(input_shape)}."
-            )
-        self.input_spec = keras.InputSpec(ndim=rank, axes={self.axis: dim})
+        `bindings` is empty, and `reason` says why, when the refresh cannot keep the model's function:
+        `preserve_function=False`, or what `keras_sngd.consumers.consumer_bindings` finds in the graph.
+        """
+        if not self.preserve_function:
+            return [], "preserve_function=False"
+        return consumer_bindings(self)
 
-        def state(name, shape, initializer="zeros", dtype="float32"):
-            return self.add_weight(
-                name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False, autocast=False
-            )
-
-        self.second_moment = state("second_moment", (dim, dim))
-        self.mean = state("mean", (dim,))
-        self.statistics_weight = state("statistics_weight", ())
-        self.inverse_root = state("inverse_root", (dim, dim), initializer="identity")
-        # The mean subtracted before U when centering; it changes only at refreshes.
-        self.shift = state("shift", (dim,)) if self.center else None
-        self.step = state("step", (), dtype="int32")
-        self.refresh_count = state("refresh_count", (), dtype="int32")
-        self.failed_refresh_count = state("failed_refresh_count", (), dtype="int32")
-        self.skipped_batch_count = state("skipped_batch_count", (), dtype="int32")
-
-    def call(self, inputs, training=None):
-        if training:
-            inverse_root, shift = self._update(inputs)
-        else:
-            inverse_root = self.inverse_root.value
-            shift = self.shift.value if self.center else None
+    def _transform(self, inputs, inverse_root, shift):
         features = ops.moveaxis(inputs, self.axis, -1)
-        if self.center:
+        if shift is not None:
             features = features - ops.cast(shift, features.dtype)
         outputs = ops.matmul(features, ops.cast(inverse_root, features.dtype))
         return ops.moveaxis(outputs, -1, self.axis)
 
-    def consumer_bindings(self):
-        """`(bindings, reason)`: how the refresh re-expresses the layers this one feeds.
+    def _refresh_plan(self, in_step):
+        bindings, reason = self.consumer_bindings()
+        if not bindings:
+            return [], RefreshMode(REPLACING, reason)
+        if in_step and keras.backend.backend() == "jax":
+            return [], RefreshMode(REPLACING, _JAX_IN_STEP)
+        names = ", ".join(f"'{binding.layer.name}'" for binding in bindings)
+        return bindings, RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names}")
 
-        `bindings` is empty, and `reason` says why, when the refresh cannot keep the model's function:
-        `preserve_function=False`, the JAX backend (its trainer drops assignments to trainable variables
-        made inside the train step), or what `keras_sngd.consumers.consumer_bindings` finds in the graph.
-        """
-        if not self.preserve_function:
-            return [], "preserve_function=False"
-        if keras.backend.backend() == "jax" and self._outbound_nodes:
-            return [], _JAX_REASON
-        return consumer_bindings(self)
-
-    def _update(self, inputs):
-        """Statistics, counters and (every `update_every` steps) the refresh; returns the `U` (and the
-        shift) to use in this step."""
-        # Over the global batch: all-reduced across tf.distribute replicas (keras_sngd.distributed).
-        second_moment, mean = global_batch_moments(inputs, self.axis)
-        moving_second_moment, moving_mean, weight, accepted_batch = update_moving_moments(
-            self.second_moment.value,
-            self.mean.value,
-            self.statistics_weight.value,
-            second_moment,
-            mean,
-            self.momentum,
-        )
-        step = self.step.value + 1
-        due = ops.equal(step % self.update_every, 0)
-        if self._refresh_outside_step:
-            bindings = []
-            due = ops.convert_to_tensor(False)
-            self.refresh_mode = _OUTSIDE_MODE
-        else:
-            bindings, reason = self.consumer_bindings()
-            self._note_refresh_mode(bindings, reason)
-        old_inverse_root = self.inverse_root.value
-        old_shift = self.shift.value if self.center else None
-
-        def current():
-            values = [old_inverse_root, ops.convert_to_tensor(False)]
-            return tuple(values + [old_shift]) if self.center else tuple(values)
-
-        def refresh():
-            fisher = local_fisher_matrix(
-                moving_second_moment, moving_mean, weight, self.center, self.activation_factor
-            )
-            inverse_root, root, accepted = refresh_inverse_root(
-                fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype
-            )
-            shift = None
-            if self.center:
-                shift = ops.where(accepted, moving_mean / ops.maximum(weight, 1e-30), old_shift)
-            if bindings:
-                # W'_new = G_new^(1/2) U_old W', so that U_new W'_new = U_old W' (DESIGN.md, PRONG).
-                identity = ops.eye(old_inverse_root.shape[0], dtype="float32")
-                mixing = ops.where(accepted, ops.matmul(root, old_inverse_root), identity)
-            # The consumers' weights are assigned inside this branch, so that only refresh steps touch
-            # them. Bindings exist only off JAX (see `consumer_bindings`), where a branch may assign.
-            for binding in bindings:
-                kernel = _frozen(binding.kernel)
-                if self.center:
-                    # b'_new = b' + W^T (mu_new - mu_old), W = U_old W' the effective kernel.
-                    effective = binding.mix(old_inverse_root, kernel)
-                    response = binding.shift_response(effective, shift - old_shift)
-                    bias = _frozen(binding.bias)
-                    input_bias = binding.input_bias(bias) + ops.cast(response, bias.dtype)
-                    binding.bias.assign(binding.with_bias(bias, input_bias))
-                binding.kernel.assign(binding.mix(mixing, kernel))
-            values = [inverse_root, accepted]
-            return tuple(values + [shift]) if self.center else tuple(values)
-
-        # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
-        branches = current() if self._refresh_outside_step else ops.cond(due, refresh, current)
-        values = [ops.stop_gradient(value) for value in branches]
-        inverse_root, accepted = values[0], values[1]
-        shift = values[2] if self.center else None
-        self.second_moment.assign(moving_second_moment)
-        self.mean.assign(moving_mean)
-        self.statistics_weight.assign(weight)
-        self.inverse_root.assign(inverse_root)
-        if self.center:
-            self.shift.assign(shift)
-        self.step.assign(step)
-        self.refresh_count.assign(self.refresh_count.value + ops.cast(accepted, "int32"))
-        self.failed_refresh_count.assign(
-            self.failed_refresh_count.value + ops.cast(due & ~accepted, "int32")
-        )
-        self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~accepted_batch, "int32"))
-        return inverse_root, shift
-
-    def _note_refresh_mode(self, bindings, reason):
-        if bindings:
-            names = ", ".join(f"'{binding.layer.name}'" for binding in bindings)
-            mode = f"function-preserving (re-expresses {names})"
-        else:
-            mode = f"replacing, the model's function moves at each refresh ({reason})"
-            if reason == _JAX_REASON:
-                # Once per process: every LocalFisher of the model would say the same.
-                global _warned_jax
-                if not _warned_jax:
-                    _warned_jax = True
-                    warnings.warn(
-                        f"LocalFisher '{self.name}' (and any other) cannot keep the model's function across "
-                        f"refreshes inside the JAX train step: {reason}. Without that it replaces G^(-1/2) "
-                        "at each refresh, which can diverge with the default damping.",
-                        stacklevel=3,
-                    )
-            elif self.preserve_function and mode != self.refresh_mode and reason != "no consumer layer in a model graph":
-                warnings.warn(
-                    f"LocalFisher '{self.name}' cannot keep the model's function across refreshes: {reason}. "
-                    "It replaces G^(-1/2) like batch normalization replaces its statistics.",
-                    stacklevel=3,
-                )
-        self.refresh_mode = mode
-
-    def refresh(self):
-        """One refresh of `U` now, outside the train step (eagerly); function-preserving where it can be.
-
-        The same update as the refresh inside the train step, from the current moving statistics:
-
-        ```
-        G = activation_factor * (S / c)                       # minus (m/c)(m/c)^T when center=True
-        G^(1/2), U_new = newton_schulz(G, damping)            # paper Eq. 15
-        W' <- G^(1/2) U W'   (b' <- b' + (U W')^T (m/c - mu), mu <- m/c with center=True)
-        U  <- U_new;  refresh_count += 1
-        ```
-
-        The consumers' kernels are re-expressed (so the model's outputs do not change) on every backend,
-        JAX included: this runs outside the compiled step, where assignments stick. It does not touch
-        `step` or the statistics. `keras_sngd.callbacks.FunctionPreservingRefresh` calls it during `fit`
-        on JAX. A refresh that fails (no statistics yet, an iteration that does not converge or is not
-        finite) changes nothing but `failed_refresh_count`.
-
-        Returns:
-            bool, whether `U` was refreshed.
-        """
-        if not self.built:
-            raise ValueError(f"LocalFisher '{self.name}' is not built: call it on data before `refresh()`.")
-        weight = self.statistics_weight.value
-        old_inverse_root = ops.convert_to_tensor(self.inverse_root.value)
-        fisher = local_fisher_matrix(
-            self.second_moment.value, self.mean.value, weight, self.center, self.activation_factor
-        )
-        inverse_root, root, accepted = refresh_inverse_root(
-            fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype
-        )
-        if not bool(ops.convert_to_numpy(accepted)):
-            self.failed_refresh_count.assign(self.failed_refresh_count.value + 1)
-            return False
-        bindings, reason = consumer_bindings(self) if self.preserve_function else ([], "preserve_function=False")
-        if self._refresh_outside_step and not bindings:
-            self.refresh_mode = f"replacing, the model's function moves at each refresh ({reason})"
-        # W'_new = G_new^(1/2) U_old W', so that U_new W'_new = U_old W' (as in the train step).
-        mixing = ops.matmul(root, old_inverse_root)
-        if self.center:
-            old_shift = ops.convert_to_tensor(self.shift.value)
-            shift = self.mean.value / ops.maximum(weight, 1e-30)
+    def _reexpress(self, bindings, result, old_inverse_root, old_shift):
+        # Assigned inside the refresh branch, so that only refresh steps touch the consumers' weights.
         for binding in bindings:
             kernel = _frozen(binding.kernel)
             if self.center:
+                # b'_new = b' + W^T (mu_new - mu_old), W = U_old W' the effective kernel.
                 effective = binding.mix(old_inverse_root, kernel)
-                response = binding.shift_response(effective, shift - old_shift)
+                response = binding.shift_response(effective, result.shift - old_shift)
                 bias = _frozen(binding.bias)
                 input_bias = binding.input_bias(bias) + ops.cast(response, bias.dtype)
                 binding.bias.assign(binding.with_bias(bias, input_bias))
-            binding.kernel.assign(binding.mix(mixing, kernel))
-        if self.center:
-            self.shift.assign(shift)
-        self.inverse_root.assign(inverse_root)
-        self.refresh_count.assign(self.refresh_count.value + 1)
-        return True
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def compute_mask(self, inputs, mask=None):
-        return mask
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "axis": self.axis,
-                "momentum": self.momentum,
-                "update_every": self.update_every,
-                "damping": self.damping,
-                "center": self.center,
-                "activation_factor": self.activation_factor,
-                "iterations": self.iterations,
-                "refresh_dtype": self.refresh_dtype,
-                "preserve_function": self.preserve_function,
-            }
-        )
-        return config
-
-    def describe(self):
-        """One line on this layer's state: size, steps, refreshes and failures, for logs and notebooks."""
-        if not self.built:
-            return f"LocalFisher '{self.name}': not built yet"
-        return (
-            f"LocalFisher '{self.name}': {self.inverse_root.shape[0]} features on axis {self.axis}, "
-            f"step {int(self.step.numpy())}, {int(self.refresh_count.numpy())} refreshes "
-            f"({int(self.failed_refresh_count.numpy())} failed, every {self.update_every} steps), "
-            f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped; refresh: {self.refresh_mode}"
-        )
+            binding.kernel.assign(binding.mix(result.mixing, kernel))
 
 
 def _frozen(variable):
     """A variable's value with no gradient path (trainable consumer weights read inside a refresh)."""
     return ops.stop_gradient(ops.convert_to_tensor(variable))
-
-
-def _is_real(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

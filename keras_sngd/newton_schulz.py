@@ -1,17 +1,43 @@
 """The coupled Newton-Schulz iteration for `G^(1/2)` and `G^(-1/2)` (paper Eq. 15)."""
 
-import math
+from typing import NamedTuple
 
 from keras import backend
 from keras import ops
 
-_SCALINGS = ("frobenius", "trace")
+from keras_sngd.validation import check_bool
+from keras_sngd.validation import check_choice
+from keras_sngd.validation import check_float
+from keras_sngd.validation import check_int
+
+SCALINGS = ("frobenius", "trace", "near_identity", "power")
+_POWER_STEPS = 8
+# The power estimate is a lower bound of the largest eigenvalue; the margin keeps the scaled spectrum
+# below 1 when it is close, and the iteration converges for any scaled eigenvalue in (0, 3).
+_POWER_MARGIN = 1.1
 _COMPUTE_DTYPES = ("float32", "float64")
 # Below this residual every eigenvalue p of Z Y has |1 - p| < 1e-3 * sqrt(d) <= 0.032 (d <= 1024), the
 # iteration is in its quadratic regime, and a residual that stops halving means rounding has taken over.
 _QUADRATIC_REGIME = 1e-3
 _MACHINE_EPSILON = {"float32": 2.0**-23, "float64": 2.0**-52}
 _SMALLEST_NORMAL = {"float32": 2.0**-126, "float64": 2.0**-1022}
+
+
+class NewtonSchulzResult(NamedTuple):
+    """What `coupled_newton_schulz` returns.
+
+    Attributes:
+        root: `G_d^(1/2)`, shape `(..., d, d)`.
+        inverse_root: `G_d^(-1/2)`, shape `(..., d, d)`.
+        residual: `||Z Y - I||_F / sqrt(d)` per matrix, shape `(...)`; non-finite or above about 1e-3
+            means the iteration did not converge.
+        iterations: int32 scalar, the iterations run (the most over a batch).
+    """
+
+    root: object
+    inverse_root: object
+    residual: object
+    iterations: object
 
 
 def newton_schulz(
@@ -33,7 +59,7 @@ def newton_schulz(
 
     ```
     G_d = G + lambda * (trace(G) / d) * I        # damping relative to the mean eigenvalue
-    A   = G_d / s                                # s = ||G_d||_F (default) or trace(G_d): eig(A) in (0, 1]
+    A   = G_d / s                                # s >= largest eigenvalue of G_d: eig(A) in (0, 1]
     Y_0 = A,  Z_0 = I
     T_k = (3 I - Z_k Y_k) / 2
     Y_{k+1} = Y_k T_k   ->  A^(1/2)
@@ -47,18 +73,19 @@ def newton_schulz(
     `max_iterations(d, damping, dtype)`.
 
     **Stopping rule.** With `iterations=None` the loop stops, per batch, once the residual
-    `||Z Y - I||_F / sqrt(d)` (free: `Z Y` is needed for `T` anyway) is at most `tolerance`, or, when
-    `tolerance` is None, once it is in the quadratic regime (below 1e-3) and no longer at least halves per
-    iteration, which means rounding error has taken over. It never runs past `max_iterations`.
+    `||Z Y - I||_F / sqrt(d)` (computed once per iteration from `Z Y`, which `T` needs anyway) is at most
+    `tolerance`, or, when `tolerance` is None, once it is in the quadratic regime (below 1e-3) and no
+    longer at least halves per iteration, which means rounding error has taken over. It never runs past
+    `max_iterations`.
 
-    **Precision.** Any float32 algorithm has a forward error of about `eps32 * kappa / 2` on the inverse root
-    (`kappa` = the damped condition number): 1e-2 at `kappa = 1e6`. Pass `dtype="float64"` where more
-    accuracy is needed (tests reach 1e-3 at `kappa = 1e6` that way; on JAX it needs `jax_enable_x64`).
+    **Precision.** Any float32 algorithm has a forward error of about `eps32 * kappa / 2` on the inverse
+    root (`kappa` = the damped condition number). Pass `dtype="float64"` where more accuracy is needed
+    (on JAX it needs `jax_enable_x64`).
 
     **Failure.** A non-finite matrix gives non-finite outputs and a non-finite residual (the other
-    matrices of a batch are unaffected): callers check `residual` (with `return_residual=True`) and keep their previous
-    matrix, as `LocalFisher` does. Finite positive semi-definite input with `damping > 0`, or finite
-    positive definite input, never gives NaN.
+    matrices of a batch are unaffected): callers check `residual` (with `return_residual=True`) and keep
+    their previous matrix, as `LocalFisher` does. Finite positive semi-definite input with `damping > 0`,
+    or finite positive definite input, never gives NaN.
 
     Args:
         matrix: symmetric positive semi-definite tensor of shape `(..., d, d)`.
@@ -68,8 +95,13 @@ def newton_schulz(
             None for the residual stopping rule. Defaults to `None`.
         tolerance: float > 0 or None; the residual at which to stop when `iterations` is None.
             Defaults to `None` (stop when rounding error dominates).
-        scaling: `"frobenius"` or `"trace"`, the pre-scale `s`. The Frobenius norm is the tighter upper
-            bound of the largest eigenvalue, so it needs fewer iterations. Defaults to `"frobenius"`.
+        scaling: the pre-scale `s`: `"frobenius"` (`||G_d||_F`), `"trace"` (`trace(G_d)`), or
+            `"near_identity"` (the smaller of `||G_d||_F` and `1 + ||G_d - I||_F`, both upper bounds of the
+            largest eigenvalue; the second is close to 1 for a matrix close to the identity, which then
+            converges in a few iterations), or `"power"` (the smaller of `||G_d||_F` and 1.1 times a power
+            iteration's estimate of the largest eigenvalue from 8 matrix-vector products: the tightest, for
+            matrices whose spectrum is known to be well inside the iteration's convergence region).
+            Defaults to `"frobenius"`.
         dtype: `"float32"`, `"float64"` or None, the dtype of the computation and the outputs. None means
             float64 for float64 input, float32 otherwise. Defaults to `None`.
         return_residual: bool; also return the final residual `||Z Y - I||_F / sqrt(d)` per matrix
@@ -77,6 +109,7 @@ def newton_schulz(
 
     Returns:
         `(root, inverse_root)`, each of the input's shape, or `(root, inverse_root, residual)`.
+        `coupled_newton_schulz` returns all of it, and the iteration count, as a `NewtonSchulzResult`.
 
     Example:
 
@@ -90,27 +123,44 @@ def newton_schulz(
         Liu et al., "Reconstructing Deep Neural Networks: Unleashing the Optimization Potential of Natural
         Gradient Descent" (Eq. 15); Higham, "Functions of Matrices", Sec. 6.7 (coupled Newton-Schulz).
     """
-    if not isinstance(damping, (int, float)) or not damping >= 0 or not math.isfinite(damping):
-        raise ValueError(f"`damping` must be a finite float >= 0. Received: damping={damping!r}")
-    if iterations is not None and (
-        isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1
-    ):
-        raise ValueError(f"`iterations` must be None or an int >= 1. Received: iterations={iterations!r}")
-    if tolerance is not None and (
-        not isinstance(tolerance, (int, float)) or not tolerance > 0 or not math.isfinite(tolerance)
-    ):
-        raise ValueError(f"`tolerance` must be None or a float > 0. Received: tolerance={tolerance!r}")
-    if scaling not in _SCALINGS:
-        raise ValueError(f"`scaling` must be one of {_SCALINGS}. Received: scaling={scaling!r}")
-    if dtype is not None and dtype not in _COMPUTE_DTYPES:
-        raise ValueError(f"`dtype` must be None or one of {_COMPUTE_DTYPES}. Received: dtype={dtype!r}")
+    return_residual = check_bool("return_residual", return_residual)
+    result = coupled_newton_schulz(matrix, damping, iterations, tolerance, scaling, dtype)
+    if return_residual:
+        return result.root, result.inverse_root, result.residual
+    return result.root, result.inverse_root
 
+
+def coupled_newton_schulz(matrix, damping=0.0, iterations=None, tolerance=None, scaling="frobenius", dtype=None):
+    """`newton_schulz` with every result named: a `NewtonSchulzResult`. Arguments as for `newton_schulz`."""
+    damping = check_float("damping", damping, minimum=0.0)
+    iterations = check_int("iterations", iterations, minimum=1, allow_none=True)
+    tolerance = check_float("tolerance", tolerance, minimum=0.0, exclusive_minimum=True, allow_none=True)
+    scaling = check_choice("scaling", scaling, SCALINGS)
+    dtype = check_choice("dtype", dtype, _COMPUTE_DTYPES, allow_none=True)
+    matrix = _as_square_matrices(matrix, dtype)
+    dtype = backend.standardize_dtype(matrix.dtype)
+    dim = matrix.shape[-1]
+    identity = ops.eye(dim, dtype=dtype)
+
+    matrix = _damp(matrix, damping, identity)
+    scaled, scale = _prescale(matrix, scaling, identity)
+    if iterations is not None:
+        root, inverse_root, product = _iterate_fixed(scaled, identity, iterations)
+        count = ops.convert_to_tensor(iterations, "int32")
+        residual = _residual(product, identity)
+    else:
+        limit = max_iterations(dim, damping, dtype)
+        count, root, inverse_root, residual = _iterate_until_converged(scaled, identity, limit, tolerance)
+    sqrt_scale = ops.sqrt(scale)[..., None, None]
+    return NewtonSchulzResult(root * sqrt_scale, inverse_root / sqrt_scale, residual, count)
+
+
+def _as_square_matrices(matrix, dtype):
+    """`matrix` as a tensor of shape `(..., d, d)` in the compute dtype."""
     matrix = ops.convert_to_tensor(matrix)
     shape = tuple(matrix.shape)
     if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] is None:
-        raise ValueError(
-            f"`matrix` must have shape (..., d, d) with a known d. Received: matrix.shape={shape}"
-        )
+        raise ValueError(f"`matrix` must have shape (..., d, d) with a known d. Received: matrix.shape={shape}")
     if dtype is None:
         dtype = "float64" if backend.standardize_dtype(matrix.dtype) == "float64" else "float32"
     matrix = ops.cast(matrix, dtype)
@@ -119,70 +169,102 @@ def newton_schulz(
             f"The {backend.backend()} backend cannot compute in dtype={dtype!r} as configured "
             f"(it gave {backend.standardize_dtype(matrix.dtype)}); on JAX, enable jax_enable_x64."
         )
+    return matrix
 
-    dim = shape[-1]
-    identity = ops.eye(dim, dtype=dtype)
-    if damping > 0:
-        mean_eigenvalue = ops.trace(matrix, axis1=-2, axis2=-1) / dim
-        matrix = matrix + (damping * mean_eigenvalue)[..., None, None] * identity
+
+def _damp(matrix, damping, identity):
+    """`G + damping * (trace(G) / d) * I`."""
+    if damping == 0:
+        return matrix
+    mean_eigenvalue = ops.trace(matrix, axis1=-2, axis2=-1) / identity.shape[-1]
+    return matrix + (damping * mean_eigenvalue)[..., None, None] * identity
+
+
+def _prescale(matrix, scaling, identity):
+    """`(matrix / s, s)` with `s` at least the largest eigenvalue, so that the scaled spectrum is in (0, 1]."""
     # An all-zero matrix has no inverse root; a tiny floor keeps the iteration finite, and its residual
     # then reports the failure.
-    largest_entry = ops.maximum(ops.max(ops.abs(matrix), axis=(-2, -1)), _SMALLEST_NORMAL[dtype])
-    if scaling == "frobenius":
-        # Divided by the largest entry first, so that the squares cannot overflow.
-        unit = matrix / largest_entry[..., None, None]
-        scale = largest_entry * ops.sqrt(ops.sum(ops.square(unit), axis=(-2, -1)))
-    else:
+    floor = _SMALLEST_NORMAL[backend.standardize_dtype(matrix.dtype)]
+    largest_entry = ops.maximum(ops.max(ops.abs(matrix), axis=(-2, -1)), floor)
+    if scaling == "trace":
         scale = ops.trace(matrix, axis1=-2, axis2=-1)
-    scale = ops.maximum(scale, largest_entry)
-    scaled = matrix / scale[..., None, None]
-
-    def residual_of(product):
-        return ops.sqrt(ops.sum(ops.square(product - identity), axis=(-2, -1)) / dim)
-
-    def step(root, inverse_root, product):
-        transform = 0.5 * (3.0 * identity - product)
-        root = ops.matmul(root, transform)
-        inverse_root = ops.matmul(transform, inverse_root)
-        return root, inverse_root, ops.matmul(inverse_root, root)
-
-    root = scaled
-    inverse_root = ops.broadcast_to(identity, ops.shape(scaled))
-    product = scaled
-
-    if iterations is not None:
-        for _ in range(iterations):
-            root, inverse_root, product = step(root, inverse_root, product)
     else:
-        limit = max_iterations(dim, damping, dtype)
-        stop_at = -1.0 if tolerance is None else float(tolerance)
+        scale = _frobenius_norm(matrix, largest_entry)
+        if scaling == "power":
+            scale = ops.minimum(scale, _POWER_MARGIN * _power_estimate(matrix))
+        if scaling == "near_identity":
+            deviation = matrix - identity
+            scale = ops.minimum(scale, 1.0 + _frobenius_norm(deviation, ops.max(ops.abs(deviation), axis=(-2, -1))))
+    scale = ops.maximum(scale, largest_entry)
+    return matrix / scale[..., None, None], scale
 
-        def keep_going(count, root, inverse_root, product, previous_residual):
-            residual = residual_of(product)
-            converged = residual <= stop_at
-            stalled = (previous_residual < _QUADRATIC_REGIME) & (residual > 0.5 * previous_residual)
-            # A non-finite matrix is done at once: its outputs and residual stay non-finite.
-            done = converged | stalled | ~ops.isfinite(residual)
-            return (count < limit) & ~ops.all(done)
 
-        def body(count, root, inverse_root, product, previous_residual):
-            residual = residual_of(product)
-            root, inverse_root, product = step(root, inverse_root, product)
-            return count + 1, root, inverse_root, product, residual
+def _power_estimate(matrix):
+    """The Rayleigh quotient after a few power iterations from a fixed start: at most the largest eigenvalue."""
+    vector = ops.ones(ops.shape(matrix)[:-1], matrix.dtype)[..., None]
+    for _ in range(_POWER_STEPS):
+        vector = ops.matmul(matrix, vector)
+        vector = vector / ops.maximum(ops.norm(vector, axis=(-2, -1), keepdims=True), 1e-30)
+    return ops.sum(vector * ops.matmul(matrix, vector), axis=(-2, -1))
 
-        # `previous_residual` starts above every threshold so that the first check cannot stall.
-        _, root, inverse_root, product, _ = ops.while_loop(
-            keep_going,
-            body,
-            (ops.convert_to_tensor(0, "int32"), root, inverse_root, product, residual_of(product) + 2.0),
-        )
 
-    sqrt_scale = ops.sqrt(scale)[..., None, None]
-    root = root * sqrt_scale
-    inverse_root = inverse_root / sqrt_scale
-    if not return_residual:
-        return root, inverse_root
-    return root, inverse_root, residual_of(product)
+def _frobenius_norm(matrix, largest_entry):
+    # Divided by the largest entry first, so that the squares cannot overflow.
+    safe = ops.maximum(largest_entry, _SMALLEST_NORMAL[backend.standardize_dtype(matrix.dtype)])
+    unit = matrix / safe[..., None, None]
+    return safe * ops.sqrt(ops.sum(ops.square(unit), axis=(-2, -1)))
+
+
+def _residual(product, identity):
+    """`||Z Y - I||_F / sqrt(d)` per matrix."""
+    return ops.sqrt(ops.sum(ops.square(product - identity), axis=(-2, -1)) / identity.shape[-1])
+
+
+def _step(root, inverse_root, product, identity):
+    """One coupled iteration; returns `(Y, Z, Z Y)` with the product needed by the next one."""
+    transform = 0.5 * (3.0 * identity - product)
+    root = ops.matmul(root, transform)
+    inverse_root = ops.matmul(transform, inverse_root)
+    return root, inverse_root, ops.matmul(inverse_root, root)
+
+
+def _iterate_fixed(scaled, identity, iterations):
+    root, inverse_root, product = scaled, ops.broadcast_to(identity, ops.shape(scaled)), scaled
+    for _ in range(iterations):
+        root, inverse_root, product = _step(root, inverse_root, product, identity)
+    return root, inverse_root, product
+
+
+def _iterate_until_converged(scaled, identity, limit, tolerance):
+    """The loop of the stopping rule; returns `(count, Y, Z, residual)`."""
+    stop_at = -1.0 if tolerance is None else float(tolerance)
+
+    def keep_going(count, root, inverse_root, product, residual, previous_residual):
+        converged = residual <= stop_at
+        stalled = (previous_residual < _QUADRATIC_REGIME) & (residual > 0.5 * previous_residual)
+        # A non-finite matrix is done at once: its outputs and residual stay non-finite.
+        done = converged | stalled | ~ops.isfinite(residual)
+        return (count < limit) & ~ops.all(done)
+
+    def body(count, root, inverse_root, product, residual, previous_residual):
+        root, inverse_root, product = _step(root, inverse_root, product, identity)
+        return count + 1, root, inverse_root, product, _residual(product, identity), residual
+
+    initial_residual = _residual(scaled, identity)
+    # `previous_residual` starts above every threshold so that the first check cannot stall.
+    count, root, inverse_root, _, residual, _ = ops.while_loop(
+        keep_going,
+        body,
+        (
+            ops.convert_to_tensor(0, "int32"),
+            scaled,
+            ops.broadcast_to(identity, ops.shape(scaled)),
+            scaled,
+            initial_residual,
+            initial_residual + 2.0,
+        ),
+    )
+    return count, root, inverse_root, residual
 
 
 def max_iterations(dim, damping=0.0, dtype="float32"):

@@ -1,42 +1,92 @@
 """Running input statistics behind the local Fisher matrix `G = E(v_f) * E(x x^T)`.
 
-Pure functions of tensors (no layer state), so that the layer, the later `reconstruct`/NGD code and the
-tests share one definition. Everything here is computed in float32, whatever the input's dtype.
+Pure functions of tensors (no layer state), so that the layers and the tests share one definition.
+Everything here is computed in float32, whatever the input's dtype.
 """
+
+from typing import NamedTuple
 
 from keras import ops
 
+from keras_sngd.distributed import sum_across_replicas
 
-def batch_moments(inputs, axis=-1):
-    """Second moment and mean of the features on `axis`, over every other axis.
 
-    For `x` of shape `(batch, ..., d)` (features moved to the last axis) flattened to `n` rows:
+class BatchMoments(NamedTuple):
+    """The moments of one batch (over every replica), float32.
+
+    Attributes:
+        second_moment: `(d, d)`, `E[x x^T]` over the unmasked rows.
+        mean: `(d,)`, `E[x]` over the unmasked rows.
+        count: scalar, the number of unmasked rows (summed over replicas).
+    """
+
+    second_moment: object
+    mean: object
+    count: object
+
+
+class MovingMoments(NamedTuple):
+    """The exponential moving average after one batch.
+
+    Attributes:
+        second_moment: `(d, d)`, the EMA of `E[x x^T]` (not yet divided by `weight`).
+        mean: `(d,)`, the EMA of `E[x]`.
+        weight: scalar, the EMA of 1, which `local_fisher_matrix` divides out.
+        accepted: boolean scalar, False when the batch was skipped (non-finite, or no unmasked row).
+    """
+
+    second_moment: object
+    mean: object
+    weight: object
+    accepted: object
+
+
+def batch_moments(inputs, axis=-1, mask=None):
+    """Second moment and mean of the features on `axis`, over every other axis and every replica.
+
+    For `x` of shape `(batch, ..., d)` (features moved to the last axis) flattened to rows `x_r` with
+    weights `m_r` (the mask, 1 where there is none):
 
     ```
-    second_moment = x^T x / n        # E[x x^T], (d, d)
-    mean          = sum(x) / n       # E[x],     (d,)
+    sums = [sum_r m_r x_r x_r^T, sum_r m_r x_r, sum_r m_r]     # summed over replicas, then:
+    second_moment = sums[0] / sums[2]        # E[x x^T], (d, d)
+    mean          = sums[1] / sums[2]        # E[x],     (d,)
     ```
 
     Before a Dense layer the rows are the batch; before a Conv layer they are every pixel of every image
-    (channel statistics); before an RNN they are every time step of every sequence.
+    (channel statistics); before an RNN they are every time step of every sequence. Masked rows (padding,
+    as `BatchNormalization` treats it) are left out. The sums, not the means, are reduced across replicas
+    (`keras_sngd.distributed.sum_across_replicas`), so every replica sees the moments of the global batch
+    even when replicas hold different numbers of unmasked rows.
 
     Args:
         inputs: tensor with at least 2 dimensions.
         axis: the feature axis. Defaults to `-1`.
+        mask: None, or a boolean tensor of the input's shape without the feature axis (a Keras mask, e.g.
+            from `Embedding(mask_zero=True)`): rows where it is False are left out. Defaults to `None`.
 
     Returns:
-        `(second_moment, mean)`, float32, gradients stopped.
+        `BatchMoments(second_moment, mean, count)`, float32, gradients stopped. With no unmasked row the
+        moments are zero and `count` is 0.
     """
     features = ops.moveaxis(ops.stop_gradient(inputs), axis, -1)
     dim = features.shape[-1]
     rows = ops.cast(ops.reshape(features, (-1, dim)), "float32")
-    count = ops.cast(ops.shape(rows)[0], "float32")
-    second_moment = ops.matmul(ops.transpose(rows), rows) / count
-    mean = ops.sum(rows, axis=0) / count
-    return second_moment, mean
+    if mask is None:
+        count = ops.cast(ops.shape(rows)[0], "float32")
+    else:
+        keep = ops.reshape(ops.cast(mask, "bool"), (-1,))
+        # `where`, not a product: a padded row may hold anything, even NaN, and must not reach the sums.
+        rows = ops.where(keep[:, None], rows, 0.0)
+        count = ops.sum(ops.cast(keep, "float32"))
+    outer_sum = ops.matmul(ops.transpose(rows), rows)
+    row_sum = ops.sum(rows, axis=0)
+    outer_sum, row_sum, count = sum_across_replicas([outer_sum, row_sum, count])
+    safe_count = ops.maximum(count, 1.0)
+    return BatchMoments(outer_sum / safe_count, row_sum / safe_count, count)
 
 
-def update_moving_moments(moving_second_moment, moving_mean, weight, second_moment, mean, momentum):
+def update_moving_moments(moving_second_moment, moving_mean, weight, second_moment, mean, momentum, count=None):
     """One step of the exponential moving average, skipping a batch whose moments are not finite.
 
     ```
@@ -45,18 +95,22 @@ def update_moving_moments(moving_second_moment, moving_mean, weight, second_mome
     ```
 
     `moving / weight` is the bias-corrected average (as in Adam): the first batch counts fully instead
-    of being shrunk toward the zero initial value. A batch with a NaN or Inf anywhere leaves all three
-    unchanged, so one bad batch cannot poison every later estimate.
+    of being shrunk toward the zero initial value. A batch with a NaN or Inf anywhere (found from the
+    trace of its second moment, which any non-finite entry of the input reaches, and the sum of its mean)
+    or with `count == 0` (everything masked) leaves all three unchanged, so one bad batch cannot poison
+    every later estimate.
 
     Returns:
-        `(moving_second_moment, moving_mean, weight, accepted)`; `accepted` is a boolean scalar.
+        `MovingMoments(second_moment, mean, weight, accepted)`.
     """
-    accepted = ops.all(ops.isfinite(second_moment)) & ops.all(ops.isfinite(mean))
+    accepted = ops.isfinite(ops.trace(second_moment)) & ops.isfinite(ops.sum(mean))
+    if count is not None:
+        accepted = accepted & (count > 0)
     keep = 1.0 - momentum
     new_second_moment = momentum * moving_second_moment + keep * ops.where(accepted, second_moment, 0.0)
     new_mean = momentum * moving_mean + keep * ops.where(accepted, mean, 0.0)
     new_weight = momentum * weight + keep
-    return (
+    return MovingMoments(
         ops.where(accepted, new_second_moment, moving_second_moment),
         ops.where(accepted, new_mean, moving_mean),
         ops.where(accepted, new_weight, weight),

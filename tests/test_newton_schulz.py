@@ -14,6 +14,7 @@ import importlib
 from keras_sngd import newton_schulz
 from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
 from keras_sngd.datasets.idx import load_idx_directory
+from keras_sngd.newton_schulz import coupled_newton_schulz
 from keras_sngd.newton_schulz import max_iterations
 
 TOLERANCE = 1e-3
@@ -70,7 +71,7 @@ def test_fashion_mnist_second_moment_meets_tolerance(fashion_mnist_second_moment
     damping = 1e-3
     matrix = damped(fashion_mnist_second_moment.astype(np.float64), damping)
     eigenvalues = np.linalg.eigvalsh(matrix)
-    assert eigenvalues[-1] / eigenvalues[0] > 1e5  # the badly conditioned case DESIGN.md measured
+    assert eigenvalues[-1] / eigenvalues[0] > 1e5  # badly conditioned, as real pixel statistics are
     root, inverse_root, residual = newton_schulz(
         fashion_mnist_second_moment, damping=damping, dtype="float64", return_residual=True
     )
@@ -103,7 +104,7 @@ def test_damping_is_relative_to_mean_eigenvalue():
         check_against_eigh(damped(scale * matrix, 0.1), root, inverse_root, tolerance=1e-9)
 
 
-@pytest.mark.parametrize("scaling", ["frobenius", "trace"])
+@pytest.mark.parametrize("scaling", ["frobenius", "trace", "near_identity", "power"])
 def test_scalings_agree(scaling):
     matrix = spd_matrix(64, 1e3)
     root, inverse_root = newton_schulz(matrix, scaling=scaling)
@@ -179,6 +180,9 @@ def test_runs_under_xla():
     [
         ({"damping": -1.0}, "damping"),
         ({"damping": float("nan")}, "damping"),
+        ({"damping": True}, "damping"),
+        ({"iterations": True}, "iterations"),
+        ({"return_residual": 1}, "return_residual"),
         ({"iterations": 0}, "iterations"),
         ({"iterations": 2.5}, "iterations"),
         ({"tolerance": 0.0}, "tolerance"),
@@ -195,6 +199,25 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
 def test_non_square_input_raises(shape):
     with pytest.raises(ValueError, match="matrix"):
         newton_schulz(np.ones(shape))
+
+
+def test_residual_and_iteration_count_are_reported():
+    matrix = spd_matrix(32, 1e2)
+    result = coupled_newton_schulz(matrix, dtype="float64")
+    product = np.asarray(result.inverse_root) @ np.asarray(result.root)
+    # The compensation cancels in Z Y: the residual is that of the returned pair.
+    assert abs(float(result.residual) - np.linalg.norm(product - np.eye(32)) / np.sqrt(32)) < 1e-12
+    assert 0 < int(result.iterations) <= max_iterations(32, 0.0, "float64")
+
+
+def test_near_identity_scaling_converges_in_few_iterations():
+    rng = np.random.default_rng(0)
+    perturbation = rng.standard_normal((64, 64)) * 0.01
+    matrix = np.eye(64) + 0.5 * (perturbation + perturbation.T)
+    near = coupled_newton_schulz(matrix, scaling="near_identity", dtype="float64")
+    frobenius = coupled_newton_schulz(matrix, scaling="frobenius", dtype="float64")
+    check_against_eigh(matrix, near.root, near.inverse_root, tolerance=1e-9)
+    assert int(near.iterations) < int(frobenius.iterations)
 
 
 def test_docstring_example():

@@ -13,7 +13,7 @@ from keras_sngd.statistics import update_moving_moments
 def test_batch_moments_match_numpy(shape, axis):
     rng = np.random.default_rng(0)
     inputs = rng.standard_normal(shape).astype("float32") + 1.0
-    second_moment, mean = batch_moments(inputs, axis)
+    second_moment, mean, _ = batch_moments(inputs, axis)
     rows = np.moveaxis(inputs, axis, -1).reshape(-1, shape[axis]).astype(np.float64)
     np.testing.assert_allclose(np.asarray(second_moment), rows.T @ rows / len(rows), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(mean), rows.mean(axis=0), rtol=1e-5, atol=1e-6)
@@ -21,7 +21,7 @@ def test_batch_moments_match_numpy(shape, axis):
 
 
 def test_batch_moments_of_float16_inputs_are_float32():
-    second_moment, mean = batch_moments(np.ones((4, 3), "float16"))
+    second_moment, mean, _ = batch_moments(np.ones((4, 3), "float16"))
     assert second_moment.dtype == "float32" and mean.dtype == "float32"
 
 
@@ -30,7 +30,7 @@ def test_moving_average_is_bias_corrected():
     moving_second_moment, moving_mean, weight = np.zeros((3, 3), "float32"), np.zeros(3, "float32"), 0.0
     batches = [rng.standard_normal((8, 3)).astype("float32") for _ in range(5)]
     for batch in batches:
-        second_moment, mean = batch_moments(batch)
+        second_moment, mean, _ = batch_moments(batch)
         moving_second_moment, moving_mean, weight, accepted = update_moving_moments(
             moving_second_moment, moving_mean, weight, second_moment, mean, 0.9
         )
@@ -47,7 +47,7 @@ def test_non_finite_batch_leaves_statistics_unchanged(bad):
     moving_second_moment, moving_mean = np.eye(3, dtype="float32"), np.ones(3, "float32")
     batch = np.ones((4, 3), "float32")
     batch[1, 2] = bad
-    second_moment, mean = batch_moments(batch)
+    second_moment, mean, _ = batch_moments(batch)
     new_second_moment, new_mean, weight, accepted = update_moving_moments(
         moving_second_moment, moving_mean, 0.5, second_moment, mean, 0.9
     )
@@ -60,7 +60,7 @@ def test_non_finite_batch_leaves_statistics_unchanged(bad):
 def test_centered_fisher_is_covariance_times_activation_factor():
     rng = np.random.default_rng(1)
     batch = rng.standard_normal((64, 4)).astype("float32") * 2.0 + 3.0
-    second_moment, mean = batch_moments(batch)
+    second_moment, mean, _ = batch_moments(batch)
     fisher = local_fisher_matrix(second_moment, mean, 1.0, center=True, activation_factor=0.5)
     expected = 0.5 * np.cov(batch.astype(np.float64), rowvar=False, bias=True)
     np.testing.assert_allclose(np.asarray(fisher), expected, rtol=1e-4, atol=1e-5)

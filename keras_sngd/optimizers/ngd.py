@@ -110,6 +110,6 @@ class NGD(keras.optimizers.SGD):
         if entry is not None:
             statistics, binding = entry
             inverse_root = ops.convert_to_tensor(statistics.inverse_root)
-            inverse_fisher = ops.matmul(inverse_root, inverse_root)
+            inverse_fisher = ops.matmul(inverse_root, ops.transpose(inverse_root))
             gradient = binding.mix(inverse_fisher, gradient)
         super().update_step(gradient, variable, learning_rate)

@@ -1,0 +1,170 @@
+"""Where an SNGD training step's time goes, and SNGD's wall-clock against Adam (issue #7).
+
+Everything runs in ONE process, so that the ratios compare like with like on a shared machine; the
+variants are alternated and repeated, and each figure is the median over repeats of the median epoch
+time after the first (compiling) epoch.
+
+    python benchmarks/overhead.py                       # the full table (about 10 minutes on 2 cores)
+    python benchmarks/overhead.py --images 4000 --repeats 1 --time-to-adam-images 4000   # a quick look
+
+Table 1, paper MLP (784-80-80-10) on real Fashion-MNIST, batch 50: epoch time as a ratio to SGD of
+  bare `y = x U` (a layer that only multiplies), + the moving second moment every step, the LocalFisher
+  with its refresh disabled (statistics and counters), the LocalFisher with its defaults;
+  and the same ratio of the LocalFisher defaults on `small_cnn`.
+Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, LocalFisher defaults)
+  final training losses, and the fit time (compilation included) for SNGD to reach Adam's final loss,
+  as a fraction of Adam's fit time (linear interpolation between epoch ends).
+"""
+
+import argparse
+import statistics
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sngd import LocalFisher
+from keras_sngd import reconstruct
+from keras_sngd.datasets import load_dataset
+from keras_sngd.models import paper_mlp
+from keras_sngd.models import small_cnn
+
+
+class BareProduct(LocalFisher):
+    """Only `y = x U`: the floor of the design."""
+
+    def call(self, inputs, training=None, mask=None):
+        return self._transform(inputs, self.inverse_root.value, None)
+
+
+class MomentOnly(LocalFisher):
+    """`y = x U` plus the moving second moment every step, nothing else."""
+
+    def call(self, inputs, training=None, mask=None):
+        if training:
+            rows = ops.reshape(ops.cast(inputs, "float32"), (-1, inputs.shape[-1]))
+            moment = ops.matmul(ops.transpose(rows), rows) / ops.cast(ops.shape(rows)[0], "float32")
+            self.second_moment.assign(self.momentum * self.second_moment.value + (1 - self.momentum) * moment)
+        return self._transform(inputs, self.inverse_root.value, None)
+
+
+class NoRefresh(LocalFisher):
+    """The LocalFisher's training step with the refresh switched off (statistics and counters)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._refresh_outside_step = True
+
+
+VARIANTS = {"bare y = x U": BareProduct, "+ moment every step": MomentOnly,
+            "LocalFisher, no refresh": NoRefresh, "LocalFisher defaults": LocalFisher}
+
+
+class EpochClock(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+        self.ends = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append(time.perf_counter() - self.start)
+
+
+def fit(model, optimizer, data, batch_size, epochs):
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    clock = EpochClock()
+    history = model.fit(*data, batch_size=batch_size, epochs=epochs, callbacks=[clock], verbose=0, shuffle=True)
+    return history.history["loss"], clock.ends
+
+
+def steady_epoch_time(ends):
+    durations = np.diff(np.r_[0.0, ends])
+    return float(np.median(durations[1:])) if len(durations) > 1 else float(durations[0])
+
+
+def build(builder, layer_class, data, local_fisher_arguments=None):
+    keras.utils.set_random_seed(0)
+    plain = builder(input_shape=data[0].shape[1:])
+    if layer_class is None:
+        return plain
+    return reconstruct(plain, layer_class=layer_class, local_fisher_arguments=local_fisher_arguments)
+
+
+def epoch_ratios(builder, data, variants, args):
+    """Median steady epoch time of each variant and of SGD, alternated over repeats."""
+    times = {name: [] for name in ["SGD"] + list(variants)}
+    for _ in range(args.repeats):
+        for name in times:
+            model = build(builder, None if name == "SGD" else variants[name], data, args.local_fisher)
+            _, ends = fit(model, keras.optimizers.SGD(0.01), data, args.batch_size, args.epochs)
+            times[name].append(steady_epoch_time(ends))
+    sgd = statistics.median(times["SGD"])
+    return {name: (statistics.median(values), statistics.median(values) / sgd) for name, values in times.items()}
+
+
+def time_to_reach(losses, ends, target):
+    """Fit time at which the per-epoch loss first reaches `target`, interpolated between epoch ends."""
+    points = list(zip([0.0] + ends, [float("inf")] + losses))
+    for (t0, l0), (t1, l1) in zip(points, points[1:]):
+        if l1 <= target:
+            if not np.isfinite(l0):
+                return t1
+            return t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
+    return float("nan")
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=20000, help="training images for table 1's MLP rows")
+    parser.add_argument("--cnn-images", type=int, default=5000, help="training images for the small_cnn row")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per table-1 run (the first is not timed)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--time-to-adam-images", type=int, default=20000)
+    parser.add_argument("--time-to-adam-epochs", type=int, default=5)
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: mlp, cnn, adam")
+    parser.add_argument("--update-every", type=int, default=None, help="LocalFisher update_every (default: the layer's)")
+    args = parser.parse_args(argv)
+    args.skip = set(filter(None, args.skip.split(",")))
+    args.local_fisher = {} if args.update_every is None else {"update_every": args.update_every}
+    return args
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
+    images, labels = load_dataset("fashion_mnist", "train")
+    images = images.astype("float32") / 255.0
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}; LocalFisher {args.local_fisher or 'defaults'}")
+    if "mlp" not in args.skip:
+        data = (images[: args.images], labels[: args.images])
+        rows = epoch_ratios(paper_mlp, data, VARIANTS, args)
+        print(f"\npaper MLP, {args.images} images, batch {args.batch_size}: steady epoch time and ratio to SGD")
+        print("| variant | s/epoch | ratio to SGD |\n|---|---|---|")
+        for name, (seconds, ratio) in rows.items():
+            print(f"| {name} | {seconds:.2f} | {ratio:.2f} |")
+    if "cnn" not in args.skip:
+        data = (images[: args.cnn_images], labels[: args.cnn_images])
+        rows = epoch_ratios(small_cnn, data, {"LocalFisher defaults": LocalFisher}, args)
+        print(f"\nsmall_cnn, {args.cnn_images} images, batch {args.batch_size}: "
+              f"SNGD/SGD epoch ratio {rows['LocalFisher defaults'][1]:.2f} "
+              f"({rows['LocalFisher defaults'][0]:.2f} s vs {rows['SGD'][0]:.2f} s)", flush=True)
+    if "adam" not in args.skip:
+        data = (images[: args.time_to_adam_images], labels[: args.time_to_adam_images])
+        epochs = args.time_to_adam_epochs
+        adam_losses, adam_ends = fit(build(paper_mlp, None, data), keras.optimizers.Adam(1e-3), data, 64, epochs)
+        sngd_losses, sngd_ends = fit(build(paper_mlp, LocalFisher, data, args.local_fisher),
+                                     keras.optimizers.SGD(0.1), data, 64, epochs)
+        reach = time_to_reach(sngd_losses, sngd_ends, adam_losses[-1])
+        print(f"\npaper MLP, {args.time_to_adam_images} images, batch 64, {epochs} epochs (fit time, compilation included)")
+        print("| | final loss | fit time s | time to Adam's final loss |\n|---|---|---|---|")
+        print(f"| Adam lr 1e-3 | {adam_losses[-1]:.4f} | {adam_ends[-1]:.1f} | |")
+        print(f"| SNGD SGD lr 0.1 | {sngd_losses[-1]:.4f} ({sngd_losses[-1] / adam_losses[-1]:.2f}x Adam's) | "
+              f"{sngd_ends[-1]:.1f} | {reach:.1f} s = {reach / adam_ends[-1]:.2f}x Adam's time |")
+        print("per-epoch losses: Adam " + " ".join(f"{x:.4f}" for x in adam_losses)
+              + "; SNGD " + " ".join(f"{x:.4f}" for x in sngd_losses))
+        print("epoch ends (s): Adam " + " ".join(f"{x:.1f}" for x in adam_ends)
+              + "; SNGD " + " ".join(f"{x:.1f}" for x in sngd_ends), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""`FisherLayer`: the statistics and the refresh of `U` shared by `LocalFisher` and `FisherStatistics`."""
+
+import warnings
+
+import keras
+from keras import ops
+
+from keras_sngd.refresh import NOT_TRACED
+from keras_sngd.refresh import RefreshMode
+from keras_sngd.refresh import RefreshResult
+from keras_sngd.refresh import warm_refresh
+from keras_sngd.refresh import whitening_drift
+from keras_sngd.statistics import MovingMoments
+from keras_sngd.statistics import batch_moments
+from keras_sngd.statistics import local_fisher_matrix
+from keras_sngd.statistics import update_moving_moments
+from keras_sngd.validation import check_bool
+from keras_sngd.validation import check_choice
+from keras_sngd.validation import check_float
+from keras_sngd.validation import check_int
+
+REFRESH_DTYPES = ("float32", "float64")
+_NO_CONSUMER = "no consumer layer in a model graph"
+# Where a conditional branch may assign variables (not JAX, whose traced branches would leak), the new U
+# is written inside the refresh branch, so that steps without a refresh do not rewrite the (d, d) state.
+_ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
+
+
+class FisherLayer(keras.layers.Layer):
+    """Base of `LocalFisher` and `FisherStatistics`: the local Fisher statistics and the refresh of `U`.
+
+    It owns the state, the statistics, the counters, the refresh decision and the refresh computation
+    (see `LocalFisher` for the formulas and the arguments). A subclass says what the layer outputs and
+    what a refresh does to the model, by implementing:
+
+    - `_transform(inputs, inverse_root, shift)`: the output, given the `U` (and shift) of this step;
+    - `_refresh_plan(in_step)`: `(bindings, RefreshMode)`, the consumers a refresh re-expresses;
+    - `_reexpress(bindings, result, old_inverse_root, old_shift)`: re-express them (default: nothing).
+
+    `layer.trainable = False` (or a frozen enclosing model) makes `call` run in inference mode also
+    inside `fit`, like a frozen `BatchNormalization`: no statistics, no counters, no refresh.
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        update_every=50,
+        damping=0.01,
+        center=False,
+        activation_factor=1.0,
+        iterations=None,
+        refresh_dtype="float32",
+        preserve_function=True,
+        refresh_tolerance=0.3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.axis = check_int("axis", axis)
+        self.momentum = check_float("momentum", momentum, minimum=0.0, maximum=1.0, exclusive_maximum=True)
+        self.update_every = check_int("update_every", update_every, minimum=1)
+        self.damping = check_float("damping", damping, minimum=0.0)
+        self.center = check_bool("center", center)
+        self.activation_factor = check_float("activation_factor", activation_factor, minimum=0.0,
+                                             exclusive_minimum=True)
+        self.iterations = check_int("iterations", iterations, minimum=1, allow_none=True)
+        self.refresh_dtype = check_choice("refresh_dtype", refresh_dtype, REFRESH_DTYPES)
+        self.preserve_function = check_bool("preserve_function", preserve_function)
+        self.refresh_tolerance = check_float("refresh_tolerance", refresh_tolerance, minimum=0.0)
+        self.supports_masking = True
+        self.refresh_mode = RefreshMode(NOT_TRACED, "")
+        # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
+        self._refresh_outside_step = False
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if rank < 2 or not -rank <= self.axis < rank:
+            raise ValueError(f"`axis`={self.axis} is not a valid axis for inputs of shape {tuple(input_shape)}.")
+        dim = input_shape[self.axis]
+        if dim is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a known size on `axis`={self.axis}. Received input shape "
+                f"{tuple(input_shape)}."
+            )
+        self.input_spec = keras.InputSpec(ndim=rank, axes={self.axis: dim})
+
+        def state(name, shape, initializer="zeros", dtype="float32"):
+            return self.add_weight(
+                name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False, autocast=False
+            )
+
+        self.second_moment = state("second_moment", (dim, dim))
+        self.mean = state("mean", (dim,))
+        self.statistics_weight = state("statistics_weight", ())
+        self.inverse_root = state("inverse_root", (dim, dim), initializer="identity")
+        # The mean subtracted before U when centering; it changes only at refreshes.
+        self.shift = state("shift", (dim,)) if self.center else None
+        self.step = state("step", (), dtype="int32")
+        self.refresh_count = state("refresh_count", (), dtype="int32")
+        self.failed_refresh_count = state("failed_refresh_count", (), dtype="int32")
+        self.skipped_batch_count = state("skipped_batch_count", (), dtype="int32")
+
+    def call(self, inputs, training=None, mask=None):
+        if training and self.trainable:
+            inverse_root, shift = self._train_step(inputs, mask)
+        else:
+            inverse_root, shift = self.inverse_root.value, self._current_shift()
+        return self._transform(inputs, inverse_root, shift)
+
+    def refresh(self):
+        """Refresh `U` now, eagerly, from the current moving statistics; returns whether it was accepted.
+
+        The same refresh as a training step's (warm-started, guarded, function-preserving where the
+        consumers allow), but outside any train step: for callbacks that refresh between steps, e.g. on
+        the JAX backend (after `model.jax_state_sync()`), or by hand. Before any statistics it does
+        nothing and returns False. Counts in `refresh_count` or `failed_refresh_count`.
+
+        Returns:
+            bool, whether the new `U` was accepted.
+        """
+        if not self.built:
+            raise ValueError(f"{type(self).__name__} '{self.name}' is not built: call it on data first.")
+        if float(ops.convert_to_numpy(self.statistics_weight.value)) <= 0.0:
+            return False
+        bindings, mode = self._refresh_plan(in_step=False)
+        self._set_refresh_mode(mode)
+        moving = MovingMoments(self.second_moment.value, self.mean.value, self.statistics_weight.value, True)
+        result = self._refresh(moving, bindings, write=True)
+        accepted = bool(ops.convert_to_numpy(result.accepted))
+        counter = self.refresh_count if accepted else self.failed_refresh_count
+        counter.assign(counter.value + 1)
+        return accepted
+
+    # Steps of a training call.
+
+    def _train_step(self, inputs, mask):
+        """Statistics, counters and (when due) the refresh; returns the `U` and shift to use now."""
+        moving = self._collect_statistics(inputs, mask)
+        step = self.step.value + 1
+        old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
+        if self._refresh_outside_step:
+            due = ops.convert_to_tensor(False)
+            result = self._unchanged(old_inverse_root, old_shift)
+        else:
+            due = self._refresh_due(step, moving)
+            bindings, mode = self._refresh_plan(in_step=True)
+            self._set_refresh_mode(mode)
+            # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
+            result = RefreshResult(*(ops.stop_gradient(value) for value in ops.cond(
+                due,
+                lambda: tuple(self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH)),
+                lambda: tuple(self._unchanged(old_inverse_root, old_shift)),
+            )))
+        self._write_state(moving, step, due, result)
+        return result.inverse_root, result.shift if self.center else None
+
+    def _collect_statistics(self, inputs, mask):
+        """The moving moments after this batch (`MovingMoments`); masked rows are left out."""
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            mask = None  # not a mask over the non-feature axes: nothing to leave out
+        moments = batch_moments(inputs, self.axis, mask)
+        return update_moving_moments(
+            self.second_moment.value, self.mean.value, self.statistics_weight.value,
+            moments.second_moment, moments.mean, self.momentum, count=moments.count,
+        )
+
+    def _refresh_due(self, step, moving):
+        """Whether this step refreshes: every `update_every` steps, if there was no refresh yet or `U` has
+        drifted from whitening `G` by more than `refresh_tolerance` (always, with tolerance 0)."""
+        check = ops.equal(step % self.update_every, 0)
+        if self.refresh_tolerance == 0:
+            return check
+        first = ops.equal(self.refresh_count.value, 0)
+
+        def drifted():
+            fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
+                                         self.activation_factor)
+            drift = whitening_drift(fisher, self.inverse_root.value, self.damping)
+            return first | ~(drift <= self.refresh_tolerance)
+
+        # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
+        return ops.cond(check, drifted, lambda: ops.convert_to_tensor(False))
+
+    def _refresh(self, moving, bindings, write):
+        """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with
+        `write` also assigns the new `U` (and shift)."""
+        old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
+        fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
+                                     self.activation_factor)
+        result = warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
+        if self.center:
+            mean = moving.mean / ops.maximum(moving.weight, 1e-30)
+            result = result._replace(shift=ops.where(result.accepted, mean, old_shift))
+        if bindings:
+            self._reexpress(bindings, result, old_inverse_root, old_shift)
+        if write:
+            self.inverse_root.assign(result.inverse_root)
+            if self.center:
+                self.shift.assign(result.shift)
+        return result
+
+    def _unchanged(self, inverse_root, shift):
+        dim = inverse_root.shape[0]
+        return RefreshResult(
+            inverse_root=inverse_root,
+            mixing=ops.eye(dim, dtype="float32"),
+            shift=shift if self.center else ops.zeros((dim,), "float32"),
+            accepted=ops.convert_to_tensor(False),
+            iterations=ops.convert_to_tensor(0, "int32"),
+        )
+
+    def _write_state(self, moving, step, due, result):
+        self.second_moment.assign(moving.second_moment)
+        self.mean.assign(moving.mean)
+        self.statistics_weight.assign(moving.weight)
+        if not _ASSIGN_IN_BRANCH:
+            self.inverse_root.assign(result.inverse_root)
+            if self.center:
+                self.shift.assign(result.shift)
+        self.step.assign(step)
+        self.refresh_count.assign(self.refresh_count.value + ops.cast(result.accepted, "int32"))
+        self.failed_refresh_count.assign(
+            self.failed_refresh_count.value + ops.cast(due & ~result.accepted, "int32")
+        )
+        self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~moving.accepted, "int32"))
+
+    def _current_shift(self):
+        return self.shift.value if self.center else None
+
+    def _set_refresh_mode(self, mode):
+        if (
+            mode.kind == "replacing"
+            and self.preserve_function
+            and mode != self.refresh_mode
+            and mode.reason != _NO_CONSUMER
+        ):
+            warnings.warn(
+                f"{type(self).__name__} '{self.name}' cannot keep the model's function across refreshes: "
+                f"{mode.reason}. It replaces G^(-1/2) like batch normalization replaces its statistics.",
+                stacklevel=4,
+            )
+        self.refresh_mode = mode
+
+    # Hooks for subclasses.
+
+    def _transform(self, inputs, inverse_root, shift):
+        raise NotImplementedError
+
+    def _refresh_plan(self, in_step):
+        raise NotImplementedError
+
+    def _reexpress(self, bindings, result, old_inverse_root, old_shift):
+        """Re-express the consumers' weights for `result` (`U_new W'_new = U_old W'`). Default: nothing."""
+
+    # Keras layer API.
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "momentum": self.momentum,
+                "update_every": self.update_every,
+                "damping": self.damping,
+                "center": self.center,
+                "activation_factor": self.activation_factor,
+                "iterations": self.iterations,
+                "refresh_dtype": self.refresh_dtype,
+                "preserve_function": self.preserve_function,
+                "refresh_tolerance": self.refresh_tolerance,
+            }
+        )
+        return config
+
+    def describe(self):
+        """One line on this layer's state: size, steps, refreshes and failures, for logs and notebooks."""
+        if not self.built:
+            return f"{type(self).__name__} '{self.name}': not built yet"
+        return (
+            f"{type(self).__name__} '{self.name}': {self.inverse_root.shape[0]} features on axis {self.axis}, "
+            f"step {int(self.step.numpy())}, {int(self.refresh_count.numpy())} refreshes "
+            f"({int(self.failed_refresh_count.numpy())} failed, every {self.update_every} steps), "
+            f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped; refresh: {self.refresh_mode}"
+        )
