@@ -57,8 +57,6 @@ class FunctionPreservingRefresh(keras.callbacks.Callback):
         if not self.active:
             return
         self._layers = local_fishers(self.model)
-        # Statistics-only layers (FisherStatistics, for the NGD optimizer) have nothing to re-express.
-        self._layers = [layer for layer in self._layers if type(layer)._update is LocalFisher._update]
         self._steps = {id(layer): _step(layer) for layer in self._layers}
         for layer in self._layers:
             layer._refresh_outside_step = True
@@ -87,7 +85,7 @@ class FunctionPreservingRefresh(keras.callbacks.Callback):
         for layer in due:
             # The true count (a layer called twice per step counts twice).
             self._steps[id(layer)] = _step(layer)
-            refreshed = layer.refresh()
+            refreshed = layer.refresh(only_if_drifted=True)
             if self.verbose:
                 print(f"FunctionPreservingRefresh: '{layer.name}' at step {self._steps[id(layer)]}: "
                       f"{'refreshed' if refreshed else 'refresh failed, U kept'}")
@@ -104,6 +102,7 @@ class FunctionPreservingRefresh(keras.callbacks.Callback):
 
 def local_fishers(model):
     """Every `LocalFisher` in `model`, nested models included, in the order of `model._flatten_layers()`."""
+    # Statistics-only layers (FisherStatistics, for the NGD optimizer) have nothing to re-express.
     return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, LocalFisher)]
 
 

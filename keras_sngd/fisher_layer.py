@@ -5,6 +5,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_sngd.consumers import NO_CONSUMER
 from keras_sngd.refresh import NOT_TRACED
 from keras_sngd.refresh import RefreshMode
 from keras_sngd.refresh import RefreshResult
@@ -20,7 +21,6 @@ from keras_sngd.validation import check_float
 from keras_sngd.validation import check_int
 
 REFRESH_DTYPES = ("float32", "float64")
-_NO_CONSUMER = "no consumer layer in a model graph"
 # Where a conditional branch may assign variables (not JAX, whose traced branches would leak), the new U
 # is written inside the refresh branch, so that steps without a refresh do not rewrite the (d, d) state.
 _ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
@@ -107,13 +107,18 @@ class FisherLayer(keras.layers.Layer):
             inverse_root, shift = self.inverse_root.value, self._current_shift()
         return self._transform(inputs, inverse_root, shift)
 
-    def refresh(self):
+    def refresh(self, only_if_drifted=False):
         """Refresh `U` now, eagerly, from the current moving statistics; returns whether it was accepted.
 
         The same refresh as a training step's (warm-started, guarded, function-preserving where the
         consumers allow), but outside any train step: for callbacks that refresh between steps, e.g. on
         the JAX backend (after `model.jax_state_sync()`), or by hand. Before any statistics it does
         nothing and returns False. Counts in `refresh_count` or `failed_refresh_count`.
+
+        Args:
+            only_if_drifted: bool; as a due step of training does, skip the refresh (return False) when
+                there was a refresh before and the estimated drift `||U^T G_d U - I||_F / sqrt(d)` is at
+                most `refresh_tolerance`. Defaults to `False` (refresh now).
 
         Returns:
             bool, whether the new `U` was accepted.
@@ -122,6 +127,12 @@ class FisherLayer(keras.layers.Layer):
             raise ValueError(f"{type(self).__name__} '{self.name}' is not built: call it on data first.")
         if float(ops.convert_to_numpy(self.statistics_weight.value)) <= 0.0:
             return False
+        if only_if_drifted and self.refresh_tolerance > 0 and int(ops.convert_to_numpy(self.refresh_count.value)):
+            fisher = local_fisher_matrix(self.second_moment.value, self.mean.value, self.statistics_weight.value,
+                                         self.center, self.activation_factor)
+            drift = float(ops.convert_to_numpy(whitening_drift(fisher, self.inverse_root.value, self.damping)))
+            if drift <= self.refresh_tolerance:
+                return False
         bindings, mode = self._refresh_plan(in_step=False)
         self._set_refresh_mode(mode)
         moving = MovingMoments(self.second_moment.value, self.mean.value, self.statistics_weight.value, True)
@@ -232,7 +243,7 @@ class FisherLayer(keras.layers.Layer):
             mode.kind == "replacing"
             and self.preserve_function
             and mode != self.refresh_mode
-            and mode.reason != _NO_CONSUMER
+            and mode.reason != NO_CONSUMER
         ):
             warnings.warn(
                 f"{type(self).__name__} '{self.name}' cannot keep the model's function across refreshes: "

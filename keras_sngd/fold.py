@@ -12,7 +12,7 @@ from keras_sngd.graph import clone_layer
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
 from keras_sngd.graph import sequential_input
-from keras_sngd.local_fisher import LocalFisher
+from keras_sngd.fisher_layer import FisherLayer
 
 
 def fold(model):
@@ -49,7 +49,7 @@ def _fold_plan(model):
     `keras_sngd.consumers`), else None; and for each absorbing consumer, the LocalFisher it absorbs."""
     plan, absorbs = {}, {}
     for layer in model.layers:
-        if not isinstance(layer, LocalFisher):
+        if not isinstance(layer, FisherLayer):
             continue
         if isinstance(layer, FisherStatistics):
             plan[layer] = []  # the identity: dropped, nothing to absorb
@@ -99,12 +99,12 @@ def _fold(model, inherited=None):
     if isinstance(model, keras.Sequential):
         new_model = keras.Sequential([sequential_input(model)], name=model.name)
         for layer in model.layers:
-            for new_layer in replacement(layer) if isinstance(layer, LocalFisher) else [clone(layer)]:
+            for new_layer in replacement(layer) if isinstance(layer, FisherLayer) else [clone(layer)]:
                 new_model.add(new_layer)
     else:
 
         def rewrite_call(original, layer, args, kwargs):
-            if isinstance(original, LocalFisher):
+            if isinstance(original, FisherLayer):
                 tensor = first_tensor(args)
                 for new_layer in replacement(original):
                     tensor = new_layer(tensor)
@@ -112,7 +112,7 @@ def _fold(model, inherited=None):
             return layer(*args, **kwargs)
 
         new_model = clone_functional(model, clone, rewrite_call)
-    copy_weights([(original, new) for original, new in pairs if not isinstance(original, LocalFisher)])
+    copy_weights([(original, new) for original, new in pairs if not isinstance(original, FisherLayer)])
     for dense, inverse_root in mixings:
         dense.kernel.assign(inverse_root)
     for original, new in pairs:

@@ -172,10 +172,7 @@ class LocalFisher(FisherLayer):
             if self.center:
                 # b'_new = b' + W^T (mu_new - mu_old), W = U_old W' the effective kernel.
                 effective = binding.mix(old_inverse_root, kernel)
-                response = binding.shift_response(effective, result.shift - old_shift)
-                bias = _frozen(binding.bias)
-                input_bias = binding.input_bias(bias) + ops.cast(response, bias.dtype)
-                binding.bias.assign(binding.with_bias(bias, input_bias))
+                binding.bias.assign(binding.shifted_bias(_frozen(binding.bias), effective, old_shift - result.shift))
             binding.kernel.assign(binding.mix(result.mixing, kernel))
 
 

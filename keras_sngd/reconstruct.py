@@ -16,6 +16,7 @@ from keras_sngd.graph import is_layer
 from keras_sngd.graph import sequential_input
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
+from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.local_fisher import LocalFisher
 
 logger = logging.getLogger("keras_sngd")
@@ -126,8 +127,8 @@ def reconstruct(
                 "EinsumDense, Conv1D/2D/3D, Conv*Transpose, LSTM, GRU, SimpleRNN). "
                 f"Received: layer_types={layer_types!r}"
             )
-    if not (isinstance(layer_class, type) and issubclass(layer_class, LocalFisher)):
-        raise ValueError(f"`layer_class` must be LocalFisher or a subclass. Received: layer_class={layer_class!r}")
+    if not (isinstance(layer_class, type) and issubclass(layer_class, FisherLayer)):
+        raise ValueError(f"`layer_class` must be LocalFisher, FisherStatistics or a subclass of keras_sngd.fisher_layer.FisherLayer. Received: layer_class={layer_class!r}")
     if isinstance(exclude, str):
         raise ValueError(f"`exclude` must be a collection of layer names, not a string. Received: exclude={exclude!r}")
     exclude = set(exclude)
@@ -164,7 +165,7 @@ def _decide(layer, options, prefix, report, already_whitened):
     """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`."""
     path = prefix + layer.name
     kind = type(layer).__name__
-    if not is_layer(layer) or isinstance(layer, (LocalFisher, keras.layers.InputLayer)) or not layer.weights:
+    if not is_layer(layer) or isinstance(layer, (FisherLayer, keras.layers.InputLayer)) or not layer.weights:
         return None
     if not is_supported_type(layer):
         if isinstance(layer, keras.Model):
@@ -206,7 +207,7 @@ def _reconstruct(model, options, report, prefix):
         new_layers = [sequential_input(model)]
         previous = None
         for layer in model.layers:
-            local_fisher = _decide(layer, options, prefix, report, previous if isinstance(previous, LocalFisher) else None)
+            local_fisher = _decide(layer, options, prefix, report, previous if isinstance(previous, FisherLayer) else None)
             if local_fisher is not None:
                 new_layers.append(local_fisher)
             new_layers.append(clone(layer))
@@ -220,7 +221,7 @@ def _reconstruct(model, options, report, prefix):
             if original is not None and tensor is not None and not isinstance(layer, keras.Model):
                 if id(layer) not in shared:
                     producer = source_operation(tensor)
-                    whitened = producer if isinstance(producer, LocalFisher) else None
+                    whitened = producer if isinstance(producer, FisherLayer) else None
                     shared[id(layer)] = _decide(original, options, prefix, report, whitened)
                 local_fisher = shared[id(layer)]
                 if local_fisher is not None:

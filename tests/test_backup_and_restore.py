@@ -32,9 +32,9 @@ def model_and_data():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((6,)),
-        LocalFisher(update_every=3),
+        LocalFisher(refresh_tolerance=0, update_every=3),
         keras.layers.Dense(8, activation="relu"),
-        LocalFisher(update_every=3, center=True),
+        LocalFisher(refresh_tolerance=0, update_every=3, center=True),
         keras.layers.Dense(2),
     ])
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")

@@ -97,7 +97,7 @@ def test_paper_mlp_with_defaults_is_finite_on_jax(fashion_mnist_directory):
 def test_callback_is_a_no_op_off_jax():
     def trained(callbacks):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((5,)), keras_sngd.LocalFisher(update_every=2), keras.layers.Dense(3)])
+        model = keras.Sequential([keras.Input((5,)), keras_sngd.LocalFisher(refresh_tolerance=0, update_every=2), keras.layers.Dense(3)])
         model.compile(keras.optimizers.SGD(0.05), "mse")
         rng = np.random.default_rng(0)
         x, y = rng.standard_normal((40, 5)).astype("float32"), rng.standard_normal((40, 3)).astype("float32")
@@ -106,7 +106,7 @@ def test_callback_is_a_no_op_off_jax():
 
     with_callback = trained([keras_sngd.callbacks.FunctionPreservingRefresh()])
     without = trained([])
-    assert with_callback.layers[0].refresh_mode.startswith("function-preserving (re-expresses")
+    assert with_callback.layers[0].refresh_mode.kind == "function-preserving"
     assert int(with_callback.layers[0].refresh_count.numpy()) == 5
     for a, b in zip(with_callback.get_weights(), without.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -115,7 +115,7 @@ def test_callback_is_a_no_op_off_jax():
 def refreshable(center=False):
     """A built model whose first LocalFisher has statistics (lr 0, no refresh due yet)."""
     model = keras.Sequential([
-        keras.Input((5,)), keras_sngd.LocalFisher(update_every=1000, center=center), keras.layers.Dense(3),
+        keras.Input((5,)), keras_sngd.LocalFisher(refresh_tolerance=0, update_every=1000, center=center), keras.layers.Dense(3),
     ])
     model.compile(keras.optimizers.SGD(0.0), "mse")
     rng = np.random.default_rng(0)

@@ -12,9 +12,9 @@ def build(update_every):
     keras.utils.set_random_seed(0)
     return keras.Sequential([
         keras.Input((6,)),
-        LocalFisher(update_every=update_every),
+        LocalFisher(refresh_tolerance=0, update_every=update_every),
         keras.layers.Dense(8, activation="relu"),
-        LocalFisher(update_every=update_every),
+        LocalFisher(refresh_tolerance=0, update_every=update_every),
         keras.layers.Dense(2),
     ])
 
