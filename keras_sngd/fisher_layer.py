@@ -24,6 +24,8 @@ REFRESH_DTYPES = ("float32", "float64")
 # Where a conditional branch may assign variables (not JAX, whose traced branches would leak), the new U
 # is written inside the refresh branch, so that steps without a refresh do not rewrite the (d, d) state.
 _ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
+# Reasons that hold for every layer of a process (the JAX trainer), warned about once.
+_WARNED_FOR_EVERY_LAYER = set()
 
 
 class FisherLayer(keras.layers.Layer):
@@ -244,7 +246,11 @@ class FisherLayer(keras.layers.Layer):
             and self.preserve_function
             and mode != self.refresh_mode
             and mode.reason != NO_CONSUMER
+            and mode.reason not in _WARNED_FOR_EVERY_LAYER
         ):
+            if "JAX trainer" in mode.reason:
+                # Every LocalFisher of the model would say the same: once per process is enough.
+                _WARNED_FOR_EVERY_LAYER.add(mode.reason)
             warnings.warn(
                 f"{type(self).__name__} '{self.name}' cannot keep the model's function across refreshes: "
                 f"{mode.reason}. It replaces G^(-1/2) like batch normalization replaces its statistics.",

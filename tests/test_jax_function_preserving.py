@@ -89,7 +89,8 @@ def test_jax_follows_the_tensorflow_trajectory(jax_runs, tensorflow_runs):
 def test_paper_mlp_with_defaults_is_finite_on_jax(fashion_mnist_directory):
     """784-80-80-10, LocalFisher defaults, SGD 0.1, 200 steps: NaN on JAX without the callback."""
     report = run_case("jax", "mlp", fashion_mnist_directory)["mlp"]
-    assert report["step"] == 200 and report["refresh_counts"] == [4, 4, 4]
+    # Checks at steps 50, 100, 150, 200: the first always refreshes, later ones when U drifted.
+    assert report["step"] == 200 and all(1 <= count <= 4 for count in report["refresh_counts"])
     assert np.isfinite(report["losses"][0]) and report["losses"][0] < np.log(10.0)
 
 

@@ -62,5 +62,6 @@ def test_sngd_beats_sgd_at_same_learning_rate_and_steps(fashion_mnist_subset):
     for layer in model.layers:
         if isinstance(layer, LocalFisher):
             assert int(layer.step.numpy()) == steps
-            assert int(layer.refresh_count.numpy()) == steps // layer.update_every
+            # The first due refresh always runs; later ones only when U drifted (refresh_tolerance).
+            assert 1 <= int(layer.refresh_count.numpy()) <= steps // layer.update_every
             assert int(layer.failed_refresh_count.numpy()) == 0
