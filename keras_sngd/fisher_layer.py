@@ -302,6 +302,7 @@ class FisherLayer(keras.layers.Layer):
         return (
             f"{type(self).__name__} '{self.name}': {self.inverse_root.shape[0]} features on axis {self.axis}, "
             f"step {int(self.step.numpy())}, {int(self.refresh_count.numpy())} refreshes "
-            f"({int(self.failed_refresh_count.numpy())} failed, every {self.update_every} steps), "
+            f"({int(self.failed_refresh_count.numpy())} failed; checked every {self.update_every} steps"
+            f"{'' if self.refresh_tolerance == 0 else f', refreshed above drift {self.refresh_tolerance:g}'}), "
             f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped; refresh: {self.refresh_mode}"
         )

@@ -264,6 +264,7 @@ def test_describe():
     layer(random_inputs((4, 3)), training=True)
     layer(random_inputs((4, 3)), training=True)
     assert layer.describe() == (
-        "LocalFisher 'lf': 3 features on axis -1, step 2, 1 refreshes (0 failed, every 2 steps), "
+        "LocalFisher 'lf': 3 features on axis -1, step 2, 1 refreshes (0 failed; checked every 2 steps, "
+        "refreshed above drift 0.3), "
         "0 non-finite batches skipped; refresh: replacing (no consumer layer in a model graph)"
     )
