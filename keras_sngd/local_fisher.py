@@ -7,10 +7,12 @@ import keras
 from keras import ops
 
 from keras_sngd.consumers import consumer_bindings
+from keras_sngd.validation import check_float
 from keras_sngd.refresh import refresh_inverse_root
 from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
 from keras_sngd.statistics import update_moving_moments
+from keras_sngd.trust_region import bounded_step
 
 _REFRESH_DTYPES = ("float32", "float64")
 
@@ -126,6 +128,7 @@ class LocalFisher(keras.layers.Layer):
         iterations=None,
         refresh_dtype="float32",
         preserve_function=True,
+        max_step=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -164,6 +167,10 @@ class LocalFisher(keras.layers.Layer):
             )
         self.refresh_dtype = refresh_dtype
         self.preserve_function = preserve_function
+        self.max_step = check_float("max_step", max_step, minimum=0.0, exclusive_minimum=True, allow_none=True)
+        # The consumers' kernels after the previous step (see `_bound_consumer_steps`): transient state,
+        # created at the first training call and not saved, like an optimizer's.
+        object.__setattr__(self, "_step_bound_state", None)
         self.supports_masking = True
         self.refresh_mode = "not traced yet"
 
@@ -238,6 +245,8 @@ class LocalFisher(keras.layers.Layer):
         due = ops.equal(step % self.update_every, 0)
         bindings, reason = self.consumer_bindings()
         self._note_refresh_mode(bindings, reason)
+        if self.max_step is not None and bindings:
+            self._bound_consumer_steps(bindings)
         old_inverse_root = self.inverse_root.value
         old_shift = self.shift.value if self.center else None
 
@@ -290,7 +299,42 @@ class LocalFisher(keras.layers.Layer):
             self.failed_refresh_count.value + ops.cast(due & ~accepted, "int32")
         )
         self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~accepted_batch, "int32"))
+        if self.max_step is not None and bindings:
+            # The kernels this step's update starts from: after the bound and any re-expression.
+            for binding, previous in zip(bindings, self._step_bound_state["previous"]):
+                previous.assign(_frozen(binding.kernel))
+            self._step_bound_state["valid"].assign(1)
         return inverse_root, shift
+
+    def _bound_consumer_steps(self, bindings):
+        """The trust region: each consumer's last optimizer step, measured on its whitened kernel `W'`, is
+        shortened to at most `max_step * sqrt(outputs)` (`keras_sngd.trust_region.bounded_step`) before
+        the kernel is used. The kernels before that step are kept in transient variables."""
+        state = self._step_bound_state
+        if state is None:
+            state = {
+                "previous": [
+                    keras.Variable(ops.zeros(binding.kernel.shape, binding.kernel.dtype), trainable=False,
+                                   name=f"{binding.layer.name}_previous_kernel")
+                    for binding in bindings
+                ],
+                "valid": keras.Variable(0, dtype="int32", trainable=False, name="previous_kernel_valid"),
+                "bounded_steps": keras.Variable(0, dtype="int32", trainable=False, name="bounded_step_count"),
+            }
+            object.__setattr__(self, "_step_bound_state", state)
+        valid = ops.equal(state["valid"].value, 1)
+        for binding, previous in zip(bindings, state["previous"]):
+            kernel = _frozen(binding.kernel)
+            bounded, scale = bounded_step(kernel, previous.value, self.max_step, kernel.shape[-1])
+            shorten = valid & (scale < 1.0)
+            binding.kernel.assign(ops.where(shorten, bounded, kernel))
+            state["bounded_steps"].assign(state["bounded_steps"].value + ops.cast(shorten, "int32"))
+
+    @property
+    def bounded_step_count(self):
+        """How many consumer steps the trust region (`max_step`) has shortened in this session (not saved)."""
+        state = self._step_bound_state
+        return 0 if state is None else int(state["bounded_steps"].numpy())
 
     def _note_refresh_mode(self, bindings, reason):
         if bindings:
@@ -325,6 +369,7 @@ class LocalFisher(keras.layers.Layer):
                 "iterations": self.iterations,
                 "refresh_dtype": self.refresh_dtype,
                 "preserve_function": self.preserve_function,
+                "max_step": self.max_step,
             }
         )
         return config
