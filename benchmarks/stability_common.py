@@ -1,7 +1,8 @@
 """Shared pieces of the stability experiments (issue 8): data subset, models, and the variants compared.
 
 A variant ("fix") maps a plain model to its SNGD reconstruction; `none` is `keras_sngd.reconstruct(model)`
-with the LocalFisher defaults, what a new user gets.
+with its defaults, what a new user gets; `layerdefaults` forces the LocalFisher defaults (the state of
+the package before `keras_sngd.layer_defaults`).
 """
 
 import os
@@ -53,7 +54,8 @@ FIXES = {
 def parse_variant(spec):
     """`"none"`, or tokens joined by `+`: a name in FIXES, `clip` (SGD's `global_clipnorm=1`),
     `stepclip:R` (every variable's SGD step at most R in norm: `clipnorm=R / lr`), or
-    `plain` (the model without reconstruction, SGD), `adam` (the plain model, Adam), or
+    `layerdefaults` (the LocalFisher defaults, not the
+    arguments `reconstruct` picks for CNNs and RNNs), `plain` (the model without reconstruction, SGD), `adam` (the plain model, Adam), or
     `key=value` LocalFisher arguments for every inserted layer (`damping=0.1+update_every=10`)."""
     fix, arguments, clip = "none", {}, False
     for token in spec.split("+"):
@@ -61,6 +63,9 @@ def parse_variant(spec):
             fix = token
         elif token == "clip":
             clip = True
+        elif token == "layerdefaults":
+            # The LocalFisher defaults, without the arguments reconstruct picks for CNNs and RNNs.
+            arguments.update({"damping": 0.01, "max_step": None, "update_every": 50})
         elif token.startswith("stepclip:"):
             clip = ("step", float(token.split(":")[1]))
         elif "=" in token:
@@ -79,7 +84,7 @@ def _number(text):
             return kind(text)
         except ValueError:
             pass
-    return {"True": True, "False": False}.get(text, text)
+    return {"True": True, "False": False, "None": None}.get(text, text)
 
 
 def sngd_model(name, spec="none"):

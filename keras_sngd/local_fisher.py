@@ -302,32 +302,38 @@ class LocalFisher(keras.layers.Layer):
         if self.max_step is not None and bindings:
             # The kernels this step's update starts from: after the bound and any re-expression.
             for binding, previous in zip(bindings, self._step_bound_state["previous"]):
-                previous.assign(_frozen(binding.kernel))
+                for variable, old in zip(_bounded_variables(binding), previous):
+                    old.assign(_frozen(variable))
             self._step_bound_state["valid"].assign(1)
         return inverse_root, shift
 
     def _bound_consumer_steps(self, bindings):
-        """The trust region: each consumer's last optimizer step, measured on its whitened kernel `W'`, is
-        shortened to at most `max_step * sqrt(outputs)` (`keras_sngd.trust_region.bounded_step`) before
-        the kernel is used. The kernels before that step are kept in transient variables."""
+        """The trust region: each consumer's last optimizer step, measured on its whitened kernel `W'` and
+        its bias together, is shortened to at most `max_step * sqrt(outputs)`
+        (`keras_sngd.trust_region.bounded_step`) before the layer uses them. The weights before that step
+        are kept in transient variables (not saved, like an optimizer's)."""
         state = self._step_bound_state
         if state is None:
             state = {
                 "previous": [
-                    keras.Variable(ops.zeros(binding.kernel.shape, binding.kernel.dtype), trainable=False,
-                                   name=f"{binding.layer.name}_previous_kernel")
+                    [keras.Variable(ops.zeros(variable.shape, variable.dtype), trainable=False,
+                                    name=f"{binding.layer.name}_previous_{index}")
+                     for index, variable in enumerate(_bounded_variables(binding))]
                     for binding in bindings
                 ],
-                "valid": keras.Variable(0, dtype="int32", trainable=False, name="previous_kernel_valid"),
+                "valid": keras.Variable(0, dtype="int32", trainable=False, name="previous_weights_valid"),
                 "bounded_steps": keras.Variable(0, dtype="int32", trainable=False, name="bounded_step_count"),
             }
             object.__setattr__(self, "_step_bound_state", state)
         valid = ops.equal(state["valid"].value, 1)
         for binding, previous in zip(bindings, state["previous"]):
-            kernel = _frozen(binding.kernel)
-            bounded, scale = bounded_step(kernel, previous.value, self.max_step, kernel.shape[-1])
+            variables = _bounded_variables(binding)
+            values = [_frozen(variable) for variable in variables]
+            outputs = binding.kernel.shape[-1]
+            bounded, scale = bounded_step(values, [old.value for old in previous], self.max_step, outputs)
             shorten = valid & (scale < 1.0)
-            binding.kernel.assign(ops.where(shorten, bounded, kernel))
+            for variable, value, new in zip(variables, values, bounded):
+                variable.assign(ops.where(shorten, new, value))
             state["bounded_steps"].assign(state["bounded_steps"].value + ops.cast(shorten, "int32"))
 
     @property
@@ -384,6 +390,11 @@ class LocalFisher(keras.layers.Layer):
             f"({int(self.failed_refresh_count.numpy())} failed, every {self.update_every} steps), "
             f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped; refresh: {self.refresh_mode}"
         )
+
+
+def _bounded_variables(binding):
+    """The weights the trust region bounds: the consumer's kernel, and its bias if it has one."""
+    return [binding.kernel] + ([binding.bias] if binding.bias is not None else [])
 
 
 def _frozen(variable):

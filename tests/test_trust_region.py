@@ -13,15 +13,23 @@ from keras_sngd.trust_region import bounded_step
 def test_bounded_step_keeps_small_steps_and_shortens_large_ones():
     previous = np.zeros((3, 4), "float32")
     small = np.full((3, 4), 0.01, "float32")  # norm 0.035 < 0.1 * sqrt(4)
-    kept, scale = bounded_step(small, previous, 0.1, 4)
+    (kept,), scale = bounded_step([small], [previous], 0.1, 4)
     np.testing.assert_allclose(np.asarray(kept), small)
     assert float(scale) == 1.0
     large = np.arange(12, dtype="float32").reshape(3, 4)
-    shortened, scale = bounded_step(large, previous, 0.1, 4)
+    (shortened,), scale = bounded_step([large], [previous], 0.1, 4)
     shortened = np.asarray(shortened)
     np.testing.assert_allclose(np.linalg.norm(shortened), 0.2, rtol=1e-5)
     np.testing.assert_allclose(shortened / np.linalg.norm(shortened), large / np.linalg.norm(large), rtol=1e-5)
     assert 0.0 < float(scale) < 1.0
+
+
+def test_bounded_step_is_joint_over_kernel_and_bias():
+    kernel, bias = np.full((2, 2), 3.0, "float32"), np.full((2,), 4.0, "float32")  # joint norm sqrt(68)
+    (new_kernel, new_bias), _ = bounded_step([kernel, bias], [np.zeros_like(kernel), np.zeros_like(bias)], 1.0, 2)
+    joint = np.sqrt(np.sum(np.square(new_kernel)) + np.sum(np.square(new_bias)))
+    np.testing.assert_allclose(joint, np.sqrt(2.0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(new_bias) / np.asarray(new_kernel)[0], 4.0 / 3.0, rtol=1e-5)
 
 
 class _KernelSteps(keras.callbacks.Callback):
@@ -34,7 +42,8 @@ class _KernelSteps(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         state = self.local_fisher._step_bound_state
-        self.kernels.append(np.array(state["previous"][0].numpy()))
+        kernel, bias = (np.array(variable.numpy()) for variable in state["previous"][0])
+        self.kernels.append(np.concatenate([kernel.ravel(), bias]))
 
 
 def _model(max_step, update_every=1000):
