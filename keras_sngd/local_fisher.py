@@ -64,6 +64,12 @@ class LocalFisher(keras.layers.Layer):
     or is not finite keeps the previous `U` (and the consumers' weights) and increments
     `failed_refresh_count`. Until the first refresh, `U` is the identity and the layer changes nothing.
 
+    **Trust region** (`max_step`, set by `reconstruct` for convolutional and recurrent networks): since
+    `y` is white, the norm of a step `(dW', db)` is its effect on the layer's pre-activations, the Fisher
+    norm of the step. With `max_step` set, each training step first shortens the consumers' previous
+    optimizer step to at most `max_step * sqrt(outputs)` (K-FAC's update clipping, per layer, independent
+    of the learning rate). Why convolutional networks need it, with stronger damping: docs/stability.md.
+
     **During inference** (`training=False`): `y = U x`, and nothing is updated.
 
     State (non-trainable, float32 also under mixed precision, saved with the model): `second_moment`
@@ -93,6 +99,12 @@ class LocalFisher(keras.layers.Layer):
         refresh_dtype: `"float32"` or `"float64"`, the dtype of the iteration. Defaults to `"float32"`.
         preserve_function: bool; re-express the consumers' weights at each refresh so that the model's
             function is unchanged, where they can be. Defaults to `True`.
+        max_step: float > 0 or None; the trust region: at the start of each training step, the consumers'
+            previous optimizer step on `(W', b)` is shortened to at most `max_step * sqrt(outputs)` in norm
+            (`keras_sngd.trust_region`), i.e. each output unit's pre-activation moves by at most about
+            `max_step` (RMS) per step. It needs the function-preserving mode (it assigns the consumers'
+            weights), so it does nothing on JAX. None: no bound. Defaults to `None`; `reconstruct` sets it
+            for convolutional and recurrent networks (`keras_sngd.layer_defaults`).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
