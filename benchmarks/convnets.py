@@ -8,11 +8,15 @@ Targets: SNGD finite and below chance loss (ln 10 = 2.303) at every lr, and its 
 
 Generalization part (`--part generalization`): the whole training set, 5 epochs, test accuracy of Adam
 (3e-3, 1e-3), Muon (3e-3, 1e-3; Keras's `keras.optimizers.Muon`, which uses Adam for non-matrix variables)
-and SNGD (lr 0.1 and 0.03) with and without SGD's decoupled `weight_decay`.
+and SNGD (lr 0.1 and 0.03) with and without SGD's decoupled `weight_decay`. The decay acts on the
+whitened kernel: `W' <- (1 - lr wd) W'` shrinks the effective `W = U W'` by the same factor between
+refreshes, and as a penalty it is `wd/2 ||W'||^2 = wd/2 tr(W^T G W) = wd/2 E||x W||^2`: an L2 penalty in the
+Fisher metric, on the size of the layer's output rather than of its weights.
 
     python benchmarks/convnets.py --part training                   # about 20 minutes on 2 CPU cores
     python benchmarks/convnets.py --part training --models cnn_bn --samples 4096 --epochs 1
     python benchmarks/convnets.py --part generalization --models mlp,cnn_bn
+    python benchmarks/convnets.py --part generalization --models mlp --runs "SNGD 0.1,SNGD 0.1 wd 0.0001"
 """
 
 import argparse
@@ -67,8 +71,8 @@ def training(models, samples, epochs):
               + f"  <!-- {time.perf_counter() - start:.0f} s -->", flush=True)
 
 
-def generalization(models, epochs, weight_decay):
-    train = load_subset(60000)
+def generalization(models, epochs, weight_decay, samples, only):
+    train = load_subset(samples)
     test = load_subset(10000, "test")
     runs = [(f"Adam {lr:g}", lambda lr=lr: keras.optimizers.Adam(lr), False) for lr in ADAM_RATES]
     runs += [(f"Muon {lr:g}", lambda lr=lr: keras.optimizers.Muon(learning_rate=lr), False) for lr in ADAM_RATES]
@@ -76,7 +80,10 @@ def generalization(models, epochs, weight_decay):
         runs.append((f"SNGD {lr:g}", lambda lr=lr: keras.optimizers.SGD(lr), True))
         runs.append((f"SNGD {lr:g} wd {weight_decay:g}",
                      lambda lr=lr: keras.optimizers.SGD(lr, weight_decay=weight_decay), True))
-    print(f"Test accuracy (final training loss), full Fashion-MNIST, batch 64, {epochs} epochs, seed 0.")
+    if only:
+        runs = [run for run in runs if run[0] in only]
+    print(f"Test accuracy on the 10,000 test images (final training loss), {len(train[0])} training images, "
+          f"batch 64, {epochs} epochs, seed 0.")
     print("| model | " + " | ".join(label for label, _, _ in runs) + " |")
     print("|---|" + "---|" * len(runs))
     for name in models:
@@ -91,15 +98,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("training", "generalization"), default="training")
     parser.add_argument("--models", default="mlp,plain_cnn,cnn_bn,resnet_small,lstm_rows")
-    parser.add_argument("--samples", type=int, default=8192)
+    parser.add_argument("--samples", type=int, default=None, help="8192 for training, 60000 for generalization")
+    parser.add_argument("--runs", default="", help="generalization: only these columns, comma-separated")
     parser.add_argument("--epochs", type=int, default=None, help="3 for training, 5 for generalization")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     args = parser.parse_args()
     models = args.models.split(",")
     if args.part == "training":
-        training(models, args.samples, args.epochs or 3)
+        training(models, args.samples or 8192, args.epochs or 3)
     else:
-        generalization(models, args.epochs or 5, args.weight_decay)
+        only = [run for run in args.runs.split(",") if run]
+        generalization(models, args.epochs or 5, args.weight_decay, args.samples or 60000, only)
 
 
 if __name__ == "__main__":
