@@ -66,9 +66,10 @@ class LocalFisher(keras.layers.Layer):
 
     **Trust region** (`max_step`, set by `reconstruct` for convolutional and recurrent networks): since
     `y` is white, the norm of a step `(dW', db)` is its effect on the layer's pre-activations, the Fisher
-    norm of the step. With `max_step` set, each training step first shortens the consumers' previous
-    optimizer step to at most `max_step * sqrt(outputs)` (K-FAC's update clipping, per layer, independent
-    of the learning rate). Why convolutional networks need it, with stronger damping: docs/stability.md.
+    norm of the step, and the norm of `(W', b)` the size of the layer's output. With `max_step` set, each
+    training step first shortens the consumers' previous optimizer step to at most `max_step` times the
+    norm of `(W', b)` (K-FAC's update clipping, per layer, relative to the layer's size as LARS's trust
+    ratio, independent of the learning rate). Why convolutional networks need it, with stronger damping: docs/stability.md.
 
     **During inference** (`training=False`): `y = U x`, and nothing is updated.
 
@@ -100,9 +101,9 @@ class LocalFisher(keras.layers.Layer):
         preserve_function: bool; re-express the consumers' weights at each refresh so that the model's
             function is unchanged, where they can be. Defaults to `True`.
         max_step: float > 0 or None; the trust region: at the start of each training step, the consumers'
-            previous optimizer step on `(W', b)` is shortened to at most `max_step * sqrt(outputs)` in norm
-            (`keras_sngd.trust_region`), i.e. each output unit's pre-activation moves by at most about
-            `max_step` (RMS) per step. It needs the function-preserving mode (it assigns the consumers'
+            previous optimizer step on `(W', b)` is shortened to at most `max_step` times the norm of
+            `(W', b)` (`keras_sngd.trust_region`), i.e. each consumer's output changes by at most about
+            `max_step` of its size per step. It needs the function-preserving mode (it assigns the consumers'
             weights), so it does nothing on JAX. None: no bound. Defaults to `None`; `reconstruct` sets it
             for convolutional and recurrent networks (`keras_sngd.layer_defaults`).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
@@ -321,7 +322,7 @@ class LocalFisher(keras.layers.Layer):
 
     def _bound_consumer_steps(self, bindings):
         """The trust region: each consumer's last optimizer step, measured on its whitened kernel `W'` and
-        its bias together, is shortened to at most `max_step * sqrt(outputs)`
+        its bias together, is shortened to at most `max_step` times their norm
         (`keras_sngd.trust_region.bounded_step`) before the layer uses them. The weights before that step
         are kept in transient variables (not saved, like an optimizer's)."""
         state = self._step_bound_state

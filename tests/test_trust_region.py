@@ -11,25 +11,33 @@ from keras_sngd.trust_region import bounded_step
 
 
 def test_bounded_step_keeps_small_steps_and_shortens_large_ones():
-    previous = np.zeros((3, 4), "float32")
-    small = np.full((3, 4), 0.01, "float32")  # norm 0.035 < 0.1 * sqrt(4)
+    previous = np.ones((3, 4), "float32")  # size sqrt(12): relative radius 0.1 allows steps up to 0.346
+    small = previous + 0.01
     (kept,), scale = bounded_step([small], [previous], 0.1, 4)
     np.testing.assert_allclose(np.asarray(kept), small)
     assert float(scale) == 1.0
-    large = np.arange(12, dtype="float32").reshape(3, 4)
-    (shortened,), scale = bounded_step([large], [previous], 0.1, 4)
-    shortened = np.asarray(shortened)
-    np.testing.assert_allclose(np.linalg.norm(shortened), 0.2, rtol=1e-5)
-    np.testing.assert_allclose(shortened / np.linalg.norm(shortened), large / np.linalg.norm(large), rtol=1e-5)
+    step = np.arange(12, dtype="float32").reshape(3, 4)
+    (shortened,), scale = bounded_step([previous + step], [previous], 0.1, 4)
+    taken = np.asarray(shortened) - previous
+    np.testing.assert_allclose(np.linalg.norm(taken), 0.1 * np.sqrt(12), rtol=1e-5)
+    np.testing.assert_allclose(taken / np.linalg.norm(taken), step / np.linalg.norm(step), rtol=1e-4, atol=1e-6)
     assert 0.0 < float(scale) < 1.0
 
 
 def test_bounded_step_is_joint_over_kernel_and_bias():
-    kernel, bias = np.full((2, 2), 3.0, "float32"), np.full((2,), 4.0, "float32")  # joint norm sqrt(68)
-    (new_kernel, new_bias), _ = bounded_step([kernel, bias], [np.zeros_like(kernel), np.zeros_like(bias)], 1.0, 2)
-    joint = np.sqrt(np.sum(np.square(new_kernel)) + np.sum(np.square(new_bias)))
-    np.testing.assert_allclose(joint, np.sqrt(2.0), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(new_bias) / np.asarray(new_kernel)[0], 4.0 / 3.0, rtol=1e-5)
+    kernel, bias = np.ones((2, 2), "float32"), np.ones((2,), "float32")  # joint size sqrt(6)
+    steps = np.full((2, 2), 3.0, "float32"), np.full((2,), 4.0, "float32")  # joint step sqrt(68)
+    (new_kernel, new_bias), _ = bounded_step([kernel + steps[0], bias + steps[1]], [kernel, bias], 1.0, 2)
+    taken_kernel, taken_bias = np.asarray(new_kernel) - kernel, np.asarray(new_bias) - bias
+    joint = np.sqrt(np.sum(np.square(taken_kernel)) + np.sum(np.square(taken_bias)))
+    np.testing.assert_allclose(joint, np.sqrt(6.0), rtol=1e-5)
+    np.testing.assert_allclose(taken_bias / taken_kernel[0], 4.0 / 3.0, rtol=1e-5)
+
+
+def test_zero_weights_can_move():
+    zeros = np.zeros((3, 4), "float32")
+    (moved,), _ = bounded_step([zeros + 1.0], [zeros], 0.1, 4)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(moved)), 0.1 * 1e-3 * 2.0, rtol=1e-5)
 
 
 class _KernelSteps(keras.callbacks.Callback):
@@ -67,9 +75,9 @@ def test_consumer_steps_bounded_by_max_step():
     model.compile(keras.optimizers.SGD(10.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     steps = _KernelSteps(model.layers[0])
     model.fit(*_data(), batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[steps])
-    lengths = [np.linalg.norm(b - a) for a, b in zip(steps.kernels[:-1], steps.kernels[1:])]
-    assert max(lengths) <= radius * np.sqrt(5) * (1 + 1e-4)
-    assert min(lengths) > 0
+    for before, after in zip(steps.kernels[:-1], steps.kernels[1:]):
+        limit = radius * max(np.linalg.norm(before), 1e-3 * np.sqrt(5))
+        assert 0 < np.linalg.norm(after - before) <= limit * (1 + 1e-4)
     assert model.layers[0].bounded_step_count > 0
     assert np.all(np.isfinite(model.predict(_data()[0][:8], verbose=0)))
 
@@ -80,7 +88,7 @@ def test_without_max_step_steps_are_unbounded():
     dense = model.layers[1]
     before = np.array(dense.kernel.numpy())
     model.fit(*_data()[:1], _data()[1], batch_size=256, epochs=1, shuffle=False, verbose=0)
-    assert np.linalg.norm(np.array(dense.kernel.numpy()) - before) > 0.01 * np.sqrt(5) * 10
+    assert np.linalg.norm(np.array(dense.kernel.numpy()) - before) > 0.01 * np.linalg.norm(before) * 10
     assert model.layers[0].bounded_step_count == 0 and model.layers[0]._step_bound_state is None
 
 
