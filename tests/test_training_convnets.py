@@ -20,10 +20,9 @@ from keras_sngd.models import REFERENCE_MODELS
 SAMPLES, BATCH_SIZE, EPOCHS, LEARNING_RATE = 1024, 64, 2, 0.1
 
 
-@pytest.fixture(scope="module")
-def fashion_mnist_subset(request):
-    directory = request.getfixturevalue("fashion_mnist_directory")
-    images, labels = load_idx_directory(directory, "train")
+@pytest.fixture
+def fashion_mnist_subset(fashion_mnist_directory):
+    images, labels = load_idx_directory(fashion_mnist_directory, "train")
     return images[:SAMPLES].reshape(SAMPLES, 28, 28, 1).astype("float32") / 255.0, labels[:SAMPLES].astype("int32")
 
 
@@ -47,6 +46,7 @@ def test_sngd_beats_sgd_on_family(name, fashion_mnist_subset):
     _, sgd_losses = train(name, False, fashion_mnist_subset)
     model, sngd_losses = train(name, True, fashion_mnist_subset)
     assert np.isfinite(sngd_losses).all(), sngd_losses
+    assert sngd_losses[-1] < np.log(10.0), sngd_losses  # below chance
     assert sngd_losses[-1] < MARGIN[name] * sgd_losses[-1], (sngd_losses, sgd_losses)
     steps = EPOCHS * SAMPLES // BATCH_SIZE
     for layer in model.layers:
@@ -55,6 +55,7 @@ def test_sngd_beats_sgd_on_family(name, fashion_mnist_subset):
             assert int(layer.failed_refresh_count.numpy()) == 0
 
 
-# The largest ratio of final losses SNGD / SGD each test accepts, about halfway between the measured ratio
-# and 1 so that other CPUs' rounding cannot flip it.
-MARGIN = {"plain_cnn": 0.9, "cnn_bn": 0.9, "resnet_small": 0.9, "lstm_rows": 0.9}
+# The largest ratio of final losses SNGD / SGD each test accepts, about halfway between the ratio measured
+# on this machine (0.89, 0.84, 0.83, 0.74, from `train` above) and 1, so that other CPUs'
+# rounding cannot flip it. Plain SGD at lr 0.1 is still near chance (2.16-2.30) after these 32 steps.
+MARGIN = {"plain_cnn": 0.95, "cnn_bn": 0.92, "resnet_small": 0.92, "lstm_rows": 0.87}
