@@ -55,7 +55,8 @@ def parse_variant(spec):
     """`"none"`, or tokens joined by `+`: a name in FIXES, `clip` (SGD's `global_clipnorm=1`),
     `stepclip:R` (every variable's SGD step at most R in norm: `clipnorm=R / lr`), or
     `layerdefaults` (the LocalFisher defaults, not the
-    arguments `reconstruct` picks for CNNs and RNNs), `plain` (the model without reconstruction, SGD), `adam` (the plain model, Adam), or
+    arguments `reconstruct` picks for CNNs and RNNs), `plain` (the model without reconstruction, SGD),
+    `adam` (the plain model, Adam), or
     `key=value` LocalFisher arguments for every inserted layer (`damping=0.1+update_every=10`)."""
     fix, arguments, clip = "none", {}, False
     for token in spec.split("+"):

@@ -83,7 +83,7 @@ def main():
     end = int(bad[0]) + 1 if bad.size else len(losses)
     print(f"model {args.model}, fix {args.fix}, SGD({args.lr:g}), {len(losses)} steps; "
           + (f"first blow-up at step {end}" if bad.size else "no blow-up")
-          + f"; loss every 20 steps: " + " ".join(f"{value:.2f}" for value in losses[::20]))
+          + "; loss every 20 steps: " + " ".join(f"{value:.2f}" for value in losses[::20]))
     print("| step | loss | layer | ||W'|| | ||g'|| = ||dW'||/lr | ||U||_2 | input RMS | refreshes (failed) |")
     print("|---|---|---|---|---|---|---|---|")
     for index in range(max(0, end - args.window), end):

@@ -7,12 +7,12 @@ import keras
 from keras import ops
 
 from keras_sngd.consumers import consumer_bindings
-from keras_sngd.validation import check_float
 from keras_sngd.refresh import refresh_inverse_root
 from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
 from keras_sngd.statistics import update_moving_moments
 from keras_sngd.trust_region import bounded_step
+from keras_sngd.validation import check_float
 
 _REFRESH_DTYPES = ("float32", "float64")
 
@@ -69,7 +69,8 @@ class LocalFisher(keras.layers.Layer):
     norm of the step, and the norm of `(W', b)` the size of the layer's output. With `max_step` set, each
     training step first shortens the consumers' previous optimizer step to at most `max_step` times the
     norm of `(W', b)` (K-FAC's update clipping, per layer, relative to the layer's size as LARS's trust
-    ratio, independent of the learning rate). Why convolutional networks need it, with stronger damping: docs/stability.md.
+    ratio, independent of the learning rate). Why convolutional networks need it, with stronger damping:
+    docs/stability.md.
 
     **During inference** (`training=False`): `y = U x`, and nothing is updated.
 
@@ -181,7 +182,7 @@ class LocalFisher(keras.layers.Layer):
         self.refresh_dtype = refresh_dtype
         self.preserve_function = preserve_function
         self.max_step = check_float("max_step", max_step, minimum=0.0, exclusive_minimum=True, allow_none=True)
-        # The consumers' kernels after the previous step (see `_bound_consumer_steps`): transient state,
+        # The consumers' weights after the previous step (see `_bound_consumer_steps`): transient state,
         # created at the first training call and not saved, like an optimizer's.
         object.__setattr__(self, "_step_bound_state", None)
         self.supports_masking = True

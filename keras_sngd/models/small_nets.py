@@ -105,12 +105,17 @@ def resnet_small(input_shape=(28, 28, 1), classes=10, name="resnet_small"):
     x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
     for block, (channels, stride) in enumerate(((16, 1), (32, 2)), start=1):
         prefix = f"block{block}"
-        activated = keras.layers.ReLU(name=f"{prefix}_relu_1")(keras.layers.BatchNormalization(name=f"{prefix}_bn_1")(x))
+        activated = keras.layers.BatchNormalization(name=f"{prefix}_bn_1")(x)
+        activated = keras.layers.ReLU(name=f"{prefix}_relu_1")(activated)
         if stride != 1 or x.shape[-1] != channels:
-            shortcut = keras.layers.Conv2D(channels, 1, strides=stride, use_bias=False, name=f"{prefix}_shortcut")(activated)
+            shortcut = keras.layers.Conv2D(
+                channels, 1, strides=stride, use_bias=False, name=f"{prefix}_shortcut"
+            )(activated)
         else:
             shortcut = x
-        y = keras.layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False, name=f"{prefix}_conv_1")(activated)
+        y = keras.layers.Conv2D(
+            channels, 3, strides=stride, padding="same", use_bias=False, name=f"{prefix}_conv_1"
+        )(activated)
         y = keras.layers.ReLU(name=f"{prefix}_relu_2")(keras.layers.BatchNormalization(name=f"{prefix}_bn_2")(y))
         y = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"{prefix}_conv_2")(y)
         x = keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
