@@ -8,6 +8,8 @@ from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
 from keras_sngd.refresh import RefreshMode
+from keras_sngd.trust_region import bounded_step
+from keras_sngd.validation import check_float
 
 _JAX_IN_STEP = (
     "the JAX trainer drops assignments to trainable variables made inside the train step; pass "
@@ -80,6 +82,15 @@ class LocalFisher(FisherLayer):
     the consumers' weights) and increments `failed_refresh_count`. Until the first refresh, `U` is the
     identity and the layer changes nothing.
 
+    **Trust region** (`max_step`, set by `reconstruct` for convolutional and recurrent networks): since
+    `y` is white, the norm of a step `(dW', db)` is its effect on the layer's pre-activations, the Fisher
+    norm of the step, and the norm of `(W', b)` the size of the layer's output. With `max_step` set, each
+    training step first shortens the consumers' previous optimizer step to at most `max_step` times the
+    norm of `(W', b)` (K-FAC's update clipping, per layer, relative to the layer's size as LARS's trust
+    ratio, independent of the learning rate; `keras_sngd.trust_region`). It assigns the consumers'
+    trainable weights inside the train step, which the JAX trainer drops: there it has no effect.
+    Why convolutional networks need it, with stronger damping: `docs/stability.md`.
+
     **During inference** (`training=False`), and in training when the layer is frozen
     (`trainable=False`, also through a frozen enclosing model, as for `BatchNormalization`): `y = x U`,
     and nothing is updated.
@@ -113,6 +124,11 @@ class LocalFisher(FisherLayer):
         refresh_tolerance: float >= 0; a due refresh runs only when the estimated whitening drift
             `||U^T G_d U - I||_F / sqrt(d)` exceeds it (or before the first refresh); 0 refreshes at every
             due step. Chosen by measurement (`python benchmarks/refresh_schedule.py`). Defaults to `0.3`.
+        max_step: float > 0 or None; the trust region: at the start of each training step, the consumers'
+            previous optimizer step on `(W', b)` is shortened to at most `max_step` times the norm of
+            `(W', b)`. It needs the function-preserving mode (it assigns the consumers' weights), so it does
+            nothing on JAX. None: no bound. Defaults to `None`; `reconstruct` sets it for convolutional and
+            recurrent networks (`keras_sngd.layer_defaults`).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -139,6 +155,18 @@ class LocalFisher(FisherLayer):
         Gradient Descent" (local Fisher layers, Proposition 1, Eq. 15).
     """
 
+    def __init__(self, *args, max_step=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_step = check_float("max_step", max_step, minimum=0.0, exclusive_minimum=True, allow_none=True)
+        # The consumers' weights after the previous step (see `_bound_consumer_steps`): transient state,
+        # created at the first training call and not saved, like an optimizer's.
+        object.__setattr__(self, "_step_bound_state", None)
+
+    def get_config(self):
+        config = super().get_config()
+        config["max_step"] = self.max_step
+        return config
+
     def consumer_bindings(self):
         """`(bindings, reason)`: how a refresh re-expresses the layers this one feeds.
 
@@ -148,6 +176,57 @@ class LocalFisher(FisherLayer):
         if not self.preserve_function:
             return [], "preserve_function=False"
         return consumer_bindings(self)
+
+    def _train_step(self, inputs, mask):
+        bindings = []
+        # The JAX trainer drops in-step assignments to trainable weights: the bound cannot act there.
+        if self.max_step is not None and keras.backend.backend() != "jax":
+            bindings = self.consumer_bindings()[0]
+        if bindings:
+            self._bound_consumer_steps(bindings)
+        inverse_root, shift = super()._train_step(inputs, mask)
+        if bindings:
+            # The weights this step's update starts from: after the bound and any re-expression.
+            for binding, previous in zip(bindings, self._step_bound_state["previous"]):
+                for variable, old in zip(_bounded_variables(binding), previous):
+                    old.assign(_frozen(variable))
+            self._step_bound_state["valid"].assign(1)
+        return inverse_root, shift
+
+    def _bound_consumer_steps(self, bindings):
+        """The trust region: each consumer's last optimizer step, measured on its whitened kernel `W'` and
+        its bias together, is shortened to at most `max_step` times their norm
+        (`keras_sngd.trust_region.bounded_step`) before the layer uses them. The weights before that step
+        are kept in transient variables (not saved, like an optimizer's)."""
+        state = self._step_bound_state
+        if state is None:
+            state = {
+                "previous": [
+                    [keras.Variable(ops.zeros(variable.shape, variable.dtype), trainable=False,
+                                    name=f"{binding.layer.name}_previous_{index}")
+                     for index, variable in enumerate(_bounded_variables(binding))]
+                    for binding in bindings
+                ],
+                "valid": keras.Variable(0, dtype="int32", trainable=False, name="previous_weights_valid"),
+                "bounded_steps": keras.Variable(0, dtype="int32", trainable=False, name="bounded_step_count"),
+            }
+            object.__setattr__(self, "_step_bound_state", state)
+        valid = ops.equal(state["valid"].value, 1)
+        for binding, previous in zip(bindings, state["previous"]):
+            variables = _bounded_variables(binding)
+            values = [_frozen(variable) for variable in variables]
+            outputs = binding.kernel.shape[-1]
+            bounded, scale = bounded_step(values, [old.value for old in previous], self.max_step, outputs)
+            shorten = valid & (scale < 1.0)
+            for variable, value, new in zip(variables, values, bounded):
+                variable.assign(ops.where(shorten, new, value))
+            state["bounded_steps"].assign(state["bounded_steps"].value + ops.cast(shorten, "int32"))
+
+    @property
+    def bounded_step_count(self):
+        """How many consumer steps the trust region (`max_step`) has shortened in this session (not saved)."""
+        state = self._step_bound_state
+        return 0 if state is None else int(state["bounded_steps"].numpy())
 
     def _transform(self, inputs, inverse_root, shift):
         features = ops.moveaxis(inputs, self.axis, -1)
@@ -174,6 +253,11 @@ class LocalFisher(FisherLayer):
                 effective = binding.mix(old_inverse_root, kernel)
                 binding.bias.assign(binding.shifted_bias(_frozen(binding.bias), effective, old_shift - result.shift))
             binding.kernel.assign(binding.mix(result.mixing, kernel))
+
+
+def _bounded_variables(binding):
+    """The weights the trust region bounds: the consumer's kernel, and its bias if it has one."""
+    return [binding.kernel] + ([binding.bias] if binding.bias is not None else [])
 
 
 def _frozen(variable):

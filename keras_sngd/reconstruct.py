@@ -17,6 +17,7 @@ from keras_sngd.graph import sequential_input
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.layer_defaults import default_arguments
 from keras_sngd.local_fisher import LocalFisher
 
 logger = logging.getLogger("keras_sngd")
@@ -95,7 +96,10 @@ def reconstruct(
             `(keras.layers.Dense,)`. Defaults to `None`.
         exclude: names of layers that get no LocalFisher. Defaults to `()`.
         local_fisher_arguments: dict of `LocalFisher` arguments for every inserted layer (`axis` is set from
-            the consumer). Defaults to `None` (the LocalFisher defaults).
+            the consumer). Defaults to `None`: the LocalFisher defaults for a network of Dense layers, and
+            `keras_sngd.layer_defaults.STABLE_ARGUMENTS` (stronger damping, a trust region on each step,
+            earlier refreshes) when the network has a convolution or recurrent layer; keys given here
+            override those.
         per_layer_arguments: dict from a layer name to a dict of `LocalFisher` arguments for the layer before
             it, over `local_fisher_arguments`. Defaults to `None`.
         return_report: also return the `ReconstructionReport`. Defaults to `False`.
@@ -151,7 +155,7 @@ def reconstruct(
     options = {
         "layer_types": layer_types,
         "exclude": exclude,
-        "arguments": local_fisher_arguments,
+        "arguments": dict(default_arguments(model), **local_fisher_arguments),
         "per_layer": per_layer_arguments,
         "layer_class": layer_class,
     }

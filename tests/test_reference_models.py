@@ -14,6 +14,10 @@ from keras_sngd.models import paper_mlp
 from keras_sngd.models import resnet18_cifar
 from keras_sngd.models import small_cnn
 from keras_sngd.models import vgg16_cifar
+from keras_sngd.models.small_nets import cnn_bn
+from keras_sngd.models.small_nets import lstm_rows
+from keras_sngd.models.small_nets import plain_cnn
+from keras_sngd.models.small_nets import resnet_small
 
 VOCABULARY = 37
 BATCH = 4
@@ -45,6 +49,10 @@ SMALL_MODELS = {
              {"Embedding": 1}),
     "lstm_3_dropout": (lambda: lstm_language_model(VOCABULARY, num_layers=3, units=12, embedding_dim=6, dropout=0.2),
                        _tokens, (BATCH, 7, VOCABULARY), 4, {"Embedding": 1}),
+    "plain_cnn": (lambda: plain_cnn(), lambda: _images((28, 28, 1)), (BATCH, 10), 5, {}),
+    "cnn_bn": (lambda: cnn_bn(), lambda: _images((28, 28, 1)), (BATCH, 10), 5, {"BatchNormalization": 1}),
+    "resnet_small": (lambda: resnet_small(), lambda: _images((28, 28, 1)), (BATCH, 10), 7, {"BatchNormalization": 5}),
+    "lstm_rows": (lambda: lstm_rows(classes=5), lambda: _images((28, 28, 1)), (BATCH, 5), 2, {}),
 }
 
 
@@ -55,6 +63,10 @@ def test_registry():
         "vgg16": vgg16_cifar,
         "resnet18": resnet18_cifar,
         "lstm": lstm_language_model,
+        "plain_cnn": plain_cnn,
+        "cnn_bn": cnn_bn,
+        "resnet_small": resnet_small,
+        "lstm_rows": lstm_rows,
     }
     assert keras_sngd.models.REFERENCE_MODELS is REFERENCE_MODELS
     for function in REFERENCE_MODELS.values():
@@ -184,6 +196,12 @@ def test_reconstruct_and_train(name):
         (lstm_language_model, {"vocabulary_size": VOCABULARY, "embedding_dim": 1.5}, "embedding_dim"),
         (lstm_language_model, {"vocabulary_size": VOCABULARY, "dropout": 1.0}, "dropout"),
         (lstm_language_model, {"vocabulary_size": VOCABULARY, "dropout": -0.1}, "dropout"),
+        (plain_cnn, {"input_shape": (28, 28)}, "input_shape"),
+        (cnn_bn, {"input_shape": (1, 28, 1)}, "input_shape"),
+        (resnet_small, {"classes": 0}, "classes"),
+        (lstm_rows, {"input_shape": (28,)}, "input_shape"),
+        (lstm_rows, {"units": 0}, "units"),
+        (lstm_rows, {"name": ""}, "name"),
     ],
 )
 def test_bad_arguments(builder, arguments, argument):

@@ -1,0 +1,54 @@
+"""The LocalFisher arguments `reconstruct` chooses by itself for convolutional and recurrent networks.
+
+Measured on real Fashion-MNIST (`benchmarks/stability_trace.py`, `benchmarks/stability_sweep.py`, see
+docs/stability.md): with the LocalFisher defaults, SNGD on a CNN trains like plain SGD until the first
+refresh and then, within a few steps, the whitened gradient of every layer, the Dense head included, grows
+geometrically until the loss is not finite, at every learning rate from 0.3 down to 0.01. Two causes,
+each needed for stability:
+
+- **Near-null input directions.** Without BatchNormalization the inputs of deeper layers have small and
+  very uneven variance (ReLU channels that are nearly dead or constant); damping relative to the mean
+  eigenvalue at 0.01 lets `U` amplify those directions up to `sqrt(d / 0.01)` times the mean, so
+  effective weights `W = U W'` there are huge, and when an earlier layer's update moves its output into
+  them the next layer's output jumps. Stronger damping bounds that amplification.
+- **Unbounded steps.** In whitened coordinates the size of a step is its effect on the function
+  (`keras_sngd.trust_region`); SNGD's scalar output side (the paper's `E(v_f)`) does not follow the
+  layer's real curvature, so a fixed learning rate is too large for some layers at some times. A trust
+  region (`max_step`) bounds each step relative to the layer's size, as K-FAC clips its updates; a bound
+  in absolute units was not enough, because small inputs (deep ReLU layers without normalization) are
+  whitened by a large `U`, which turns a small absolute change upstream into a large relative one.
+
+A network with only Dense (and EinsumDense) layers keeps the LocalFisher defaults, which were measured on
+the paper's MLP. In a network with any convolution or recurrent layer, every inserted LocalFisher gets
+`STABLE_ARGUMENTS` (refreshes every 10 steps instead of 50, so that natural-gradient steps start sooner),
+since the blow-up is one mode coupling all layers, the Dense head included.
+"""
+
+import keras
+
+_CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+_RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
+
+STABLE_ARGUMENTS = {"damping": 0.3, "max_step": 0.05, "update_every": 10}
+
+
+def needs_stable_arguments(model):
+    """Whether `model` (searched recursively) has a convolution or a recurrent layer."""
+    for layer in model.layers:
+        if isinstance(layer, _CONVOLUTIONS + _RECURRENT):
+            return True
+        if isinstance(layer, keras.Model) and needs_stable_arguments(layer):
+            return True
+    return False
+
+
+def default_arguments(model):
+    """The LocalFisher arguments `reconstruct` uses under the user's for every layer of `model`."""
+    return dict(STABLE_ARGUMENTS) if needs_stable_arguments(model) else {}

@@ -1,0 +1,61 @@
+"""End to end on real data: SNGD with `reconstruct`'s defaults on CNNs, a ResNet and an LSTM (issue 8).
+
+For each family (plain CNN, CNN with BatchNormalization, small pre-activation ResNet, LSTM over image
+rows), SNGD (`keras_sngd.reconstruct(model)` trained with plain `SGD(lr)`) against plain SGD on the same
+model at the same learning rate, seed, data order and number of steps, on the first Fashion-MNIST
+training images. Before `keras_sngd.layer_defaults` these networks diverged or stalled at chance with
+SNGD; the test fails if SNGD is not finite or does not end clearly below SGD. Deterministic: fixed seed,
+`shuffle=False`, XLA-compiled CPU kernels (as in test_training_fashion_mnist.py).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sngd
+from keras_sngd import LocalFisher
+from keras_sngd.datasets.idx import load_idx_directory
+from keras_sngd.models import REFERENCE_MODELS
+
+SAMPLES, BATCH_SIZE, EPOCHS, LEARNING_RATE = 1024, 64, 2, 0.1
+
+
+@pytest.fixture
+def fashion_mnist_subset(fashion_mnist_directory):
+    images, labels = load_idx_directory(fashion_mnist_directory, "train")
+    return images[:SAMPLES].reshape(SAMPLES, 28, 28, 1).astype("float32") / 255.0, labels[:SAMPLES].astype("int32")
+
+
+def train(name, sngd, data):
+    keras.utils.set_random_seed(0)
+    model = REFERENCE_MODELS[name](input_shape=(28, 28, 1), classes=10)
+    if sngd:
+        model = keras_sngd.reconstruct(model)
+    model.compile(
+        keras.optimizers.SGD(LEARNING_RATE),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    history = model.fit(*data, batch_size=BATCH_SIZE, epochs=EPOCHS, shuffle=False, verbose=0)
+    return model, history.history["loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain_cnn", "cnn_bn", "resnet_small", "lstm_rows"])
+def test_sngd_beats_sgd_on_family(name, fashion_mnist_subset):
+    _, sgd_losses = train(name, False, fashion_mnist_subset)
+    model, sngd_losses = train(name, True, fashion_mnist_subset)
+    assert np.isfinite(sngd_losses).all(), sngd_losses
+    assert sngd_losses[-1] < np.log(10.0), sngd_losses  # below chance
+    assert sngd_losses[-1] < MARGIN[name] * sgd_losses[-1], (sngd_losses, sgd_losses)
+    steps = EPOCHS * SAMPLES // BATCH_SIZE
+    for layer in model.layers:
+        if isinstance(layer, LocalFisher):
+            assert int(layer.step.numpy()) == steps
+            assert int(layer.failed_refresh_count.numpy()) == 0
+
+
+# The largest ratio of final losses SNGD / SGD each test accepts, about halfway between the ratio measured
+# on this machine (0.89, 0.84, 0.83, 0.74, from `train` above) and 1, so that other CPUs'
+# rounding cannot flip it. Plain SGD at lr 0.1 is still near chance (2.16-2.30) after these 32 steps.
+MARGIN = {"plain_cnn": 0.95, "cnn_bn": 0.92, "resnet_small": 0.92, "lstm_rows": 0.87}
