@@ -16,7 +16,7 @@ def _clean_keras_state():
     keras.config.set_dtype_policy("float32")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fashion_mnist_directory():
     """The real Fashion-MNIST IDX directory, or a skip that says how to install it."""
     from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY

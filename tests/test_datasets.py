@@ -9,7 +9,6 @@ from keras_sngd.datasets import language_model_windows
 from keras_sngd.datasets import load_cifar10_directory
 from keras_sngd.datasets import load_dataset
 from keras_sngd.datasets import load_text_corpus
-from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
 
 CHANNEL_VALUES = (10, 20, 30)  # red, green, blue of every synthetic CIFAR pixel, offset by the image index
 
@@ -155,11 +154,7 @@ def no_data_environment(monkeypatch):
     monkeypatch.delenv("KERAS_SNGD_DATA", raising=False)
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(FASHION_MNIST_DIRECTORY),
-    reason=f"no {FASHION_MNIST_DIRECTORY}: `apt-get install dataset-fashion-mnist` installs the real files",
-)
-def test_fashion_mnist_from_the_debian_package(no_data_environment):
+def test_fashion_mnist_from_the_debian_package(fashion_mnist_directory, no_data_environment):
     images, labels = load_dataset("fashion_mnist", "test")
     assert images.shape == (10000, 28, 28, 1) and images.dtype == np.uint8
     assert labels.shape == (10000,) and labels.dtype == np.int64

@@ -6,7 +6,6 @@ import pytest
 
 from keras_sngd.datasets import load_idx_directory
 from keras_sngd.datasets import read_idx
-from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
 
 
 def write_idx(path, array, type_code=0x08):
@@ -52,10 +51,8 @@ def test_bad_files_and_missing_directory_raise(tmp_path):
         load_idx_directory(str(tmp_path), "validation")
 
 
-def test_real_fashion_mnist():
-    if not os.path.isdir(FASHION_MNIST_DIRECTORY):
-        pytest.skip(f"real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist ({FASHION_MNIST_DIRECTORY})")
-    images, labels = load_idx_directory(FASHION_MNIST_DIRECTORY, "test")
+def test_real_fashion_mnist(fashion_mnist_directory):
+    images, labels = load_idx_directory(fashion_mnist_directory, "test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert sorted(np.unique(labels).tolist()) == list(range(10))
     assert np.bincount(labels).tolist() == [1000] * 10

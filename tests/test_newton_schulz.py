@@ -1,5 +1,4 @@
 import doctest
-import os
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from tests.reference import whitening_residual
 
 import importlib
 from keras_sngd import newton_schulz
-from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
 from keras_sngd.datasets.idx import load_idx_directory
 from keras_sngd.newton_schulz import coupled_newton_schulz
 from keras_sngd.newton_schulz import max_iterations
@@ -59,10 +57,8 @@ def test_float32_error_at_condition_1e6_is_within_rounding_bound(dim):
 
 
 @pytest.fixture(scope="module")
-def fashion_mnist_second_moment():
-    if not os.path.isdir(FASHION_MNIST_DIRECTORY):
-        pytest.skip(f"real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist ({FASHION_MNIST_DIRECTORY})")
-    images, _ = load_idx_directory(FASHION_MNIST_DIRECTORY, "train")
+def fashion_mnist_second_moment(fashion_mnist_directory):
+    images, _ = load_idx_directory(fashion_mnist_directory, "train")
     pixels = images[:10000].reshape(10000, -1).astype(np.float64) / 255.0
     return (pixels.T @ pixels / len(pixels)).astype(np.float32)
 

@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -32,9 +31,7 @@ def run_block(block):
 
 
 @pytest.mark.slow
-def test_quickstart_runs_as_written():
-    if not os.path.isdir(FASHION_MNIST_DIRECTORY):
-        pytest.skip(f"real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist ({FASHION_MNIST_DIRECTORY})")
+def test_quickstart_runs_as_written(fashion_mnist_directory):
     run_block(python_blocks()[0])
 
 

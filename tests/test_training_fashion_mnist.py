@@ -8,24 +8,20 @@ The margin is wide (measured 0.040 against 0.542, a factor 13, with `benchmarks/
 that other CPUs' rounding cannot flip it.
 """
 
-import os
 
 import keras
 import numpy as np
 import pytest
 
 from keras_sngd import LocalFisher
-from keras_sngd.datasets.idx import FASHION_MNIST_DIRECTORY
 from keras_sngd.datasets.idx import load_idx_directory
 
 SAMPLES, BATCH_SIZE, EPOCHS, LEARNING_RATE = 4096, 64, 5, 0.1
 
 
 @pytest.fixture(scope="module")
-def fashion_mnist_subset():
-    if not os.path.isdir(FASHION_MNIST_DIRECTORY):
-        pytest.skip(f"real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist ({FASHION_MNIST_DIRECTORY})")
-    images, labels = load_idx_directory(FASHION_MNIST_DIRECTORY, "train")
+def fashion_mnist_subset(fashion_mnist_directory):
+    images, labels = load_idx_directory(fashion_mnist_directory, "train")
     return images[:SAMPLES].reshape(SAMPLES, 784).astype("float32") / 255.0, labels[:SAMPLES].astype("int32")
 
 
