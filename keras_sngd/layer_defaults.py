@@ -36,7 +36,7 @@ _CONVOLUTIONS = (
 )
 _RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
 
-STABLE_ARGUMENTS = {"damping": 0.3, "max_step": 0.05, "update_every": 10}
+STABLE_ARGUMENTS = {"damping": 0.1, "max_step": 0.05, "update_every": 10}
 
 
 def needs_stable_arguments(model):
