@@ -15,9 +15,10 @@ APPLICATIONS = {
     "MobileNetV2": lambda: keras.applications.MobileNetV2(
         weights=None, input_shape=(32, 32, 3), alpha=0.35, include_top=False, pooling="avg"
     ),
-    "ResNet50": lambda: keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10),
 }
-EXPECTED_INSERTED = {"VGG16": 13, "MobileNetV2": 35, "ResNet50": 54}
+# ResNet50 (54 LocalFishers) took 85 s here: its residual/BatchNorm graph is covered by resnet18_cifar in
+# tests/test_reference_models.py and the constructor corpus (tests/test_constructor_corpus.py).
+EXPECTED_INSERTED = {"VGG16": 13, "MobileNetV2": 35}
 
 
 @pytest.mark.slow
