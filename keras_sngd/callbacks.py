@@ -7,27 +7,30 @@ from keras_sngd.validation import check_bool
 
 
 class FunctionPreservingRefresh(keras.callbacks.Callback):
-    """Function-preserving refresh of every `LocalFisher` on the JAX backend; a no-op elsewhere.
+    """Refresh every `LocalFisher` between steps on the JAX backend; a no-op elsewhere. Optional.
 
     On TensorFlow and PyTorch the refresh of `U = G^(-1/2)` runs inside the train step and re-expresses
     the consumers' kernels there, `W' <- G^(1/2) U_old W'`, so that the effective weights `U W'` and the
     model's outputs do not change. The JAX trainer drops assignments to trainable variables made inside
-    its compiled step, so there the refresh would only replace `U` and the function would move. Pass this
-    callback to `fit` and, on JAX:
+    its compiled step; there a `LocalFisher` hands the re-expression to the optimizer instead
+    (`keras_sngd.handoff`), which needs no callback. This callback is the other way, kept for custom loops
+    and for comparison: the refresh runs between steps, from the same statistics, with the same
+    trajectory (both take effect one step after the step that made the refresh due). On JAX:
 
     - `on_train_begin`: every `LocalFisher` of the model stops refreshing inside the train step (it
-      keeps updating its statistics and `step` there), and the train function is traced anew;
+      keeps updating its statistics and `step` there), gets ready for the trust region
+      (`LocalFisher.prepare_handoff()`), and the train function is traced anew;
     - `on_train_batch_end`: on a batch after which a layer's `step` crossed a multiple of its
       `update_every`, the trainer's state is synced back into the model's variables
       (`model.jax_state_sync()`, after which assignments stick: the next step reloads the state from the
       variables) and `layer.refresh()` runs for each layer due: the same Newton-Schulz refresh and
       re-expression of the consumers' kernels as in the train step, from the same statistics;
-    - `on_train_end`: the layers refresh inside the train step again (the replacing fallback).
+    - `on_train_end`: the layers refresh inside the train step again.
 
     The sync runs only on batches where a refresh is due. The refresh takes effect from the step after
-    the one that made it due (inside the step it takes effect in that step), so JAX and TensorFlow
-    trajectories differ by that one step per refresh. With `steps_per_execution > 1`, a layer due
-    anywhere in an execution refreshes once, after it.
+    the one that made it due (inside the TensorFlow step it takes effect in that step), so JAX and
+    TensorFlow trajectories differ by that one step per refresh. With `steps_per_execution > 1`, a layer
+    due anywhere in an execution refreshes once, after it.
 
     Args:
         verbose: bool, print one line per refresh. Defaults to `False`.
@@ -58,6 +61,8 @@ class FunctionPreservingRefresh(keras.callbacks.Callback):
             return
         self._layers = local_fishers(self.model)
         self._steps = {id(layer): _step(layer) for layer in self._layers}
+        for layer in self._layers:
+            layer.prepare_handoff()  # the trust region's state, for layers inserted by hand
         for layer in self._layers:
             layer._refresh_outside_step = True
         if self._layers:
@@ -95,7 +100,7 @@ class FunctionPreservingRefresh(keras.callbacks.Callback):
             return
         for layer in self._layers:
             layer._refresh_outside_step = False
-        # The next fit traces a step that refreshes inside again (with the replacing fallback's warning).
+        # The next fit traces a step that refreshes inside again.
         self.model.train_function = None
         self._layers = []
 

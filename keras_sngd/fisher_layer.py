@@ -165,7 +165,7 @@ class FisherLayer(keras.layers.Layer):
                 lambda: tuple(self._unchanged(old_inverse_root, old_shift)),
             )))
         self._write_state(moving, step, due, result)
-        return result.inverse_root, result.shift if self.center else None
+        return self._step_output(result, old_inverse_root, old_shift)
 
     def _collect_statistics(self, inputs, mask):
         """The moving moments after this batch (`MovingMoments`); masked rows are left out."""
@@ -269,7 +269,31 @@ class FisherLayer(keras.layers.Layer):
     def _reexpress(self, bindings, result, old_inverse_root, old_shift):
         """Re-express the consumers' weights for `result` (`U_new W'_new = U_old W'`). Default: nothing."""
 
+    def _step_output(self, result, old_inverse_root, old_shift):
+        """The `(U, shift)` this training step's output uses, given the step's refresh `result` (the
+        unchanged state without one). Default: the refreshed ones."""
+        return result.inverse_root, result.shift if self.center else None
+
     # Keras layer API.
+
+    def save_own_variables(self, store):
+        # The state in creation order (what a plain `Layer` saves): transient carriers are left out.
+        for index, variable in enumerate(self._saved_variables()):
+            store[f"{index}"] = variable
+
+    def load_own_variables(self, store):
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' expects {len(variables)} saved variables, the file has "
+                f"{len(store.keys())}."
+            )
+        for index, variable in enumerate(variables):
+            variable.assign(store[f"{index}"])
+
+    def _saved_variables(self):
+        variables = self._trainable_variables + self._non_trainable_variables
+        return [variable for variable in variables if not getattr(variable, "_keras_sngd_carrier", False)]
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,19 +1,30 @@
 """The local Fisher layer: multiplies its input by `U`, an inverse root of the local Fisher matrix."""
 
+import warnings
+
 import keras
 from keras import ops
 
 from keras_sngd.consumers import consumer_bindings
 from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.handoff import HandoffConstraint
+from keras_sngd.handoff import carrier
+from keras_sngd.handoff import hand_over
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
 from keras_sngd.refresh import RefreshMode
 from keras_sngd.trust_region import bounded_step
 from keras_sngd.validation import check_float
 
-_JAX_IN_STEP = (
-    "the JAX trainer drops assignments to trainable variables made inside the train step; pass "
-    "callbacks=[keras_sngd.callbacks.FunctionPreservingRefresh()] to model.fit"
+_FROZEN_ON_JAX = (
+    "a consumer's kernel is not trainable: the JAX trainer keeps only the optimizer's writes to trainable "
+    "kernels, and the optimizer does not update this one"
+)
+_NO_PREVIOUS = (
+    "the trust region (max_step) on JAX needs per-consumer state created before fit traces the train step: "
+    "keras_sngd.reconstruct and keras.saving.load_model create it; for layers inserted by hand call "
+    "layer.prepare_handoff() or pass keras_sngd.FunctionPreservingRefresh() to fit. Training goes on "
+    "without the bound"
 )
 
 
@@ -71,11 +82,18 @@ class LocalFisher(FisherLayer):
     model's outputs, do not change (as in PRONG, Desjardins et al. 2015); between refreshes, SGD on `W'` is
     NGD on `W = U W'`. **Replacing refresh**: with `preserve_function=False`, or when a consumer cannot
     absorb `U` (a depthwise convolution, a layer that is not Dense/Conv/RNN/EinsumDense, a nested model),
-    or inside the train step on the JAX backend (its trainer drops assignments to trainable variables made
-    there; `refresh()` called between steps is function-preserving), `U` is replaced and the function
-    moves at each refresh, like batch normalization replacing its statistics; a warning says so and
-    `refresh_mode` (a `RefreshMode(kind, reason)`) shows which mode a layer is in. SGD momentum slots are
-    not re-expressed.
+    `U` is replaced and the function moves at each refresh, like batch normalization replacing its
+    statistics; a warning says so and `refresh_mode` (a `RefreshMode(kind, reason)`) shows which mode a
+    layer is in. SGD momentum slots are not re-expressed.
+
+    **On JAX**, whose trainer drops assignments to trainable variables made inside the train step, the
+    consumers' updates are handed to the optimizer (`keras_sngd.handoff`): the layer adds non-saved
+    carrier variables (`overwrite_with_gradient=True`, which every Keras optimizer overwrites with their
+    "gradient") and a constraint on each consumer's kernel, which the optimizer applies right after its
+    update. A refresh then takes effect one step after the step that made it due (that step still uses the
+    old `U`, and its update is re-expressed right after it), and the function is kept as on TensorFlow.
+    `prepare_handoff()` gets a layer ready; `reconstruct` and `load_model` call it. Not supported there:
+    the optimizer's `gradient_accumulation_steps`.
 
     A batch with a NaN or Inf, or with every position masked, leaves the statistics unchanged and counts
     in `skipped_batch_count`; a refresh whose iteration does not converge or is not finite keeps `U` (and
@@ -87,8 +105,9 @@ class LocalFisher(FisherLayer):
     norm of the step, and the norm of `(W', b)` the size of the layer's output. With `max_step` set, each
     training step first shortens the consumers' previous optimizer step to at most `max_step` times the
     norm of `(W', b)` (K-FAC's update clipping, per layer, relative to the layer's size as LARS's trust
-    ratio, independent of the learning rate; `keras_sngd.trust_region`). It assigns the consumers'
-    trainable weights inside the train step, which the JAX trainer drops: there it has no effect.
+    ratio, independent of the learning rate; `keras_sngd.trust_region`). On JAX the consumers' kernel
+    constraint bounds the optimizer's step right after it is made (its state is created by
+    `prepare_handoff()`; a layer without it warns and trains unbounded), and `bounded_step_count` stays 0.
     Why convolutional networks need it, with stronger damping: `docs/stability.md`.
 
     **During inference** (`training=False`), and in training when the layer is frozen
@@ -126,9 +145,10 @@ class LocalFisher(FisherLayer):
             due step. Chosen by measurement (`python benchmarks/refresh_schedule.py`). Defaults to `0.3`.
         max_step: float > 0 or None; the trust region: at the start of each training step, the consumers'
             previous optimizer step on `(W', b)` is shortened to at most `max_step` times the norm of
-            `(W', b)`. It needs the function-preserving mode (it assigns the consumers' weights), so it does
-            nothing on JAX. None: no bound. Defaults to `None`; `reconstruct` sets it for convolutional and
-            recurrent networks (`keras_sngd.layer_defaults`).
+            `(W', b)` (on JAX: the step is bounded by the optimizer, right after it is made). It needs the
+            function-preserving mode (it changes the consumers' weights). None: no bound. Defaults to
+            `None`; `reconstruct` sets it for convolutional and recurrent networks
+            (`keras_sngd.layer_defaults`).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -161,6 +181,67 @@ class LocalFisher(FisherLayer):
         # The consumers' weights after the previous step (see `_bound_consumer_steps`): transient state,
         # created at the first training call and not saved, like an optimizer's.
         object.__setattr__(self, "_step_bound_state", None)
+        # Handing consumer updates to the optimizer (`keras_sngd.handoff`, the JAX backend): the consumers
+        # of the step being traced, the values the step hands over, and per consumer kernel the carriers of
+        # its (W', b) for the trust region.
+        object.__setattr__(self, "_handoff_bindings", None)
+        object.__setattr__(self, "_pending", None)
+        object.__setattr__(self, "_previous", {})
+        object.__setattr__(self, "_warned_no_previous", False)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self._hands_off():
+            dim = self.inverse_root.shape[0]
+            self.pending_flag = carrier(self, "pending_flag", ())
+            self.pending_mixing = carrier(self, "pending_mixing", (dim, dim), "identity")
+            self.pending_shift = carrier(self, "pending_shift", (dim,)) if self.center else None
+
+    def _hands_off(self):
+        """Whether consumer updates go through the optimizer (`keras_sngd.handoff`): on JAX, whose trainer
+        drops in-step writes to trainable weights."""
+        return keras.backend.backend() == "jax" and self.preserve_function
+
+    def prepare_handoff(self):
+        """Get ready to hand consumer updates to the optimizer on JAX (`keras_sngd.handoff`); a no-op elsewhere.
+
+        Installs the constraint on each consumer's kernel and, with `max_step`, creates the carriers of the
+        consumers' weights that the trust region needs. Call it outside the train step, once the model is
+        built; `keras_sngd.reconstruct`, `keras.saving.load_model` and
+        `keras_sngd.FunctionPreservingRefresh` call it for you.
+        """
+        if not (self.built and self._hands_off()):
+            return
+        for binding in self.consumer_bindings()[0]:
+            _install_constraint(self, binding)
+            if self.max_step is not None and self._previous_carriers(binding) is None:
+                tag = binding.layer.name
+                # State added after build, as Keras's own `Dense.enable_lora` does.
+                self._tracker.unlock()
+                try:
+                    variables = [carrier(self, f"previous_kernel_{tag}", binding.kernel.shape)]
+                    if binding.bias is not None:
+                        variables.append(carrier(self, f"previous_bias_{tag}", binding.bias.shape))
+                finally:
+                    self._tracker.lock()
+                self._previous[id(binding.kernel)] = variables
+
+    def _previous_carriers(self, binding):
+        """The carriers of `binding`'s (W', b) as the forward pass read them, or None."""
+        return self._previous.get(id(binding.kernel))
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        # The model's graph is complete when a saved model's state is loaded.
+        self.prepare_handoff()
+
+    def call(self, inputs, training=None, mask=None):
+        outputs = super().call(inputs, training=training, mask=mask)
+        pending = self._pending
+        if pending is not None:
+            object.__setattr__(self, "_pending", None)
+            outputs = hand_over(outputs, *pending)
+        return outputs
 
     def get_config(self):
         config = super().get_config()
@@ -178,8 +259,10 @@ class LocalFisher(FisherLayer):
         return consumer_bindings(self)
 
     def _train_step(self, inputs, mask):
+        if self._hands_off():
+            return self._train_step_handing_off(inputs, mask)
         bindings = []
-        # The JAX trainer drops in-step assignments to trainable weights: the bound cannot act there.
+        # On JAX the bound is the consumers' kernel constraint (`_train_step_handing_off`).
         if self.max_step is not None and keras.backend.backend() != "jax":
             bindings = self.consumer_bindings()[0]
         if bindings:
@@ -192,6 +275,39 @@ class LocalFisher(FisherLayer):
                     old.assign(_frozen(variable))
             self._step_bound_state["valid"].assign(1)
         return inverse_root, shift
+
+    def _train_step_handing_off(self, inputs, mask):
+        """The JAX training step: consumer updates go to the optimizer (`keras_sngd.handoff`)."""
+        bindings = self.consumer_bindings()[0]
+        handoff = bindings if all(binding.kernel.trainable for binding in bindings) else []
+        object.__setattr__(self, "_handoff_bindings", handoff)
+        for binding in handoff:
+            _install_constraint(self, binding)
+        return super()._train_step(inputs, mask)
+
+    def _step_output(self, result, old_inverse_root, old_shift):
+        bindings = self._handoff_bindings
+        if not self._hands_off() or not bindings:
+            return super()._step_output(result, old_inverse_root, old_shift)
+        object.__setattr__(self, "_handoff_bindings", None)
+        carriers = [self.pending_flag, self.pending_mixing]
+        values = [ops.cast(result.accepted, "float32"), result.mixing]
+        if self.center:
+            carriers.append(self.pending_shift)
+            values.append(ops.matmul(old_shift - result.shift, old_inverse_root))  # U_old^T (mu_old - mu_new)
+        if self.max_step is not None:
+            for binding in bindings:
+                previous = self._previous_carriers(binding)
+                if previous is None:
+                    if not self._warned_no_previous:
+                        object.__setattr__(self, "_warned_no_previous", True)
+                        warnings.warn(f"LocalFisher '{self.name}': {_NO_PREVIOUS}.", stacklevel=5)
+                    continue
+                carriers.extend(previous)
+                values.extend(_frozen(variable) for variable in _bounded_variables(binding))
+        object.__setattr__(self, "_pending", (carriers, values))
+        # This step still sees the old U (its consumers hold the old W'); the new one is stored for the next.
+        return old_inverse_root, old_shift
 
     def _bound_consumer_steps(self, bindings):
         """The trust region: each consumer's last optimizer step, measured on its whitened kernel `W'` and
@@ -239,9 +355,12 @@ class LocalFisher(FisherLayer):
         bindings, reason = self.consumer_bindings()
         if not bindings:
             return [], RefreshMode(REPLACING, reason)
-        if in_step and keras.backend.backend() == "jax":
-            return [], RefreshMode(REPLACING, _JAX_IN_STEP)
         names = ", ".join(f"'{binding.layer.name}'" for binding in bindings)
+        if in_step and self._hands_off():
+            if not self._handoff_bindings:
+                return [], RefreshMode(REPLACING, _FROZEN_ON_JAX)
+            # Re-expressed by the optimizer's update, through the constraint (`keras_sngd.handoff`).
+            return [], RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names} at the optimizer's update")
         return bindings, RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names}")
 
     def _reexpress(self, bindings, result, old_inverse_root, old_shift):
@@ -253,6 +372,14 @@ class LocalFisher(FisherLayer):
                 effective = binding.mix(old_inverse_root, kernel)
                 binding.bias.assign(binding.shifted_bias(_frozen(binding.bias), effective, old_shift - result.shift))
             binding.kernel.assign(binding.mix(result.mixing, kernel))
+
+
+def _install_constraint(fisher, binding):
+    """Put `HandoffConstraint` on `binding`'s kernel (once), keeping the kernel's own constraint after it."""
+    constraint = binding.kernel.constraint
+    if isinstance(constraint, HandoffConstraint) and constraint.fisher is fisher:
+        return
+    binding.kernel.constraint = HandoffConstraint(fisher, binding, previous=constraint)
 
 
 def _bounded_variables(binding):

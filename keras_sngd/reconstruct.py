@@ -161,6 +161,10 @@ def reconstruct(
     }
     report = ReconstructionReport()
     new_model = _reconstruct(model, options, report, prefix="")
+    for _, layer in walk_layers(new_model):
+        # On JAX: the consumers' constraints and the trust region's state, before fit traces a step.
+        if hasattr(layer, "prepare_handoff"):
+            layer.prepare_handoff()
     logger.info(report.summary())
     return (new_model, report) if return_report else new_model
 

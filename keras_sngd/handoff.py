@@ -1,0 +1,142 @@
+"""Consumer updates handed to the optimizer, for trainers that drop in-step writes to trainable weights.
+
+The JAX trainer runs the train step as a pure function of the model's variables: a layer may update its
+own non-trainable state there, but assignments to trainable variables (the kernels of the layers a
+`LocalFisher` feeds) are dropped; only the optimizer's update writes them. So, there, a LocalFisher hands
+what it would have written to the optimizer, through two mechanisms that every Keras optimizer supports
+inside its compiled update, on every backend:
+
+- **Carriers**: trainable variables created with `overwrite_with_gradient=True` (Keras's mechanism for the
+  scale history of float8 layers). An optimizer overwrites such a variable with its "gradient", and leaves
+  it out of momentum, clipping, loss scaling and weight decay. An identity with a custom gradient on the
+  LocalFisher's output returns, as those gradients, the values to hand over:
+
+  ```
+  pending_flag    <- 1 if this step refreshed U, else 0
+  pending_mixing  <- M = A^(1/2), the consumer's re-expression for this refresh (I without one)
+  pending_shift   <- U_old^T (mu_old - mu_new)              (center=True only)
+  previous_i      <- the consumer's (W', b) as this step's forward pass read them   (max_step only)
+  ```
+
+- **A constraint** on each consumer's kernel (`variable.constraint`, which every Keras optimizer applies
+  right after its update): with `W'_upd, b_upd` the optimizer's result,
+
+  ```
+  W'_upd, b_upd <- bounded_step((W'_upd, b_upd), previous, max_step)   # the trust region (max_step)
+  if pending_flag:
+      b_upd <- b_upd - contract(W'_upd, pending_shift)                  # centering (keras_sngd.binding)
+      W'_upd <- M W'_upd                                                # re-expression
+  ```
+
+  (the user's own kernel constraint, if any, runs last).
+
+On a refresh step the forward pass keeps the old `U` (the consumer still holds the old `W'`); the new `U`
+is stored for the next step, and the optimizer's update, made in the old coordinates, is re-expressed
+right after it: `U_new (M W'_upd) = U_old W'_upd`, so the model's function is kept and from the next
+step SGD on `W'` is NGD with the new `G`. The refresh thus takes effect one step after the one that made
+it due, as with a refresh between steps (`keras_sngd.FunctionPreservingRefresh`). The trust region bounds
+the optimizer's step in the same step it is made.
+
+The per-consumer carriers of the trust region have the consumers' shapes, so they can only be created once
+the model's graph is known and before the train step is traced (no variable can be created inside it):
+`keras_sngd.reconstruct`, loading a saved model, and `FunctionPreservingRefresh` create them; for layers
+inserted by hand, call `LocalFisher.prepare_handoff()` (or pass that callback) before `fit`.
+
+Not supported: `gradient_accumulation_steps` (an accumulating optimizer merges overwritten values with
+`maximum` and applies constraints on every step).
+"""
+
+import keras
+from keras import ops
+
+from keras_sngd.trust_region import bounded_step
+
+
+def carrier(layer, name, shape, initializer="zeros"):
+    """A float32 variable an optimizer overwrites with its gradient (not saved: see `LocalFisher`)."""
+    variable = layer.add_weight(
+        name=name, shape=shape, initializer=initializer, dtype="float32", trainable=True, autocast=False,
+        overwrite_with_gradient=True,
+    )
+    variable._keras_sngd_carrier = True
+    return variable
+
+
+def is_carrier(variable):
+    return getattr(variable, "_keras_sngd_carrier", False)
+
+
+def hand_over(outputs, carriers, values):
+    """`outputs` unchanged, with the gradient of each carrier variable set to the matching value.
+
+    Args:
+        outputs: the tensor whose identity carries the values (any shape).
+        carriers: list of carrier variables.
+        values: list of tensors, one per carrier, of its shape (cast to float32).
+
+    Returns:
+        `outputs`, through an identity whose backward pass returns the upstream gradient for `outputs` and
+        `values` as the gradients of `carriers`.
+    """
+    values = [ops.stop_gradient(ops.cast(value, "float32")) for value in values]
+    count = len(carriers)
+
+    @ops.custom_gradient
+    def identity(outputs, *state):
+        def grad(*args, upstream=None, variables=None):
+            if upstream is None:
+                (upstream,) = args
+            return (upstream, *values)
+
+        return outputs, grad
+
+    # The carriers enter as tensors read from the variables, so their "gradients" are the values above.
+    assert len(values) == count
+    return identity(outputs, *(ops.convert_to_tensor(variable) for variable in carriers))
+
+
+class HandoffConstraint(keras.constraints.Constraint):
+    """The constraint a `LocalFisher` installs on a consumer's kernel (see the module docstring).
+
+    Args:
+        fisher: the LocalFisher.
+        binding: the consumer's `keras_sngd.binding.Binding`.
+        previous: the kernel's constraint before this one (applied last), or None.
+    """
+
+    def __init__(self, fisher, binding, previous=None):
+        self.fisher = fisher
+        self.binding = binding
+        self.previous = previous
+
+    def __call__(self, kernel):
+        fisher, binding = self.fisher, self.binding
+        kernel = ops.convert_to_tensor(kernel)
+        bias = None if binding.bias is None else ops.convert_to_tensor(binding.bias)
+        previous = fisher._previous_carriers(binding)
+        if previous is not None and fisher.max_step is not None:
+            values = [kernel] + ([bias] if bias is not None else [])
+            bounded, _ = bounded_step(values, [ops.convert_to_tensor(v) for v in previous], fisher.max_step,
+                                      binding.kernel.shape[-1])
+            kernel = bounded[0]
+            bias = bounded[1] if bias is not None else None
+            bias_changed = bias is not None
+        else:
+            bias_changed = False
+        flag = ops.convert_to_tensor(fisher.pending_flag) > 0.5
+        mixing = ops.convert_to_tensor(fisher.pending_mixing)
+        if fisher.center and bias is not None:
+            shift = ops.convert_to_tensor(fisher.pending_shift)
+            bias = ops.where(flag, binding.shifted_bias(bias, kernel, shift), bias)
+            bias_changed = True
+        # Only refresh steps pay for the (d, d) x (d, outputs) product.
+        kernel = ops.cond(flag, lambda: binding.mix(mixing, kernel), lambda: kernel)
+        if bias_changed:
+            binding.bias.assign(ops.cast(bias, binding.bias.dtype))
+        if self.previous is not None:
+            kernel = self.previous(kernel)
+        return kernel
+
+    def get_config(self):
+        # Installed on the variable only (not in the layer's config): nothing to serialize.
+        return {}
