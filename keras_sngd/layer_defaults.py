@@ -24,6 +24,8 @@ the paper's MLP. In a network with any convolution or recurrent layer, every ins
 since the blow-up is one mode coupling all layers, the Dense head included.
 """
 
+import inspect
+
 import keras
 
 _CONVOLUTIONS = (
@@ -49,6 +51,18 @@ def needs_stable_arguments(model):
     return False
 
 
-def default_arguments(model):
-    """The LocalFisher arguments `reconstruct` uses under the user's for every layer of `model`."""
-    return dict(STABLE_ARGUMENTS) if needs_stable_arguments(model) else {}
+def default_arguments(model, layer_class=None):
+    """The LocalFisher arguments `reconstruct` uses under the user's for every layer of `model`.
+
+    With `layer_class` (what `reconstruct` inserts), only the arguments its constructor takes: the
+    statistics-only `FisherStatistics` of the NGD baseline has no trust region (`max_step`).
+    """
+    arguments = dict(STABLE_ARGUMENTS) if needs_stable_arguments(model) else {}
+    if layer_class is not None:
+        accepted = set()
+        for klass in inspect.getmro(layer_class):
+            if klass is keras.layers.Layer:
+                break
+            accepted.update(inspect.signature(klass.__init__).parameters)
+        arguments = {key: value for key, value in arguments.items() if key in accepted}
+    return arguments

@@ -155,7 +155,7 @@ def reconstruct(
     options = {
         "layer_types": layer_types,
         "exclude": exclude,
-        "arguments": dict(default_arguments(model), **local_fisher_arguments),
+        "arguments": dict(default_arguments(model, layer_class), **local_fisher_arguments),
         "per_layer": per_layer_arguments,
         "layer_class": layer_class,
     }

@@ -112,3 +112,21 @@ def test_max_step_config_and_saving(tmp_path):
     loaded.compile(keras.optimizers.SGD(1.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     loaded.fit(*_data(), batch_size=32, epochs=1, shuffle=False, verbose=0)
     assert np.all(np.isfinite(loaded.predict(_data()[0][:8], verbose=0)))
+
+
+def test_reconstruct_gives_convolutional_networks_the_stable_defaults_for_either_layer_class():
+    """`reconstruct` sets `damping`, `update_every` and `max_step` for a CNN; the NGD baseline's
+    statistics-only layer (no trust region) gets the first two, and the user's arguments win."""
+    from keras_sngd import FisherStatistics
+    from keras_sngd import reconstruct
+
+    plain = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(), keras.layers.Dense(3),
+    ])
+    local = [layer for layer in reconstruct(plain).layers if isinstance(layer, LocalFisher)]
+    assert [(layer.damping, layer.update_every, layer.max_step) for layer in local] == [(0.1, 10, 0.05)] * 2
+    statistics = [layer for layer in reconstruct(plain, layer_class=FisherStatistics).layers
+                  if isinstance(layer, FisherStatistics)]
+    assert [(layer.damping, layer.update_every) for layer in statistics] == [(0.1, 10)] * 2
+    mine = reconstruct(plain, local_fisher_arguments={"damping": 0.3, "max_step": None})
+    assert [(layer.damping, layer.max_step) for layer in mine.layers if isinstance(layer, LocalFisher)] == [(0.3, None)] * 2
