@@ -65,6 +65,12 @@ def copy_weights(pairs):
     for original, clone in pairs:
         if not is_layer(original) or isinstance(original, keras.Model):
             continue  # nested models copied their own
+        saved = getattr(original, "_saved_variables", None)
+        if saved is not None:
+            # A FisherLayer: its state, not the transient carriers it may hold on JAX (`keras_sngd.handoff`).
+            for target, source in zip(clone._saved_variables(), saved()):
+                target.assign(source.value)
+            continue
         values = original.get_weights()
         if values:
             clone.set_weights(values)

@@ -338,6 +338,12 @@ class LocalFisher(FisherLayer):
                 variable.assign(ops.where(shorten, new, value))
             state["bounded_steps"].assign(state["bounded_steps"].value + ops.cast(shorten, "int32"))
 
+    def describe(self):
+        line = super().describe()
+        if self.built and self._hands_off() and self.refresh_mode.kind == FUNCTION_PRESERVING:
+            line += "; on JAX the optimizer applies the consumers' updates (keras_sngd.handoff)"
+        return line
+
     @property
     def bounded_step_count(self):
         """How many consumer steps the trust region (`max_step`) has shortened in this session (not saved)."""
@@ -359,8 +365,9 @@ class LocalFisher(FisherLayer):
         if in_step and self._hands_off():
             if not self._handoff_bindings:
                 return [], RefreshMode(REPLACING, _FROZEN_ON_JAX)
-            # Re-expressed by the optimizer's update, through the constraint (`keras_sngd.handoff`).
-            return [], RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names} at the optimizer's update")
+            # Re-expressed by the optimizer's update, through the constraint (`keras_sngd.handoff`): the same
+            # function-preserving refresh, one step later, so the same mode as on the other backends.
+            return [], RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names}")
         return bindings, RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names}")
 
     def _reexpress(self, bindings, result, old_inverse_root, old_shift):
