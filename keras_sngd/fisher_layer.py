@@ -55,6 +55,7 @@ class FisherLayer(keras.layers.Layer):
         refresh_dtype="float32",
         preserve_function=True,
         refresh_tolerance=0.3,
+        statistics_every=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,6 +70,7 @@ class FisherLayer(keras.layers.Layer):
         self.refresh_dtype = check_choice("refresh_dtype", refresh_dtype, REFRESH_DTYPES)
         self.preserve_function = check_bool("preserve_function", preserve_function)
         self.refresh_tolerance = check_float("refresh_tolerance", refresh_tolerance, minimum=0.0)
+        self.statistics_every = check_int("statistics_every", statistics_every, minimum=1)
         self.supports_masking = True
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
         # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
@@ -148,8 +150,8 @@ class FisherLayer(keras.layers.Layer):
 
     def _train_step(self, inputs, mask):
         """Statistics, counters and (when due) the refresh; returns the `U` and shift to use now."""
-        moving = self._collect_statistics(inputs, mask)
         step = self.step.value + 1
+        moving = self._collect_statistics(inputs, mask, step)
         old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
         if self._refresh_outside_step:
             due = ops.convert_to_tensor(False)
@@ -167,15 +169,39 @@ class FisherLayer(keras.layers.Layer):
         self._write_state(moving, step, due, result)
         return self._step_output(result, old_inverse_root, old_shift)
 
-    def _collect_statistics(self, inputs, mask):
-        """The moving moments after this batch (`MovingMoments`); masked rows are left out."""
+    def _collect_statistics(self, inputs, mask, step):
+        """The moving moments after this batch (`MovingMoments`); masked rows are left out. With
+        `statistics_every = k > 1` only steps 1, k + 1, 2k + 1, ... take their batch in; the others keep the
+        moments (and, where branches may assign, do not rewrite them)."""
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
             mask = None  # not a mask over the non-feature axes: nothing to leave out
-        moments = batch_moments(inputs, self.axis, mask)
-        return update_moving_moments(
-            self.second_moment.value, self.mean.value, self.statistics_weight.value,
-            moments.second_moment, moments.mean, self.momentum, count=moments.count,
-        )
+
+        def collect():
+            moments = batch_moments(inputs, self.axis, mask)
+            moving = update_moving_moments(
+                self.second_moment.value, self.mean.value, self.statistics_weight.value,
+                moments.second_moment, moments.mean, self.momentum, count=moments.count,
+            )
+            if self._statistics_written_in_branch():
+                self._assign_moments(moving)
+            return tuple(moving)
+
+        if self.statistics_every == 1:
+            return MovingMoments(*collect())
+
+        def keep():
+            return (self.second_moment.value, self.mean.value, self.statistics_weight.value,
+                    ops.convert_to_tensor(True))
+
+        return MovingMoments(*ops.cond(ops.equal((step - 1) % self.statistics_every, 0), collect, keep))
+
+    def _statistics_written_in_branch(self):
+        return self.statistics_every > 1 and _ASSIGN_IN_BRANCH
+
+    def _assign_moments(self, moving):
+        self.second_moment.assign(moving.second_moment)
+        self.mean.assign(moving.mean)
+        self.statistics_weight.assign(moving.weight)
 
     def _refresh_due(self, step, moving):
         """Whether this step refreshes: every `update_every` steps, if there was no refresh yet or `U` has
@@ -223,9 +249,8 @@ class FisherLayer(keras.layers.Layer):
         )
 
     def _write_state(self, moving, step, due, result):
-        self.second_moment.assign(moving.second_moment)
-        self.mean.assign(moving.mean)
-        self.statistics_weight.assign(moving.weight)
+        if not self._statistics_written_in_branch():
+            self._assign_moments(moving)
         if not _ASSIGN_IN_BRANCH:
             self.inverse_root.assign(result.inverse_root)
             if self.center:
@@ -315,6 +340,7 @@ class FisherLayer(keras.layers.Layer):
                 "refresh_dtype": self.refresh_dtype,
                 "preserve_function": self.preserve_function,
                 "refresh_tolerance": self.refresh_tolerance,
+                "statistics_every": self.statistics_every,
             }
         )
         return config

@@ -52,6 +52,7 @@ class LocalFisher(FisherLayer):
     S <- momentum * S + (1 - momentum) * sum(m x x^T) / sum(m)     # m: the Keras mask, 1 without one
     mu_s <- momentum * mu_s + (1 - momentum) * sum(m x) / sum(m)
     c <- momentum * c + (1 - momentum)                  # bias correction: E[x x^T] = S / c
+                                    # (these three on steps 1, k + 1, 2k + 1, ... with statistics_every=k)
     step <- step + 1
     every `update_every` steps:
         G   = activation_factor * (S / c)               # minus (mu_s/c)(mu_s/c)^T when center=True
@@ -143,6 +144,10 @@ class LocalFisher(FisherLayer):
         refresh_tolerance: float >= 0; a due refresh runs only when the estimated whitening drift
             `||U^T G_d U - I||_F / sqrt(d)` exceeds it (or before the first refresh); 0 refreshes at every
             due step. Chosen by measurement (`python benchmarks/refresh_schedule.py`). Defaults to `0.3`.
+        statistics_every: int >= 1; the moving average takes in the batches of steps 1, k + 1, 2k + 1, ...
+            only: `1/k` of the statistics' cost (a `(d, d)` product and write per batch, the largest part of
+            an SNGD step on a wide Dense input, `docs/speed.md`), for an average over `k` times as many
+            steps (`momentum` applies per batch taken in). Defaults to `1`.
         max_step: float > 0 or None; the trust region: at the start of each training step, the consumers'
             previous optimizer step on `(W', b)` is shortened to at most `max_step` times the norm of
             `(W', b)` (on JAX: the step is bounded by the optimizer, right after it is made). It needs the

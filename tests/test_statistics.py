@@ -65,3 +65,46 @@ def test_centered_fisher_is_covariance_times_activation_factor():
     expected = 0.5 * np.cov(batch.astype(np.float64), rowvar=False, bias=True)
     np.testing.assert_allclose(np.asarray(fisher), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(fisher), np.asarray(fisher).T)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_statistics_every_k_takes_in_steps_1_k_plus_1_and_so_on(compiled):
+    """`statistics_every=3`: after 7 steps the moving moments average batches 1, 4 and 7 only."""
+    import keras
+
+    from keras_sngd import LocalFisher
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((16, 5)) * (index + 1)).astype("float32") for index in range(7)]
+    layer = LocalFisher(statistics_every=3, momentum=0.5, update_every=1000)
+    if compiled:
+        model = keras.Sequential([keras.Input((5,)), layer, keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=True)
+        for batch in batches:
+            model.train_on_batch(batch, np.zeros((16, 2), "float32"))
+    else:
+        for batch in batches:
+            layer(batch, training=True)
+    moving, weight = np.zeros((5, 5)), 0.0
+    for batch in (batches[0], batches[3], batches[6]):
+        moving = 0.5 * moving + 0.5 * batch.T @ batch / len(batch)
+        weight = 0.5 * weight + 0.5
+    assert int(layer.step.numpy()) == 7
+    np.testing.assert_allclose(float(layer.statistics_weight.numpy()), weight, rtol=1e-6)
+    np.testing.assert_allclose(layer.second_moment.numpy(), moving, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, None])
+def test_statistics_every_validation(value):
+    from keras_sngd import LocalFisher
+
+    with pytest.raises(ValueError, match="statistics_every"):
+        LocalFisher(statistics_every=value)
+
+
+def test_statistics_every_in_config():
+    from keras_sngd import FisherStatistics
+    from keras_sngd import LocalFisher
+
+    assert LocalFisher.from_config(LocalFisher(statistics_every=4).get_config()).statistics_every == 4
+    assert FisherStatistics(statistics_every=2).statistics_every == 2
