@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_sngd.consumers import NO_CONSUMER
+from keras_sngd.handoff import is_carrier
 from keras_sngd.refresh import NOT_TRACED
 from keras_sngd.refresh import RefreshMode
 from keras_sngd.refresh import RefreshResult
@@ -318,7 +319,7 @@ class FisherLayer(keras.layers.Layer):
 
     def _saved_variables(self):
         variables = self._trainable_variables + self._non_trainable_variables
-        return [variable for variable in variables if not getattr(variable, "_keras_sngd_carrier", False)]
+        return [variable for variable in variables if not is_carrier(variable)]
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -63,6 +63,7 @@ def carrier(layer, name, shape, initializer="zeros"):
 
 
 def is_carrier(variable):
+    """Whether `variable` is a carrier (made by `carrier`): transient, never saved or copied."""
     return getattr(variable, "_keras_sngd_carrier", False)
 
 
@@ -78,8 +79,9 @@ def hand_over(outputs, carriers, values):
         `outputs`, through an identity whose backward pass returns the upstream gradient for `outputs` and
         `values` as the gradients of `carriers`.
     """
+    if len(values) != len(carriers):
+        raise ValueError(f"`values` must give one value per carrier: {len(values)} values, {len(carriers)} carriers.")
     values = [ops.stop_gradient(ops.cast(value, "float32")) for value in values]
-    count = len(carriers)
 
     @ops.custom_gradient
     def identity(outputs, *state):
@@ -91,7 +93,6 @@ def hand_over(outputs, carriers, values):
         return outputs, grad
 
     # The carriers enter as tensors read from the variables, so their "gradients" are the values above.
-    assert len(values) == count
     return identity(outputs, *(ops.convert_to_tensor(variable) for variable in carriers))
 
 
