@@ -41,7 +41,8 @@ def run_case(backend, *arguments):
 def jax_runs(tmp_path_factory):
     return run_case(
         "jax", "lr0_no_callback", "lr0_center_no_callback", "lr0", "lr0_center", "lr0_steps_per_execution",
-        "trajectory", "trajectory_no_callback", "trust_region", str(tmp_path_factory.mktemp("trust_region")),
+        "trajectory", "trajectory_no_callback", "user_constraint", "trust_region",
+        str(tmp_path_factory.mktemp("trust_region")),
     )
 
 
@@ -78,6 +79,12 @@ def test_without_the_callback_jax_follows_the_callbacks_trajectory(jax_runs):
     for a, b in zip(without["weights"], with_callback["weights"]):
         b = np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(np.abs(b).max(), 1.0))
+
+
+def test_consumers_own_constraint_still_applies_on_jax(jax_runs):
+    report = jax_runs["user_constraint"]
+    assert report["constraint"] == "HandoffConstraint" and report["kept"] == "NonNeg"
+    assert report["refresh_count"] == 3 and report["min_kernel"] >= 0.0
 
 
 def test_trust_region_bounds_each_step_on_jax(jax_runs):

@@ -14,6 +14,7 @@ cases as arguments, in order; prints one JSON line, a report per case.
 - `lr0_no_callback`, `lr0_center_no_callback`, `trajectory_no_callback`, `mlp_no_callback`: the same
   cases without the callback (on JAX the consumers' updates then go through the optimizer,
   `keras_sngd.handoff`), with the LocalFisher warnings raised.
+- `user_constraint`: a consumer with `kernel_constraint=NonNeg()` through 3 refreshes.
 - `trust_region`: one SGD step at a huge learning rate on a reconstructed CNN (`max_step` set by
   `reconstruct`), after a save/load round trip, and on hand-inserted layers with and without
   `prepare_handoff()`: each consumer's relative step on `(W', b)`.
@@ -146,6 +147,24 @@ def trust_region(directory):
     return report
 
 
+def user_constraint():
+    """A consumer with its own kernel constraint (NonNeg): the handoff keeps it, applied last."""
+    inputs, targets = data()
+    model = keras.Sequential([
+        keras.Input((6,)), LocalFisher(refresh_tolerance=0, update_every=4),
+        keras.layers.Dense(2, kernel_constraint=keras.constraints.NonNeg()),
+    ])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    model.fit(inputs, targets, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    constraint = model.layers[1].kernel.constraint
+    return {
+        "constraint": type(constraint).__name__,
+        "kept": type(getattr(constraint, "previous", constraint)).__name__,
+        "min_kernel": float(np.min(model.layers[1].kernel.numpy())),
+        "refresh_count": int(model.layers[0].refresh_count.numpy()),
+    }
+
+
 def run(case, argument=None):
     callbacks = [keras_sngd.callbacks.FunctionPreservingRefresh()]
     if case.endswith("_no_callback"):
@@ -157,6 +176,8 @@ def run(case, argument=None):
         return report
     if case == "trust_region":
         return trust_region(argument)
+    if case == "user_constraint":
+        return user_constraint()
     return _run(case, argument, callbacks)
 
 
