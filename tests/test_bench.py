@@ -232,3 +232,40 @@ def test_missing_dataset_offline_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="nothing was downloaded"):
         bench.main(["--model", "small_cnn", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download",
                     "--output-dir", str(tmp_path / "out")])
+
+
+def test_a_seed_that_diverges_is_reported_not_a_crash(tmp_path, stand_in, monkeypatch, capsys):
+    """A grid winner that diverges on a later seed: the table says so (the report used to crash)."""
+    original = cli.run_one
+
+    def diverging_on_seed_1(name, learning_rate, seed, data, settings):
+        run = original(name, learning_rate, seed, data, settings)
+        if name == "sngd" and seed == 1:
+            run["losses"][-1] = float("nan")
+        return run
+
+    monkeypatch.setattr(cli, "run_one", diverging_on_seed_1)
+    rows = bench.main(["--optimizers", "sgd,sngd", "--seeds", "0,1,2", "--no-plot", "--output-dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| SNGD | 0.1 |" in printed and "diverged on 1 of 3 seeds" in printed
+    assert rows[1]["final_training_loss"]["non_finite"] == 1 and rows[1]["final_training_loss"]["std"] is None
+    assert json.loads((tmp_path / "results.json").read_text())["complete"] is True
+
+
+def test_every_finished_run_is_saved_when_a_later_one_fails(tmp_path, stand_in, monkeypatch):
+    original = cli.run_one
+
+    def failing_on_sngd(name, learning_rate, seed, data, settings):
+        if name == "sngd":
+            raise RuntimeError("out of memory (test)")
+        return original(name, learning_rate, seed, data, settings)
+
+    monkeypatch.setattr(cli, "run_one", failing_on_sngd)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        bench.main(["--optimizers", "sgd,adam,sngd", "--seeds", "0,1", "--no-plot", "--output-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["complete"] is False and [(r["optimizer"], r["seed"]) for r in saved["runs"]] == [
+        ("sgd", 0), ("sgd", 1), ("adam", 0), ("adam", 1)]
+    # The partial run can still be summarized.
+    rows = bench.main(["--summarize", str(tmp_path), "--no-plot"])
+    assert [row["optimizer"] for row in rows] == ["sgd", "adam", "sngd"] and rows[2]["status"].startswith("not run")

@@ -188,12 +188,20 @@ def main(argv=None):
     print(f"{args.model} on {args.dataset}: {len(data.train[0])} training and {len(data.test[0])} test examples, "
           f"batch {args.batch_size}, {args.epochs} epochs, seeds {args.seeds}; {machine}", flush=True)
     results, grids, grid_runs = [], {}, []
+    settings_record = {key: value for key, value in vars(args).items()}
+    command = " ".join(["python -m keras_sngd.bench"] + (sys.argv[1:] if argv is None else list(argv)))
+
+    def record(rows):
+        return {"command": command, "machine": machine, "settings": settings_record, "optimizers": args.optimizers,
+                "grids": grids, "summary": rows, "runs": results, "grid_runs": grid_runs, "complete": rows is not None}
+
     for name in args.optimizers:
         learning_rate = args.learning_rates[name]
         if args.lr_grid:
             search = search_learning_rate(name, grid_for(name, args), args.seeds[0], data, settings)
             grids[name] = search.as_dict()
             grid_runs += search.runs
+            report.write_checkpoint(args.output_dir, record(None))
             if search.all_diverged:
                 print(f"  lr grid: {OPTIMIZERS[name].label} diverged at every learning rate of its grid "
                       f"({', '.join(f'{x:g}' for x in search.learning_rates)}): no runs, no learning rate chosen",
@@ -203,13 +211,11 @@ def main(argv=None):
         for seed in args.seeds:
             print(f"{OPTIMIZERS[name].label}, lr {learning_rate:g}, seed {seed}", flush=True)
             results.append(run_one(name, learning_rate, seed, data, settings))
+            # Every finished run is on disk: an interrupted or failing command loses nothing.
+            report.write_checkpoint(args.output_dir, record(None))
     rows = report.summarize(results, args.optimizers, grids)
     print()
     print(report.markdown_table(rows))
-    settings_record = {key: value for key, value in vars(args).items()}
-    saved = {"command": " ".join(["python -m keras_sngd.bench"] + (sys.argv[1:] if argv is None else list(argv))),
-             "machine": machine, "settings": settings_record, "optimizers": args.optimizers, "grids": grids,
-             "summary": rows, "runs": results, "grid_runs": grid_runs}
-    report.write_outputs(args.output_dir, saved, plot=not args.no_plot)
+    report.write_outputs(args.output_dir, record(rows), plot=not args.no_plot)
     print(f"\nwrote {args.output_dir}/results.json, results.csv" + ("" if args.no_plot else ", curves.png"))
     return rows

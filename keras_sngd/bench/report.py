@@ -22,9 +22,15 @@ def _metric_key(runs):
 
 
 def _mean_spread(values):
-    """`{"mean", "std"}` over seeds; `std` is None for a single value (there is no spread to report)."""
+    """`{"mean", "std", "non_finite", "count"}` over seeds.
+
+    `std` is None for a single value (there is no spread to report) and when a seed's value is not finite
+    (a diverged seed); `mean` is then NaN or infinite, and `non_finite` counts those seeds.
+    """
     values = [float(v) for v in values]
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
+    non_finite = sum(not math.isfinite(v) for v in values)
+    spread = statistics.stdev(values) if len(values) > 1 and not non_finite else None
+    return {"mean": float(np.mean(values)), "std": spread, "non_finite": non_finite, "count": len(values)}
 
 
 def _seconds_per_epoch(run):
@@ -59,7 +65,9 @@ def summarize(results, optimizers, grids=None):
         if not runs:
             grid = grids.get(name) or {}
             tried = ", ".join(f"{value:g}" for value in grid.get("learning_rates", []))
-            row.update({"learning_rate": None, "seeds": 0, "status": f"diverged at every grid learning rate ({tried})"})
+            status = (f"diverged at every grid learning rate ({tried})" if grid.get("all_diverged")
+                      else "not run (the command stopped before it)")
+            row.update({"learning_rate": None, "seeds": 0, "status": status})
             rows.append(row)
             continue
         mean_losses = np.mean([r["losses"] for r in runs], axis=0)
@@ -82,6 +90,8 @@ def summarize(results, optimizers, grids=None):
 def _format(cell, digits):
     if cell is None:
         return "—"
+    if cell.get("non_finite"):
+        return f"diverged on {cell['non_finite']} of {cell['count']} seeds"
     text = f"{cell['mean']:.{digits}f}"
     return text + (f" ± {cell['std']:.{digits}f}" if cell["std"] is not None else "")
 
@@ -103,6 +113,13 @@ def markdown_table(rows):
             f"{_format(row['final_training_loss'], 4)} | {_format(row.get(metric_key), 4)} | {seconds} |"
         )
     return "\n".join(lines)
+
+
+def write_checkpoint(directory, saved):
+    """`results.json` with what has run so far (`saved`), so that an interrupted command loses nothing."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "results.json"), "w") as handle:
+        json.dump(dict(saved, complete=False), handle, indent=1, default=str)
 
 
 def write_outputs(directory, saved, plot=True):
