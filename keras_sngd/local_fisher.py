@@ -145,9 +145,9 @@ class LocalFisher(FisherLayer):
             `||U^T G_d U - I||_F / sqrt(d)` exceeds it (or before the first refresh); 0 refreshes at every
             due step. Chosen by measurement (`python benchmarks/refresh_schedule.py`). Defaults to `0.3`.
         statistics_every: int >= 1; the moving average takes in the batches of steps 1, k + 1, 2k + 1, ...
-            only: `1/k` of the statistics' cost (a `(d, d)` product and write per batch, the largest part of
-            an SNGD step on a wide Dense input, `docs/speed.md`), for an average over `k` times as many
-            steps (`momentum` applies per batch taken in). Defaults to `1`.
+            only: `1/k` of the statistics' cost (a `(d, d)` product and write per batch, a large part of an
+            SNGD step on a wide Dense input: `python benchmarks/overhead.py`), for an average over `k`
+            times as many steps (`momentum` applies per batch taken in). Defaults to `1`.
         max_step: float > 0 or None; the trust region: at the start of each training step, the consumers'
             previous optimizer step on `(W', b)` is shortened to at most `max_step` times the norm of
             `(W', b)` (on JAX: the step is bounded by the optimizer, right after it is made). It needs the
