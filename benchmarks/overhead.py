@@ -2,7 +2,9 @@
 
 Everything runs in ONE process, so that the ratios compare like with like on a shared machine; the
 variants are alternated and repeated, and each figure is the median over repeats of the median epoch
-time after the first (compiling) epoch.
+time after the first (compiling) epoch. `model.compile` uses Keras's default `jit_compile="auto"` (on a
+CPU-only TensorFlow: no XLA), what a user gets; `--jit-compile true` measures XLA, whose compilation of
+the SNGD step takes several seconds more than SGD's (in the first epoch, so in Table 2's fit times).
 
     python benchmarks/overhead.py                       # the full table (about 10 minutes on 2 cores)
     python benchmarks/overhead.py --images 4000 --repeats 1 --time-to-adam-images 4000   # a quick look
@@ -81,8 +83,12 @@ class EpochClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter() - self.start)
 
 
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+_jit_compile = "auto"
+
+
 def fit(model, optimizer, data, batch_size, epochs):
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=_jit_compile)
     clock = EpochClock()
     history = model.fit(*data, batch_size=batch_size, epochs=epochs, callbacks=[clock], verbose=0, shuffle=True)
     return history.history["loss"], clock.ends
@@ -135,6 +141,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--time-to-adam-epochs", type=int, default=5)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: mlp, cnn, adam")
     parser.add_argument("--update-every", type=int, default=None, help="LocalFisher update_every (default: the layer's)")
+    parser.add_argument("--jit-compile", choices=sorted(JIT_COMPILE), default="auto",
+                        help="model.compile's jit_compile; 'auto', Keras's default, is no XLA on a CPU-only TensorFlow")
     args = parser.parse_args(argv)
     args.skip = set(filter(None, args.skip.split(",")))
     args.local_fisher = {} if args.update_every is None else {"update_every": args.update_every}
@@ -142,10 +150,13 @@ def parse_arguments(argv=None):
 
 
 def main(argv=None):
+    global _jit_compile
     args = parse_arguments(argv)
+    _jit_compile = JIT_COMPILE[args.jit_compile]
     images, labels = load_dataset("fashion_mnist", "train")
     images = images.astype("float32") / 255.0
-    print(f"keras {keras.__version__}, backend {keras.backend.backend()}; LocalFisher {args.local_fisher or 'defaults'}")
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}; LocalFisher {args.local_fisher or 'defaults'}; "
+          f"jit_compile={args.jit_compile}")
     if "mlp" not in args.skip:
         data = (images[: args.images], labels[: args.images])
         rows = epoch_ratios(paper_mlp, data, VARIANTS, args)
