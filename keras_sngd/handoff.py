@@ -1,9 +1,12 @@
-"""Consumer updates handed to the optimizer, for trainers that drop in-step writes to trainable weights.
+"""Consumer updates handed to the optimizer: the trust region (every backend) and, on JAX, the refresh.
 
-The JAX trainer runs the train step as a pure function of the model's variables: a layer may update its
-own non-trainable state there, but assignments to trainable variables (the kernels of the layers a
-`LocalFisher` feeds) are dropped; only the optimizer's update writes them. So, there, a LocalFisher hands
-what it would have written to the optimizer, through two mechanisms that every Keras optimizer supports
+Two things a `LocalFisher` does to the layers it feeds belong right after the optimizer's update: the
+trust region (`max_step`) bounds that update, and it must act on the update of the step itself (bounding
+it at the start of the next step would leave the last step of a fit unbounded). And the JAX trainer runs
+the train step as a pure function of the model's variables: a layer may update its own non-trainable
+state there, but assignments to trainable variables (the consumers' kernels) are dropped; only the
+optimizer's update writes them, so there the refresh's re-expression must go through the optimizer too.
+A LocalFisher hands both to the optimizer, through two mechanisms that every Keras optimizer supports
 inside its compiled update, on every backend:
 
 - **Carriers**: trainable variables created with `overwrite_with_gradient=True` (Keras's mechanism for the
@@ -12,9 +15,9 @@ inside its compiled update, on every backend:
   LocalFisher's output returns, as those gradients, the values to hand over:
 
   ```
-  pending_flag    <- 1 if this step refreshed U, else 0
-  pending_mixing  <- M = A^(1/2), the consumer's re-expression for this refresh (I without one)
-  pending_shift   <- U_old^T (mu_old - mu_new)              (center=True only)
+  pending_flag    <- 1 if this step refreshed U, else 0                              (JAX only)
+  pending_mixing  <- M = A^(1/2), the consumer's re-expression for this refresh (I without one)  (JAX)
+  pending_shift   <- U_old^T (mu_old - mu_new)              (JAX, center=True only)
   previous_i      <- the consumer's (W', b) as this step's forward pass read them   (max_step only)
   ```
 
@@ -23,14 +26,14 @@ inside its compiled update, on every backend:
 
   ```
   W'_upd, b_upd <- bounded_step((W'_upd, b_upd), previous, max_step)   # the trust region (max_step)
-  if pending_flag:
+  if pending_flag:                                                      # JAX only
       b_upd <- b_upd - contract(W'_upd, pending_shift)                  # centering (keras_sngd.binding)
       W'_upd <- M W'_upd                                                # re-expression
   ```
 
   (the user's own kernel constraint, if any, runs last).
 
-On a refresh step the forward pass keeps the old `U` (the consumer still holds the old `W'`); the new `U`
+On JAX, on a refresh step the forward pass keeps the old `U` (the consumer still holds the old `W'`); the new `U`
 is stored for the next step, and the optimizer's update, made in the old coordinates, is re-expressed
 right after it: `U_new (M W'_upd) = U_old W'_upd`, so the model's function is kept and from the next
 step SGD on `W'` is NGD with the new `G`. The refresh thus takes effect one step after the one that made
@@ -40,7 +43,9 @@ the optimizer's step in the same step it is made.
 The per-consumer carriers of the trust region have the consumers' shapes, so they can only be created once
 the model's graph is known and before the train step is traced (no variable can be created inside it):
 `keras_sngd.reconstruct`, loading a saved model, and `FunctionPreservingRefresh` create them; for layers
-inserted by hand, call `LocalFisher.prepare_handoff()` (or pass that callback) before `fit`.
+inserted by hand, call `LocalFisher.prepare_handoff()` (or pass that callback) before `fit`. Without
+them, the trust region is off on JAX, and elsewhere falls back to bounding each step at the start of the
+next one (with a warning).
 
 Not supported: `gradient_accumulation_steps` (an accumulating optimizer merges overwritten values with
 `maximum` and applies constraints on every step).
@@ -124,14 +129,16 @@ class HandoffConstraint(keras.constraints.Constraint):
             bias_changed = bias is not None
         else:
             bias_changed = False
-        flag = ops.convert_to_tensor(fisher.pending_flag) > 0.5
-        mixing = ops.convert_to_tensor(fisher.pending_mixing)
-        if fisher.center and bias is not None:
-            shift = ops.convert_to_tensor(fisher.pending_shift)
-            bias = ops.where(flag, binding.shifted_bias(bias, kernel, shift), bias)
-            bias_changed = True
-        # Only refresh steps pay for the (d, d) x (d, outputs) product.
-        kernel = ops.cond(flag, lambda: binding.mix(mixing, kernel), lambda: kernel)
+        if fisher._hands_off():
+            # The refresh's re-expression (JAX; elsewhere it happened inside the forward pass).
+            flag = ops.convert_to_tensor(fisher.pending_flag) > 0.5
+            mixing = ops.convert_to_tensor(fisher.pending_mixing)
+            if fisher.center and bias is not None:
+                shift = ops.convert_to_tensor(fisher.pending_shift)
+                bias = ops.where(flag, binding.shifted_bias(bias, kernel, shift), bias)
+                bias_changed = True
+            # Only refresh steps pay for the (d, d) x (d, outputs) product.
+            kernel = ops.cond(flag, lambda: binding.mix(mixing, kernel), lambda: kernel)
         if bias_changed:
             binding.bias.assign(ops.cast(bias, binding.bias.dtype))
         if self.previous is not None:

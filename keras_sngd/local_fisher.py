@@ -21,10 +21,10 @@ _FROZEN_ON_JAX = (
     "kernels, and the optimizer does not update this one"
 )
 _NO_PREVIOUS = (
-    "the trust region (max_step) on JAX needs per-consumer state created before fit traces the train step: "
-    "keras_sngd.reconstruct and keras.saving.load_model create it; for layers inserted by hand call "
-    "layer.prepare_handoff() or pass keras_sngd.FunctionPreservingRefresh() to fit. Training goes on "
-    "without the bound"
+    "max_step needs state created before fit traces the train step (keras_sngd.reconstruct and "
+    "keras.saving.load_model create it; for layers inserted by hand call layer.prepare_handoff() or pass "
+    "keras_sngd.FunctionPreservingRefresh() to fit). Without it the trust region is off on JAX, and elsewhere "
+    "it bounds each step at the start of the next one, so that the last step of a fit stays unbounded"
 )
 
 
@@ -103,12 +103,15 @@ class LocalFisher(FisherLayer):
 
     **Trust region** (`max_step`, set by `reconstruct` for convolutional and recurrent networks): since
     `y` is white, the norm of a step `(dW', db)` is its effect on the layer's pre-activations, the Fisher
-    norm of the step, and the norm of `(W', b)` the size of the layer's output. With `max_step` set, each
-    training step first shortens the consumers' previous optimizer step to at most `max_step` times the
-    norm of `(W', b)` (K-FAC's update clipping, per layer, relative to the layer's size as LARS's trust
-    ratio, independent of the learning rate; `keras_sngd.trust_region`). On JAX the consumers' kernel
-    constraint bounds the optimizer's step right after it is made (its state is created by
-    `prepare_handoff()`; a layer without it warns and trains unbounded), and `bounded_step_count` stays 0.
+    norm of the step, and the norm of `(W', b)` the size of the layer's output. With `max_step` set, the
+    optimizer's step on each consumer's `(W', b)` is shortened, right after it is made, to at most
+    `max_step` times the norm of `(W', b)` before the step (K-FAC's update clipping, per layer, relative
+    to the layer's size as LARS's trust ratio, independent of the learning rate;
+    `keras_sngd.trust_region`), by a constraint on the consumer's kernel (`keras_sngd.handoff`), on every
+    backend. Its state (non-saved carriers of the consumers' weights) is created by
+    `prepare_handoff()`, which `reconstruct` and `load_model` call. A layer inserted by hand and not
+    prepared warns; it then bounds each step at the start of the next training step instead (the last
+    step of a fit stays unbounded; `bounded_step_count` counts these), and on JAX not at all.
     Why convolutional networks need it, with stronger damping: `docs/stability.md`.
 
     **During inference** (`training=False`), and in training when the layer is frozen
@@ -148,12 +151,11 @@ class LocalFisher(FisherLayer):
             only: `1/k` of the statistics' cost (a `(d, d)` product and write per batch, a large part of an
             SNGD step on a wide Dense input: `python benchmarks/overhead.py`), for an average over `k`
             times as many steps (`momentum` applies per batch taken in). Defaults to `1`.
-        max_step: float > 0 or None; the trust region: at the start of each training step, the consumers'
-            previous optimizer step on `(W', b)` is shortened to at most `max_step` times the norm of
-            `(W', b)` (on JAX: the step is bounded by the optimizer, right after it is made). It needs the
-            function-preserving mode (it changes the consumers' weights). None: no bound. Defaults to
-            `None`; `reconstruct` sets it for convolutional and recurrent networks
-            (`keras_sngd.layer_defaults`).
+        max_step: float > 0 or None; the trust region: each optimizer step on a consumer's `(W', b)` is
+            shortened to at most `max_step` times the norm of `(W', b)` (see above; call
+            `prepare_handoff()` for layers inserted by hand). It needs the function-preserving mode (it
+            changes the consumers' weights). None: no bound. Defaults to `None`; `reconstruct` sets it for
+            convolutional and recurrent networks (`keras_sngd.layer_defaults`).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -208,14 +210,15 @@ class LocalFisher(FisherLayer):
         return keras.backend.backend() == "jax" and self.preserve_function
 
     def prepare_handoff(self):
-        """Get ready to hand consumer updates to the optimizer on JAX (`keras_sngd.handoff`); a no-op elsewhere.
+        """Get ready to hand consumer updates to the optimizer (`keras_sngd.handoff`).
 
-        Installs the constraint on each consumer's kernel and, with `max_step`, creates the carriers of the
-        consumers' weights that the trust region needs. Call it outside the train step, once the model is
-        built; `keras_sngd.reconstruct`, `keras.saving.load_model` and
-        `keras_sngd.FunctionPreservingRefresh` call it for you.
+        With `max_step` (every backend) and on JAX: installs the constraint on each consumer's kernel and,
+        with `max_step`, creates the carriers of the consumers' weights that the trust region needs, so that
+        the optimizer bounds each step right after making it. Call it outside the train step, once the
+        model is built; `keras_sngd.reconstruct`, `keras.saving.load_model` and
+        `keras_sngd.FunctionPreservingRefresh` call it for you. Otherwise a no-op.
         """
-        if not (self.built and self._hands_off()):
+        if not (self.built and self.preserve_function) or (self.max_step is None and not self._hands_off()):
             return
         for binding in self.consumer_bindings()[0]:
             _install_constraint(self, binding)
@@ -266,20 +269,34 @@ class LocalFisher(FisherLayer):
     def _train_step(self, inputs, mask):
         if self._hands_off():
             return self._train_step_handing_off(inputs, mask)
-        bindings = []
-        # On JAX the bound is the consumers' kernel constraint (`_train_step_handing_off`).
-        if self.max_step is not None and keras.backend.backend() != "jax":
-            bindings = self.consumer_bindings()[0]
-        if bindings:
+        bindings = self.consumer_bindings()[0] if self.max_step is not None else []
+        prepared = bool(bindings) and all(self._previous_carriers(binding) is not None for binding in bindings)
+        fallback = bool(bindings) and not prepared
+        if fallback:
+            self._warn_unprepared()
             self._bound_consumer_steps(bindings)
         inverse_root, shift = super()._train_step(inputs, mask)
-        if bindings:
+        if prepared:
+            # The optimizer bounds this step's update right after making it (`keras_sngd.handoff`),
+            # relative to the weights it starts from: after any re-expression above.
+            carriers, values = [], []
+            for binding in bindings:
+                _install_constraint(self, binding)
+                carriers.extend(self._previous_carriers(binding))
+                values.extend(_frozen(variable) for variable in _bounded_variables(binding))
+            object.__setattr__(self, "_pending", (carriers, values))
+        elif fallback:
             # The weights this step's update starts from: after the bound and any re-expression.
             for binding, previous in zip(bindings, self._step_bound_state["previous"]):
                 for variable, old in zip(_bounded_variables(binding), previous):
                     old.assign(_frozen(variable))
             self._step_bound_state["valid"].assign(1)
         return inverse_root, shift
+
+    def _warn_unprepared(self):
+        if not self._warned_no_previous:
+            object.__setattr__(self, "_warned_no_previous", True)
+            warnings.warn(f"LocalFisher '{self.name}': {_NO_PREVIOUS}.", stacklevel=6)
 
     def _train_step_handing_off(self, inputs, mask):
         """The JAX training step: consumer updates go to the optimizer (`keras_sngd.handoff`)."""
@@ -304,9 +321,7 @@ class LocalFisher(FisherLayer):
             for binding in bindings:
                 previous = self._previous_carriers(binding)
                 if previous is None:
-                    if not self._warned_no_previous:
-                        object.__setattr__(self, "_warned_no_previous", True)
-                        warnings.warn(f"LocalFisher '{self.name}': {_NO_PREVIOUS}.", stacklevel=5)
+                    self._warn_unprepared()
                     continue
                 carriers.extend(previous)
                 values.extend(_frozen(variable) for variable in _bounded_variables(binding))
@@ -351,7 +366,8 @@ class LocalFisher(FisherLayer):
 
     @property
     def bounded_step_count(self):
-        """How many consumer steps the trust region (`max_step`) has shortened in this session (not saved)."""
+        """How many consumer steps the fallback trust region (a layer with `max_step` not prepared by
+        `prepare_handoff()`) has shortened in this session (not saved); the optimizer-side bound is not counted."""
         state = self._step_bound_state
         return 0 if state is None else int(state["bounded_steps"].numpy())
 
