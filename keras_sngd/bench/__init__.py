@@ -15,10 +15,11 @@ reported as such and not run further), time per epoch (median of the epochs afte
 compiles), the final training loss (Keras's mean over the last epoch), test accuracy (perplexity for a
 language model), and the wall-clock time (fit time, compilation included) until the seed-averaged epoch
 loss first reached the best first-order baseline's final training loss (SGD, Adam, RAdam, Muon; NGD only
-when none of them ran). One seed prints plain values; several print mean ± standard deviation. It writes
-`results.json` (settings, grid searches, every run), `results.csv` and `curves.png` to `--output-dir`;
-`--summarize DIR` recomputes the table and plot of an earlier run from its `results.json`, without
-training.
+when none of them ran). One seed prints plain values; several print mean ± standard deviation, and a
+seed that diverged is counted as such. It writes `results.json` (settings, grid searches, every run;
+saved after every run, so that an interrupted command loses nothing), `results.csv` and `curves.png` to
+`--output-dir`; `--summarize DIR` recomputes the table and plot of an earlier (or interrupted) run from its
+`results.json`, without training.
 """
 
 import os
