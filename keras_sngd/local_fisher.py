@@ -10,6 +10,7 @@ from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.handoff import HandoffConstraint
 from keras_sngd.handoff import carrier
 from keras_sngd.handoff import hand_over
+from keras_sngd.handoff import is_carrier
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
 from keras_sngd.refresh import RefreshMode
@@ -93,8 +94,9 @@ class LocalFisher(FisherLayer):
     "gradient") and a constraint on each consumer's kernel, which the optimizer applies right after its
     update. A refresh then takes effect one step after the step that made it due (that step still uses the
     old `U`, and its update is re-expressed right after it), and the function is kept as on TensorFlow.
-    `prepare_handoff()` gets a layer ready; `reconstruct` and `load_model` call it. Not supported there:
-    the optimizer's `gradient_accumulation_steps`.
+    `prepare_handoff()` gets a layer ready; `reconstruct` and `load_model` call it. The layer's own weight
+    lists (`trainable_weights`, ...) leave the carriers out; the model's `variables` hold them. Not
+    supported there: the optimizer's `gradient_accumulation_steps`.
 
     A batch with a NaN or Inf, or with every position masked, leaves the statistics unchanged and counts
     in `skipped_batch_count`; a refresh whose iteration does not converge or is not finite keeps `U` (and
@@ -203,6 +205,26 @@ class LocalFisher(FisherLayer):
             self.pending_flag = carrier(self, "pending_flag", ())
             self.pending_mixing = carrier(self, "pending_mixing", (dim, dim), "identity")
             self.pending_shift = carrier(self, "pending_shift", (dim,)) if self.center else None
+
+    # The carriers (`keras_sngd.handoff`) are trainable only so that the optimizer overwrites them: they are
+    # transport, not parameters of this layer, whose own weight lists leave them out (a model's `variables`,
+    # which its trainer and optimizer use, still hold them).
+
+    @property
+    def trainable_weights(self):
+        return [variable for variable in super().trainable_weights if not is_carrier(variable)]
+
+    @property
+    def trainable_variables(self):
+        return [variable for variable in super().trainable_variables if not is_carrier(variable)]
+
+    @property
+    def non_trainable_weights(self):
+        return [variable for variable in super().non_trainable_weights if not is_carrier(variable)]
+
+    @property
+    def non_trainable_variables(self):
+        return [variable for variable in super().non_trainable_variables if not is_carrier(variable)]
 
     def _hands_off(self):
         """Whether consumer updates go through the optimizer (`keras_sngd.handoff`): on JAX, whose trainer
