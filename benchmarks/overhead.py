@@ -22,7 +22,6 @@ Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, Loc
 
 import argparse
 import statistics
-import time
 
 import keras
 import numpy as np
@@ -30,6 +29,7 @@ from keras import ops
 
 from keras_sngd import LocalFisher
 from keras_sngd import reconstruct
+from keras_sngd.bench.training import EpochClock
 from keras_sngd.datasets import load_dataset
 from keras_sngd.models import paper_mlp
 from keras_sngd.models import small_cnn
@@ -74,15 +74,6 @@ VARIANTS = {"bare y = x U": BareProduct, "+ moment every step": MomentOnly,
             "LocalFisher, statistics_every=4": EveryFourthBatch}
 
 
-class EpochClock(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-        self.ends = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.ends.append(time.perf_counter() - self.start)
-
-
 JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
 _jit_compile = "auto"
 
@@ -91,7 +82,7 @@ def fit(model, optimizer, data, batch_size, epochs):
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=_jit_compile)
     clock = EpochClock()
     history = model.fit(*data, batch_size=batch_size, epochs=epochs, callbacks=[clock], verbose=0, shuffle=True)
-    return history.history["loss"], clock.ends
+    return history.history["loss"], clock.epoch_ends
 
 
 def steady_epoch_time(ends):

@@ -9,24 +9,15 @@ for the ratio.
 """
 
 import argparse
-import time
 
 import keras
 import numpy as np
 
 from keras_sngd import LocalFisher
 from keras_sngd import reconstruct
+from keras_sngd.bench.training import EpochClock
 from keras_sngd.datasets import load_dataset
 from keras_sngd.models import paper_mlp
-
-
-class EpochClock(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-        self.ends = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.ends.append(time.perf_counter() - self.start)
 
 
 def run(data, args, local_fisher_arguments=None):
@@ -38,7 +29,7 @@ def run(data, args, local_fisher_arguments=None):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
     clock = EpochClock()
     losses = model.fit(*data, batch_size=args.batch_size, epochs=args.epochs, callbacks=[clock], verbose=0).history["loss"]
-    durations = np.diff(np.r_[0.0, clock.ends])
+    durations = np.diff(np.r_[0.0, clock.epoch_ends])
     refreshes = [int(layer.refresh_count.numpy()) for layer in model.layers if isinstance(layer, LocalFisher)]
     return losses, durations, refreshes
 

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_sngd.consumers import NO_CONSUMER
-from keras_sngd.handoff import is_carrier
+from keras_sngd.handoff import without_carriers
 from keras_sngd.refresh import NOT_TRACED
 from keras_sngd.refresh import RefreshMode
 from keras_sngd.refresh import RefreshResult
@@ -318,8 +318,7 @@ class FisherLayer(keras.layers.Layer):
             variable.assign(store[f"{index}"])
 
     def _saved_variables(self):
-        variables = self._trainable_variables + self._non_trainable_variables
-        return [variable for variable in variables if not is_carrier(variable)]
+        return without_carriers(self._trainable_variables + self._non_trainable_variables)
 
     def compute_output_shape(self, input_shape):
         return input_shape

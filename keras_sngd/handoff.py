@@ -72,6 +72,11 @@ def is_carrier(variable):
     return getattr(variable, "_keras_sngd_carrier", False)
 
 
+def without_carriers(variables):
+    """`variables` without the carriers: a layer's own state and parameters."""
+    return [variable for variable in variables if not is_carrier(variable)]
+
+
 def hand_over(outputs, carriers, values):
     """`outputs` unchanged, with the gradient of each carrier variable set to the matching value.
 

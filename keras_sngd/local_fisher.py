@@ -10,7 +10,7 @@ from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.handoff import HandoffConstraint
 from keras_sngd.handoff import carrier
 from keras_sngd.handoff import hand_over
-from keras_sngd.handoff import is_carrier
+from keras_sngd.handoff import without_carriers
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
 from keras_sngd.refresh import RefreshMode
@@ -212,19 +212,19 @@ class LocalFisher(FisherLayer):
 
     @property
     def trainable_weights(self):
-        return [variable for variable in super().trainable_weights if not is_carrier(variable)]
+        return without_carriers(super().trainable_weights)
 
     @property
     def trainable_variables(self):
-        return [variable for variable in super().trainable_variables if not is_carrier(variable)]
+        return without_carriers(super().trainable_variables)
 
     @property
     def non_trainable_weights(self):
-        return [variable for variable in super().non_trainable_weights if not is_carrier(variable)]
+        return without_carriers(super().non_trainable_weights)
 
     @property
     def non_trainable_variables(self):
-        return [variable for variable in super().non_trainable_variables if not is_carrier(variable)]
+        return without_carriers(super().non_trainable_variables)
 
     def _hands_off(self):
         """Whether consumer updates go through the optimizer (`keras_sngd.handoff`): on JAX, whose trainer

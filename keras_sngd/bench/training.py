@@ -45,7 +45,9 @@ class GridSearch(NamedTuple):
                 "final_losses": list(self.final_losses), "best": self.best, "all_diverged": self.all_diverged}
 
 
-class _EpochClock(keras.callbacks.Callback):
+class EpochClock(keras.callbacks.Callback):
+    """`epoch_ends`: the seconds since `fit` began at the end of each epoch (compilation included)."""
+
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
         self.epoch_ends = []
@@ -65,7 +67,7 @@ def run_one(name, learning_rate, seed, data, settings):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[] if language_model else ["accuracy"],
     )
-    clock = _EpochClock()
+    clock = EpochClock()
     history = model.fit(*data.train, batch_size=settings.batch_size, epochs=settings.epochs, callbacks=[clock],
                         verbose=settings.verbose)
     test = model.evaluate(*data.test, batch_size=max(settings.batch_size, 256), verbose=0, return_dict=True)
