@@ -13,9 +13,8 @@ from keras_sngd.refresh import RefreshResult
 from keras_sngd.refresh import warm_refresh
 from keras_sngd.refresh import whitening_drift
 from keras_sngd.statistics import MovingMoments
-from keras_sngd.statistics import batch_moments
+from keras_sngd.statistics import accumulate_moments
 from keras_sngd.statistics import local_fisher_matrix
-from keras_sngd.statistics import update_moving_moments
 from keras_sngd.validation import check_bool
 from keras_sngd.validation import check_choice
 from keras_sngd.validation import check_float
@@ -178,10 +177,9 @@ class FisherLayer(keras.layers.Layer):
             mask = None  # not a mask over the non-feature axes: nothing to leave out
 
         def collect():
-            moments = batch_moments(inputs, self.axis, mask)
-            moving = update_moving_moments(
-                self.second_moment.value, self.mean.value, self.statistics_weight.value,
-                moments.second_moment, moments.mean, self.momentum, count=moments.count,
+            moving = accumulate_moments(
+                self.second_moment.value, self.mean.value, self.statistics_weight.value, inputs,
+                self.momentum, self.axis, mask,
             )
             if self._statistics_written_in_branch():
                 self._assign_moments(moving)

@@ -118,6 +118,63 @@ def update_moving_moments(moving_second_moment, moving_mean, weight, second_mome
     )
 
 
+def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, momentum, axis=-1, mask=None):
+    """`update_moving_moments(..., *batch_moments(inputs, axis, mask), momentum)` in fewer passes over `(d, d)`.
+
+    The same exponential moving average, computed the way a training step can afford it every batch:
+
+    ```
+    c       = (1 - momentum) / count                    # count: unmasked rows over every replica
+    x_r    <- sqrt(c) x_r                                # scales the (rows, d) batch, not the (d, d) result
+    moving <- momentum * moving + sum_r x_r x_r^T        # one product, one scale, one add
+    ```
+
+    The batch is accepted when the sum of its squares and the sum of its rows are finite (any NaN or Inf
+    in the input reaches both, and so does an overflow of the products) and `count > 0`; a rejected batch
+    leaves the moments unchanged (its rows are replaced by zeros and the decay by 1). Without XLA every
+    elementwise operation on a `(d, d)` matrix is a pass over memory of its own; this form makes three
+    (scale, add, the write of the state) where the two-step form makes seven, which is most of the per-step
+    cost of a wide layer's statistics beyond the product itself.
+
+    Args:
+        moving_second_moment, moving_mean, weight: the moving state, as in `update_moving_moments`.
+        inputs: the batch, as in `batch_moments`.
+        momentum: float in [0, 1).
+        axis: the feature axis. Defaults to `-1`.
+        mask: None or a boolean mask of the input's shape without the feature axis. Defaults to `None`.
+
+    Returns:
+        `MovingMoments(second_moment, mean, weight, accepted)`, equal to the two-step form to float32
+        rounding.
+    """
+    features = ops.moveaxis(ops.stop_gradient(inputs), axis, -1)
+    dim = features.shape[-1]
+    rows = ops.cast(ops.reshape(features, (-1, dim)), "float32")
+    if mask is None:
+        count = ops.cast(ops.shape(rows)[0], "float32")
+    else:
+        keep = ops.reshape(ops.cast(mask, "bool"), (-1,))
+        rows = ops.where(keep[:, None], rows, 0.0)
+        count = ops.sum(ops.cast(keep, "float32"))
+    row_sum = ops.sum(rows, axis=0)
+    square_sum = ops.sum(ops.square(rows))
+    row_sum, square_sum, count = sum_across_replicas([row_sum, square_sum, count])
+    accepted = ops.isfinite(square_sum) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
+    keep_fraction = 1.0 - momentum
+    scale = ops.where(accepted, ops.sqrt(keep_fraction / ops.maximum(count, 1.0)), 0.0)
+    # `where`, not only the zero scale: a rejected batch may hold NaN, and 0 * NaN is NaN.
+    scaled = ops.where(accepted, rows, 0.0) * scale
+    (outer,) = sum_across_replicas([ops.matmul(ops.transpose(scaled), scaled)])
+    decay = ops.where(accepted, momentum, 1.0)
+    mean_step = ops.where(accepted, row_sum * (keep_fraction / ops.maximum(count, 1.0)), 0.0)
+    return MovingMoments(
+        decay * moving_second_moment + outer,
+        decay * moving_mean + mean_step,
+        decay * weight + ops.where(accepted, keep_fraction, 0.0),
+        accepted,
+    )
+
+
 def local_fisher_matrix(moving_second_moment, moving_mean, weight, center=False, activation_factor=1.0):
     """The local Fisher matrix from the moving moments (paper: `G_k = E(v_f) E(x x^T)`).
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from keras_sngd.statistics import accumulate_moments
 from keras_sngd.statistics import batch_moments
 from keras_sngd.statistics import local_fisher_matrix
 from keras_sngd.statistics import update_moving_moments
@@ -55,6 +56,55 @@ def test_non_finite_batch_leaves_statistics_unchanged(bad):
     np.testing.assert_array_equal(np.asarray(new_second_moment), moving_second_moment)
     np.testing.assert_array_equal(np.asarray(new_mean), moving_mean)
     assert float(weight) == 0.5
+
+
+def _two_step(state, batch, momentum, axis=-1, mask=None):
+    moments = batch_moments(batch, axis, mask)
+    return update_moving_moments(*state, moments.second_moment, moments.mean, momentum, count=moments.count)
+
+
+@pytest.mark.parametrize("shape, axis", [((16, 5), -1), ((4, 6, 6, 3), -1), ((4, 3, 6, 6), 1), ((4, 7, 5), -1)])
+def test_accumulate_moments_equals_the_two_step_update(shape, axis):
+    """The fused per-step form the layers use is the same moving average as batch_moments + update."""
+    rng = np.random.default_rng(2)
+    dim = shape[axis]
+    state = (np.eye(dim, dtype="float32") * 0.3, np.full(dim, 0.2, "float32"), np.float32(0.4))
+    for _ in range(3):
+        batch = (rng.standard_normal(shape) * 3.0 + 1.0).astype("float32")
+        fused = accumulate_moments(*state, batch, 0.9, axis)
+        reference = _two_step(state, batch, 0.9, axis)
+        assert bool(fused.accepted) and bool(reference.accepted)
+        for got, expected in zip(fused[:3], reference[:3]):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+        state = tuple(np.asarray(value) for value in fused[:3])
+
+
+def test_accumulate_moments_leaves_masked_rows_out():
+    rng = np.random.default_rng(3)
+    batch = rng.standard_normal((4, 6, 3)).astype("float32")
+    mask = rng.random((4, 6)) > 0.4
+    batch[~mask] = np.nan  # padding may hold anything
+    state = (np.zeros((3, 3), "float32"), np.zeros(3, "float32"), np.float32(0.0))
+    fused = accumulate_moments(*state, batch, 0.5, -1, mask)
+    rows = batch[mask].astype(np.float64)
+    assert bool(fused.accepted)
+    np.testing.assert_allclose(np.asarray(fused.second_moment), 0.5 * rows.T @ rows / len(rows), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(fused.mean), 0.5 * rows.mean(axis=0), rtol=1e-5, atol=1e-7)
+    empty = accumulate_moments(*state, batch, 0.5, -1, np.zeros((4, 6), bool))
+    assert not bool(empty.accepted) and float(empty.weight) == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30])
+def test_accumulate_moments_skips_a_non_finite_batch(bad):
+    """NaN, Inf, or values whose products overflow float32: the state stays exactly as it was."""
+    state = (np.eye(3, dtype="float32"), np.ones(3, "float32"), np.float32(0.5))
+    batch = np.ones((4, 3), "float32")
+    batch[1, 2] = bad
+    fused = accumulate_moments(*state, batch, 0.9)
+    assert not bool(fused.accepted)
+    np.testing.assert_array_equal(np.asarray(fused.second_moment), state[0])
+    np.testing.assert_array_equal(np.asarray(fused.mean), state[1])
+    assert float(fused.weight) == 0.5
 
 
 def test_centered_fisher_is_covariance_times_activation_factor():
