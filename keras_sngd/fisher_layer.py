@@ -157,15 +157,11 @@ class FisherLayer(keras.layers.Layer):
             due = ops.convert_to_tensor(False)
             result = self._unchanged(old_inverse_root, old_shift)
         else:
-            due = self._refresh_due(step, moving)
             bindings, mode = self._refresh_plan(in_step=True)
             self._set_refresh_mode(mode)
+            *result, due = self._refresh_if_due(step, moving, bindings, old_inverse_root, old_shift)
             # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
-            result = RefreshResult(*(ops.stop_gradient(value) for value in ops.cond(
-                due,
-                lambda: tuple(self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH)),
-                lambda: tuple(self._unchanged(old_inverse_root, old_shift)),
-            )))
+            result = RefreshResult(*(ops.stop_gradient(value) for value in result))
         self._write_state(moving, step, due, result)
         return self._step_output(result, old_inverse_root, old_shift)
 
@@ -202,22 +198,34 @@ class FisherLayer(keras.layers.Layer):
         self.mean.assign(moving.mean)
         self.statistics_weight.assign(moving.weight)
 
-    def _refresh_due(self, step, moving):
-        """Whether this step refreshes: every `update_every` steps, if there was no refresh yet or `U` has
-        drifted from whitening `G` by more than `refresh_tolerance` (always, with tolerance 0)."""
-        check = ops.equal(step % self.update_every, 0)
-        if self.refresh_tolerance == 0:
-            return check
-        first = ops.equal(self.refresh_count.value, 0)
+    def _refresh_if_due(self, step, moving, bindings, old_inverse_root, old_shift):
+        """`(*RefreshResult, due)`: the refresh when due, else the unchanged state.
 
-        def drifted():
+        Due: every `update_every` steps, if there was no refresh yet or `U` has drifted from whitening `G`
+        by more than `refresh_tolerance` (always, with tolerance 0). One conditional per step: the drift
+        estimate and the refresh's own conditional run only on the steps that check.
+        """
+        check = ops.equal(step % self.update_every, 0)
+
+        def unchanged(due):
+            return (*self._unchanged(old_inverse_root, old_shift), ops.convert_to_tensor(due))
+
+        def refreshed():
+            return (*self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH), ops.convert_to_tensor(True))
+
+        if self.refresh_tolerance == 0:
+            return ops.cond(check, refreshed, lambda: unchanged(False))
+
+        def checked():
+            first = ops.equal(self.refresh_count.value, 0)
             fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
                                          self.activation_factor)
             drift = whitening_drift(fisher, self.inverse_root.value, self.damping)
-            return first | ~(drift <= self.refresh_tolerance)
+            # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
+            due = first | ~(drift <= self.refresh_tolerance)
+            return ops.cond(due, refreshed, lambda: unchanged(False))
 
-        # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
-        return ops.cond(check, drifted, lambda: ops.convert_to_tensor(False))
+        return ops.cond(check, checked, lambda: unchanged(False))
 
     def _refresh(self, moving, bindings, write):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with

@@ -132,9 +132,11 @@ def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, moment
     The batch is accepted when the sum of its squares and the sum of its rows are finite (any NaN or Inf
     in the input reaches both, and so does an overflow of the products) and `count > 0`; a rejected batch
     leaves the moments unchanged (its rows are replaced by zeros and the decay by 1). Without XLA every
-    elementwise operation on a `(d, d)` matrix is a pass over memory of its own; this form makes three
-    (scale, add, the write of the state) where the two-step form makes seven, which is most of the per-step
-    cost of a wide layer's statistics beyond the product itself.
+    elementwise operation is a pass over memory of its own. Where a batch has few rows per feature (before a
+    Dense layer) the rows are scaled and the wide `(d, d)` matrix sees three passes (scale, add, the write
+    of the state) where the two-step form makes seven; where it has many (the pixels before a convolution,
+    the time steps before a recurrent layer) the rows are read only by the product and the row sum, and
+    the scaling and the finite check (from the trace of `sum_r x_r x_r^T`) act on the small matrix.
 
     Args:
         moving_second_moment, moving_mean, weight: the moving state, as in `update_moving_moments`.
@@ -156,23 +158,46 @@ def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, moment
         keep = ops.reshape(ops.cast(mask, "bool"), (-1,))
         rows = ops.where(keep[:, None], rows, 0.0)
         count = ops.sum(ops.cast(keep, "float32"))
-    row_sum = ops.sum(rows, axis=0)
-    square_sum = ops.sum(ops.square(rows))
-    row_sum, square_sum, count = sum_across_replicas([row_sum, square_sum, count])
-    accepted = ops.isfinite(square_sum) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
     keep_fraction = 1.0 - momentum
-    scale = ops.where(accepted, ops.sqrt(keep_fraction / ops.maximum(count, 1.0)), 0.0)
-    # `where`, not only the zero scale: a rejected batch may hold NaN, and 0 * NaN is NaN.
-    scaled = ops.where(accepted, rows, 0.0) * scale
-    (outer,) = sum_across_replicas([ops.matmul(ops.transpose(scaled), scaled)])
+    if _matrix_major(features.shape):
+        # Many rows per feature (convolutions, sequences): passes over the rows cost more than passes over
+        # the small (d, d) matrix, so the rows are read by the product and the sum only.
+        outer_sum, row_sum, count = sum_across_replicas(
+            [ops.matmul(ops.transpose(rows), rows), ops.sum(rows, axis=0), count]
+        )
+        accepted = ops.isfinite(ops.trace(outer_sum)) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
+        factor = keep_fraction / ops.maximum(count, 1.0)
+        outer = ops.where(accepted, outer_sum * factor, 0.0)
+    else:
+        # Few rows (Dense layers): the rows are scaled instead of the wide (d, d) result.
+        row_sum = ops.sum(rows, axis=0)
+        square_sum = ops.sum(ops.square(rows))
+        row_sum, square_sum, count = sum_across_replicas([row_sum, square_sum, count])
+        accepted = ops.isfinite(square_sum) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
+        factor = keep_fraction / ops.maximum(count, 1.0)
+        # `where`, not only a zero scale: a rejected batch may hold NaN, and 0 * NaN is NaN.
+        scaled = ops.where(accepted, rows, 0.0) * ops.where(accepted, ops.sqrt(factor), 0.0)
+        (outer,) = sum_across_replicas([ops.matmul(ops.transpose(scaled), scaled)])
     decay = ops.where(accepted, momentum, 1.0)
-    mean_step = ops.where(accepted, row_sum * (keep_fraction / ops.maximum(count, 1.0)), 0.0)
     return MovingMoments(
         decay * moving_second_moment + outer,
-        decay * moving_mean + mean_step,
+        decay * moving_mean + ops.where(accepted, row_sum * factor, 0.0),
         decay * weight + ops.where(accepted, keep_fraction, 0.0),
         accepted,
     )
+
+
+# A batch size typical of training, to compare the size of the rows with the size of the (d, d) matrix.
+_NOMINAL_BATCH = 32
+
+
+def _matrix_major(shape):
+    """Whether a batch of this shape (features last) has more row entries than `G` has: `positions * 32 >
+    d`, with `positions` the rows per example (pixels, time steps; unknown sizes count as many)."""
+    positions = 1
+    for size in shape[1:-1]:
+        positions *= _NOMINAL_BATCH if size is None else size
+    return positions * _NOMINAL_BATCH > shape[-1]
 
 
 def local_fisher_matrix(moving_second_moment, moving_mean, weight, center=False, activation_factor=1.0):

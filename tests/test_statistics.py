@@ -63,7 +63,17 @@ def _two_step(state, batch, momentum, axis=-1, mask=None):
     return update_moving_moments(*state, moments.second_moment, moments.mean, momentum, count=moments.count)
 
 
-@pytest.mark.parametrize("shape, axis", [((16, 5), -1), ((4, 6, 6, 3), -1), ((4, 3, 6, 6), 1), ((4, 7, 5), -1)])
+# Both routes: many rows per feature (convolutions, sequences, narrow Dense inputs) and few (wide Dense).
+ROUTES = [((16, 5), -1), ((4, 6, 6, 3), -1), ((4, 3, 6, 6), 1), ((4, 7, 5), -1), ((16, 40), -1), ((8, 3, 200), -1)]
+
+
+def test_both_routes_are_exercised():
+    from keras_sngd.statistics import _matrix_major
+
+    assert {_matrix_major(np.moveaxis(np.empty(shape), axis, -1).shape) for shape, axis in ROUTES} == {True, False}
+
+
+@pytest.mark.parametrize("shape, axis", ROUTES)
 def test_accumulate_moments_equals_the_two_step_update(shape, axis):
     """The fused per-step form the layers use is the same moving average as batch_moments + update."""
     rng = np.random.default_rng(2)
@@ -79,26 +89,28 @@ def test_accumulate_moments_equals_the_two_step_update(shape, axis):
         state = tuple(np.asarray(value) for value in fused[:3])
 
 
-def test_accumulate_moments_leaves_masked_rows_out():
+@pytest.mark.parametrize("dim", [3, 400])
+def test_accumulate_moments_leaves_masked_rows_out(dim):
     rng = np.random.default_rng(3)
-    batch = rng.standard_normal((4, 6, 3)).astype("float32")
+    batch = rng.standard_normal((4, 6, dim)).astype("float32")
     mask = rng.random((4, 6)) > 0.4
     batch[~mask] = np.nan  # padding may hold anything
-    state = (np.zeros((3, 3), "float32"), np.zeros(3, "float32"), np.float32(0.0))
+    state = (np.zeros((dim, dim), "float32"), np.zeros(dim, "float32"), np.float32(0.0))
     fused = accumulate_moments(*state, batch, 0.5, -1, mask)
     rows = batch[mask].astype(np.float64)
     assert bool(fused.accepted)
-    np.testing.assert_allclose(np.asarray(fused.second_moment), 0.5 * rows.T @ rows / len(rows), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(fused.second_moment), 0.5 * rows.T @ rows / len(rows), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(fused.mean), 0.5 * rows.mean(axis=0), rtol=1e-5, atol=1e-7)
     empty = accumulate_moments(*state, batch, 0.5, -1, np.zeros((4, 6), bool))
     assert not bool(empty.accepted) and float(empty.weight) == 0.0
 
 
+@pytest.mark.parametrize("dim", [3, 40])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30])
-def test_accumulate_moments_skips_a_non_finite_batch(bad):
+def test_accumulate_moments_skips_a_non_finite_batch(bad, dim):
     """NaN, Inf, or values whose products overflow float32: the state stays exactly as it was."""
-    state = (np.eye(3, dtype="float32"), np.ones(3, "float32"), np.float32(0.5))
-    batch = np.ones((4, 3), "float32")
+    state = (np.eye(dim, dtype="float32"), np.ones(dim, "float32"), np.float32(0.5))
+    batch = np.ones((4, dim), "float32")
     batch[1, 2] = bad
     fused = accumulate_moments(*state, batch, 0.9)
     assert not bool(fused.accepted)
