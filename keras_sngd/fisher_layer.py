@@ -21,6 +21,26 @@ from keras_sngd.validation import check_float
 from keras_sngd.validation import check_int
 
 REFRESH_DTYPES = ("float32", "float64")
+AUTO = "auto"
+# `statistics_every="auto"`: inputs of rank 2 (a Dense layer's: one row per example) at least this wide take
+# every `_WIDE_PERIOD`-th batch; every other input takes every batch.
+_WIDE_FEATURES = 256
+_WIDE_PERIOD = 4
+
+
+def statistics_period(statistics_every, input_shape):
+    """The period `k` of the statistics for `statistics_every` (an int, or `"auto"`) and an input shape.
+
+    `"auto"`: 4 before a Dense layer whose input has at least 256 features (rank-2 inputs: one row per
+    example), 1 elsewhere. There the `(d, d)` product `x^T x` of a batch costs as much as the layer's own
+    whitening `x U`, and more than the consumer's forward pass (`B d^2` against `B d h` for `h` outputs), and
+    one batch adds few rows; before a convolution or a recurrent layer every pixel or time step is a row,
+    the product is small next to the layer's work, and the statistics take every batch. Measured on the
+    paper's MLP and four convolutional and recurrent networks (`benchmarks/RESULTS.md`, "statistics_every").
+    """
+    if statistics_every != AUTO:
+        return statistics_every
+    return _WIDE_PERIOD if len(input_shape) == 2 and input_shape[-1] >= _WIDE_FEATURES else 1
 # Where a conditional branch may assign variables (not JAX, whose traced branches would leak), the new U
 # is written inside the refresh branch, so that steps without a refresh do not rewrite the (d, d) state.
 _ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
@@ -55,7 +75,7 @@ class FisherLayer(keras.layers.Layer):
         refresh_dtype="float32",
         preserve_function=True,
         refresh_tolerance=0.3,
-        statistics_every=1,
+        statistics_every="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -70,7 +90,13 @@ class FisherLayer(keras.layers.Layer):
         self.refresh_dtype = check_choice("refresh_dtype", refresh_dtype, REFRESH_DTYPES)
         self.preserve_function = check_bool("preserve_function", preserve_function)
         self.refresh_tolerance = check_float("refresh_tolerance", refresh_tolerance, minimum=0.0)
-        self.statistics_every = check_int("statistics_every", statistics_every, minimum=1)
+        if isinstance(statistics_every, str) and statistics_every != AUTO:
+            raise ValueError(f"`statistics_every` must be an int >= 1 or 'auto'. Received: "
+                             f"statistics_every={statistics_every!r}")
+        self.statistics_every = (
+            statistics_every if statistics_every == AUTO else check_int("statistics_every", statistics_every, minimum=1)
+        )
+        self._statistics_period = None if statistics_every == AUTO else statistics_every
         self.supports_masking = True
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
         # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
@@ -87,6 +113,7 @@ class FisherLayer(keras.layers.Layer):
                 f"{tuple(input_shape)}."
             )
         self.input_spec = keras.InputSpec(ndim=rank, axes={self.axis: dim})
+        self._statistics_period = statistics_period(self.statistics_every, input_shape)
 
         def state(name, shape, initializer="zeros", dtype="float32"):
             return self.add_weight(
@@ -181,17 +208,18 @@ class FisherLayer(keras.layers.Layer):
                 self._assign_moments(moving)
             return tuple(moving)
 
-        if self.statistics_every == 1:
+        period = self._statistics_period
+        if period == 1:
             return MovingMoments(*collect())
 
         def keep():
             return (self.second_moment.value, self.mean.value, self.statistics_weight.value,
                     ops.convert_to_tensor(True))
 
-        return MovingMoments(*ops.cond(ops.equal((step - 1) % self.statistics_every, 0), collect, keep))
+        return MovingMoments(*ops.cond(ops.equal((step - 1) % period, 0), collect, keep))
 
     def _statistics_written_in_branch(self):
-        return self.statistics_every > 1 and _ASSIGN_IN_BRANCH
+        return self._statistics_period > 1 and _ASSIGN_IN_BRANCH
 
     def _assign_moments(self, moving):
         self.second_moment.assign(moving.second_moment)

@@ -170,3 +170,30 @@ def test_statistics_every_in_config():
 
     assert LocalFisher.from_config(LocalFisher(statistics_every=4).get_config()).statistics_every == 4
     assert FisherStatistics(statistics_every=2).statistics_every == 2
+
+
+@pytest.mark.parametrize(
+    "shape, period",
+    [((None, 784), 4), ((None, 256), 4), ((None, 255), 1), ((None, 80), 1), ((None, 28, 28, 3), 1),
+     ((None, 28, 512), 1)],
+)
+def test_statistics_every_auto_takes_every_fourth_batch_before_wide_dense_inputs_only(shape, period):
+    """The default: wide rank-2 inputs (one row per example, a (d, d) product as costly as `x U`) take every
+    4th batch; convolutions, sequences and narrow inputs take every batch. The config keeps "auto"."""
+    from keras_sngd import LocalFisher
+
+    layer = LocalFisher()
+    layer.build(shape)
+    assert layer.statistics_every == "auto" and layer._statistics_period == period
+    assert LocalFisher.from_config(layer.get_config()).statistics_every == "auto"
+    explicit = LocalFisher(statistics_every=2)
+    explicit.build(shape)
+    assert explicit._statistics_period == 2
+
+
+@pytest.mark.parametrize("value", ["sometimes", 0, -1, 1.5])
+def test_statistics_every_rejects_bad_values(value):
+    from keras_sngd import LocalFisher
+
+    with pytest.raises(ValueError, match="statistics_every"):
+        LocalFisher(statistics_every=value)
