@@ -193,9 +193,10 @@ class FisherLayer(keras.layers.Layer):
         return self._step_output(result, old_inverse_root, old_shift)
 
     def _collect_statistics(self, inputs, mask, step):
-        """The moving moments after this batch (`MovingMoments`); masked rows are left out. With
-        `statistics_every = k > 1` only steps 1, k + 1, 2k + 1, ... take their batch in; the others keep the
-        moments (and, where branches may assign, do not rewrite them)."""
+        """The moving moments after this batch (`MovingMoments`); masked rows are left out. With a period
+        `k > 1` (`statistics_every`) every batch is taken in until the first accepted refresh, and after it
+        only those of steps 1, k + 1, 2k + 1, ...; the others keep the moments (and, where branches may
+        assign, do not rewrite them)."""
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
             mask = None  # not a mask over the non-feature axes: nothing to leave out
 
@@ -216,7 +217,9 @@ class FisherLayer(keras.layers.Layer):
             return (self.second_moment.value, self.mean.value, self.statistics_weight.value,
                     ops.convert_to_tensor(True))
 
-        return MovingMoments(*ops.cond(ops.equal((step - 1) % period, 0), collect, keep))
+        # Every batch until the first refresh, so that it never rests on a few batches' rows.
+        take = ops.equal(self.refresh_count.value, 0) | ops.equal((step - 1) % period, 0)
+        return MovingMoments(*ops.cond(take, collect, keep))
 
     def _statistics_written_in_branch(self):
         return self._statistics_period > 1 and _ASSIGN_IN_BRANCH

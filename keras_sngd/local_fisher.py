@@ -149,8 +149,8 @@ class LocalFisher(FisherLayer):
         refresh_tolerance: float >= 0; a due refresh runs only when the estimated whitening drift
             `||U^T G_d U - I||_F / sqrt(d)` exceeds it (or before the first refresh); 0 refreshes at every
             due step. Chosen by measurement (`python benchmarks/refresh_schedule.py`). Defaults to `0.3`.
-        statistics_every: int >= 1 or `"auto"`; with `k`, the moving average takes in the batches of steps
-            1, k + 1, 2k + 1, ... only: `1/k` of the statistics' cost (a `(d, d)` product per batch, as large
+        statistics_every: int >= 1 or `"auto"`; with `k`, the moving average takes in every batch until
+            the first accepted refresh, then those of steps 1, k + 1, 2k + 1, ... only: `1/k` of the statistics' cost (a `(d, d)` product per batch, as large
             as the whitening `x U` itself on a wide Dense input), for an average over `k` times as many
             steps (`momentum` applies per batch taken in). `"auto"`: 4 before a Dense layer with at least 256
             input features (rank-2 inputs), 1 elsewhere (convolutions and recurrent layers get many rows per

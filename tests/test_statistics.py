@@ -130,15 +130,17 @@ def test_centered_fisher_is_covariance_times_activation_factor():
 
 
 @pytest.mark.parametrize("compiled", [False, True])
-def test_statistics_every_k_takes_in_steps_1_k_plus_1_and_so_on(compiled):
-    """`statistics_every=3`: after 7 steps the moving moments average batches 1, 4 and 7 only."""
+@pytest.mark.parametrize("update_every, taken", [(2, (0, 1, 3, 6)), (1000, tuple(range(7)))])
+def test_statistics_every_k_takes_in_steps_1_k_plus_1_and_so_on(compiled, update_every, taken):
+    """`statistics_every=3`: every batch until the first refresh (step 2 here), then only those of steps
+    4 and 7 (1, k + 1, 2k + 1, ...); without a refresh yet, every batch."""
     import keras
 
     from keras_sngd import LocalFisher
 
     rng = np.random.default_rng(0)
     batches = [(rng.standard_normal((16, 5)) * (index + 1)).astype("float32") for index in range(7)]
-    layer = LocalFisher(statistics_every=3, momentum=0.5, update_every=1000)
+    layer = LocalFisher(statistics_every=3, momentum=0.5, update_every=update_every)
     if compiled:
         model = keras.Sequential([keras.Input((5,)), layer, keras.layers.Dense(2)])
         model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=True)
@@ -148,10 +150,11 @@ def test_statistics_every_k_takes_in_steps_1_k_plus_1_and_so_on(compiled):
         for batch in batches:
             layer(batch, training=True)
     moving, weight = np.zeros((5, 5)), 0.0
-    for batch in (batches[0], batches[3], batches[6]):
-        moving = 0.5 * moving + 0.5 * batch.T @ batch / len(batch)
+    for index in taken:
+        moving = 0.5 * moving + 0.5 * batches[index].T @ batches[index] / len(batches[index])
         weight = 0.5 * weight + 0.5
     assert int(layer.step.numpy()) == 7
+    assert (int(layer.refresh_count.numpy()) > 0) == (update_every == 2)
     np.testing.assert_allclose(float(layer.statistics_weight.numpy()), weight, rtol=1e-6)
     np.testing.assert_allclose(layer.second_moment.numpy(), moving, rtol=1e-5, atol=1e-5)
 
