@@ -59,3 +59,46 @@ def test_sngd_beats_sgd_on_family(name, fashion_mnist_subset):
 # on this machine (0.87, 0.87, 0.78, 0.68, from `train` above) and 1, so that other CPUs'
 # rounding cannot flip it. Plain SGD at lr 0.1 is still near chance (1.87-2.30) after these 32 steps.
 MARGIN = {"plain_cnn": 0.94, "cnn_bn": 0.94, "resnet_small": 0.89, "lstm_rows": 0.84}
+
+
+def deep_plain_cnn(depth=16, width=16):
+    """A VGG-like chain of `depth - 2` 3x3 convolutions and two Dense layers, no normalization."""
+    layers = [keras.Input((28, 28, 1))]
+    for index in range(depth - 2):
+        layers.append(keras.layers.Conv2D(width, 3, padding="same", activation="relu"))
+        if index in (depth // 4, depth // 2):
+            layers.append(keras.layers.MaxPooling2D())
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
+    return keras.Sequential(layers)
+
+
+def test_trust_radius_falls_with_the_depth_of_unnormalized_networks():
+    from keras_sngd.layer_defaults import trust_radius
+    from keras_sngd.layer_defaults import unnormalized_depth
+
+    assert unnormalized_depth(deep_plain_cnn()) == 16
+    assert trust_radius(deep_plain_cnn()) == pytest.approx(0.05 * (5 / 16) ** 2)
+    vgg = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10)
+    assert unnormalized_depth(vgg) == 16 and trust_radius(vgg) < 0.005
+    for name in ["plain_cnn", "cnn_bn", "resnet_small", "lstm_rows"]:  # shallow or normalized: unchanged
+        assert trust_radius(REFERENCE_MODELS[name](input_shape=(28, 28, 1), classes=10)) == 0.05
+    model = keras_sngd.reconstruct(deep_plain_cnn())
+    assert {layer.max_step for layer in model.layers if isinstance(layer, LocalFisher)} == {trust_radius(deep_plain_cnn())}
+
+
+@pytest.mark.slow
+def test_deep_plain_cnn_does_not_blow_up(fashion_mnist_subset):
+    """16 parameterized layers, no normalization, lr 0.3: with one radius of 0.05 for every depth SNGD's
+    epoch loss jumped to 27.6 right after the first refreshes (the layers' relative steps compound); with
+    the depth-scaled radius it stays near or below chance and ends below plain SGD, which does not learn."""
+    data = tuple(array[:256] for array in fashion_mnist_subset)
+    losses = {}
+    for sngd in (False, True):
+        keras.utils.set_random_seed(0)
+        model = deep_plain_cnn()
+        if sngd:
+            model = keras_sngd.reconstruct(model)
+        model.compile(keras.optimizers.SGD(0.3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        losses[sngd] = model.fit(*data, batch_size=32, epochs=5, shuffle=False, verbose=0).history["loss"]
+    assert np.isfinite(losses[True]).all() and max(losses[True]) < 2.4, losses
+    assert losses[True][-1] < losses[False][-1] - 0.05, losses
