@@ -238,14 +238,14 @@ class FisherLayer(keras.layers.Layer):
         """
         check = ops.equal(step % self.update_every, 0)
 
-        def unchanged(due):
-            return (*self._unchanged(old_inverse_root, old_shift), ops.convert_to_tensor(due))
+        def unchanged():
+            return (*self._unchanged(old_inverse_root, old_shift), ops.convert_to_tensor(False))
 
         def refreshed():
             return (*self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH), ops.convert_to_tensor(True))
 
         if self.refresh_tolerance == 0:
-            return ops.cond(check, refreshed, lambda: unchanged(False))
+            return ops.cond(check, refreshed, unchanged)
 
         def checked():
             first = ops.equal(self.refresh_count.value, 0)
@@ -254,9 +254,9 @@ class FisherLayer(keras.layers.Layer):
             drift = whitening_drift(fisher, self.inverse_root.value, self.damping)
             # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
             due = first | ~(drift <= self.refresh_tolerance)
-            return ops.cond(due, refreshed, lambda: unchanged(False))
+            return ops.cond(due, refreshed, unchanged)
 
-        return ops.cond(check, checked, lambda: unchanged(False))
+        return ops.cond(check, checked, unchanged)
 
     def _refresh(self, moving, bindings, write):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with
