@@ -96,10 +96,11 @@ def reconstruct(
             `(keras.layers.Dense,)`. Defaults to `None`.
         exclude: names of layers that get no LocalFisher. Defaults to `()`.
         local_fisher_arguments: dict of `LocalFisher` arguments for every inserted layer (`axis` is set from
-            the consumer). Defaults to `None`: the LocalFisher defaults for a network of Dense layers, and
-            `keras_sngd.layer_defaults.STABLE_ARGUMENTS` (stronger damping, a trust region on each step,
-            earlier refreshes) when the network has a convolution or recurrent layer; keys given here
-            override those.
+            the consumer). Defaults to `None`: a trust region on each step (`max_step`, 0.05, smaller in deep
+            networks without normalization: `keras_sngd.layer_defaults.trust_radius`) and otherwise the
+            LocalFisher defaults for a network of Dense layers, and also
+            `keras_sngd.layer_defaults.STABLE_ARGUMENTS` (stronger damping, earlier refreshes) when the
+            network has a convolution or recurrent layer; keys given here override those.
         per_layer_arguments: dict from a layer name to a dict of `LocalFisher` arguments for the layer before
             it, over `local_fisher_arguments`. Defaults to `None`.
         return_report: also return the `ReconstructionReport`. Defaults to `False`.
