@@ -40,11 +40,15 @@ from keras_sngd.models import small_cnn
 class BareProduct(LocalFisher):
     """Only `y = x U`: the floor of the design."""
 
+    def __init__(self, **kwargs):
+        kwargs["max_step"] = None  # no trust region: its state would go unused by this `call`
+        super().__init__(**kwargs)
+
     def call(self, inputs, training=None, mask=None):
         return self._transform(inputs, self.inverse_root.value, None)
 
 
-class MomentOnly(LocalFisher):
+class MomentOnly(BareProduct):
     """`y = x U` plus the moving second moment every step, nothing else."""
 
     def call(self, inputs, training=None, mask=None):
