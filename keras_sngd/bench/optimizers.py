@@ -64,7 +64,9 @@ def _ngd(plain, learning_rate, local_fisher_arguments):
     from keras_sngd.optimizers import NGD
     from keras_sngd.reconstruct import reconstruct
 
-    model = reconstruct(plain, local_fisher_arguments=local_fisher_arguments, layer_class=FisherStatistics)
+    # `--local-fisher` applies to SNGD and NGD alike; the statistics-only layer has no trust region.
+    arguments = {key: value for key, value in (local_fisher_arguments or {}).items() if key != "max_step"}
+    model = reconstruct(plain, local_fisher_arguments=arguments, layer_class=FisherStatistics)
     return model, NGD(learning_rate).attach(model)
 
 
