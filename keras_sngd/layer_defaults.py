@@ -84,13 +84,13 @@ def trust_radius(model):
     which points into the directions where the next layer's effective kernel `W = U W'` is large (its
     input's low-variance directions, which `U` amplifies), so the next layer's output moves by more, and so
     on down the chain. Keras's VGG16 (16 parameterized layers, no normalization) diverged at learning rate
-    0.3 with a radius of 0.05 and of 0.0156 (5 / L) and trained with 0.005; a plain 16-layer CNN jumped to a
-    loss of 27.6 with 0.05 and trained with both; `plain_cnn` (5 layers) trains with 0.05. Normalization
-    layers reset the scale between layers, so networks with them keep 0.05.
+    0.3 with a radius of 0.05 and of 0.0156 (5 / L) and trained with 0.005; a plain 16-layer CNN jumped to an
+    epoch loss of 68 with 0.05 and trained with 0.0156 and 0.005; `plain_cnn` (5 layers) trains with 0.05
+    (`benchmarks/deep_plain.py`, docs/stability.md section 5). Normalization layers reset the scale between
+    layers, so networks with them keep 0.05.
     """
     depth = unnormalized_depth(model)
-    return STABLE_ARGUMENTS["max_step"] * min(1.0, (_SHALLOW / depth) ** 2) if depth > _SHALLOW else (
-        STABLE_ARGUMENTS["max_step"])
+    return STABLE_ARGUMENTS["max_step"] * min(1.0, (_SHALLOW / max(depth, 1)) ** 2)
 
 
 def needs_stable_arguments(model):
