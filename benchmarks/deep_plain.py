@@ -4,7 +4,7 @@ Trains plain SGD and SNGD (`keras_sngd.reconstruct` with its defaults, or with `
 first real Fashion-MNIST training images and prints each run's epoch losses. Models: `vgg16`
 (`keras.applications.VGG16(weights=None)`, 32x32x3 inputs: the images padded and repeated over 3
 channels, 16 parameterized layers, no normalization) and `deep_plain` (14 3x3 convolutions of 16
-channels and two Dense layers, no normalization).
+channels and two Dense layers, no normalization: `keras_sngd.models.deep_plain_cnn`).
 
     python benchmarks/deep_plain.py --model deep_plain --lr 0.3 --max-step default,0.05,0.0156,0.005
     python benchmarks/deep_plain.py --model vgg16 --lr 0.3 --max-step 0.0156,0.01,0.005 --epochs 3
@@ -23,16 +23,7 @@ import numpy as np
 
 from keras_sngd import reconstruct
 from keras_sngd.datasets import load_dataset
-
-
-def deep_plain(depth=16, width=16):
-    layers = [keras.Input((28, 28, 1))]
-    for index in range(depth - 2):
-        layers.append(keras.layers.Conv2D(width, 3, padding="same", activation="relu"))
-        if index in (depth // 4, depth // 2):
-            layers.append(keras.layers.MaxPooling2D())
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
-    return keras.Sequential(layers)
+from keras_sngd.models import deep_plain_cnn
 
 
 def vgg16():
@@ -60,7 +51,7 @@ def main(argv=None):
     parser.add_argument("--shuffle", action="store_true", help="shuffle the batches (default: a fixed order)")
     args = parser.parse_args(argv)
     extra = json.loads(args.local_fisher)
-    builder = {"deep_plain": deep_plain, "vgg16": vgg16}[args.model]
+    builder = {"deep_plain": deep_plain_cnn, "vgg16": vgg16}[args.model]
     x, y = data(args.model, args.samples)
     runs = [("SGD", None)] + [(f"SNGD max_step={value}", value) for value in args.max_step.split(",")]
     for label, max_step in runs:

@@ -96,7 +96,7 @@ class FisherLayer(keras.layers.Layer):
         self.statistics_every = (
             statistics_every if statistics_every == AUTO else check_int("statistics_every", statistics_every, minimum=1)
         )
-        self._statistics_period = None if statistics_every == AUTO else statistics_every
+        self._statistics_period = None  # set by `build`: `statistics_period(statistics_every, input_shape)`
         self.supports_masking = True
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
         # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
@@ -158,15 +158,12 @@ class FisherLayer(keras.layers.Layer):
             raise ValueError(f"{type(self).__name__} '{self.name}' is not built: call it on data first.")
         if float(ops.convert_to_numpy(self.statistics_weight.value)) <= 0.0:
             return False
+        moving = MovingMoments(self.second_moment.value, self.mean.value, self.statistics_weight.value, True)
         if only_if_drifted and self.refresh_tolerance > 0 and int(ops.convert_to_numpy(self.refresh_count.value)):
-            fisher = local_fisher_matrix(self.second_moment.value, self.mean.value, self.statistics_weight.value,
-                                         self.center, self.activation_factor)
-            drift = float(ops.convert_to_numpy(whitening_drift(fisher, self.inverse_root.value, self.damping)))
-            if drift <= self.refresh_tolerance:
+            if float(ops.convert_to_numpy(self._drift(moving))) <= self.refresh_tolerance:
                 return False
         bindings, mode = self._refresh_plan(in_step=False)
         self._set_refresh_mode(mode)
-        moving = MovingMoments(self.second_moment.value, self.mean.value, self.statistics_weight.value, True)
         result = self._refresh(moving, bindings, write=True)
         accepted = bool(ops.convert_to_numpy(result.accepted))
         counter = self.refresh_count if accepted else self.failed_refresh_count
@@ -248,15 +245,17 @@ class FisherLayer(keras.layers.Layer):
             return ops.cond(check, refreshed, unchanged)
 
         def checked():
-            first = ops.equal(self.refresh_count.value, 0)
-            fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
-                                         self.activation_factor)
-            drift = whitening_drift(fisher, self.inverse_root.value, self.damping)
             # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
-            due = first | ~(drift <= self.refresh_tolerance)
+            due = ops.equal(self.refresh_count.value, 0) | ~(self._drift(moving) <= self.refresh_tolerance)
             return ops.cond(due, refreshed, unchanged)
 
         return ops.cond(check, checked, unchanged)
+
+    def _drift(self, moving):
+        """The estimated whitening drift `||U^T G_d U - I||_F / sqrt(d)` of the current `U` for `moving`."""
+        fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
+                                     self.activation_factor)
+        return whitening_drift(fisher, self.inverse_root.value, self.damping)
 
     def _refresh(self, moving, bindings, write):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with

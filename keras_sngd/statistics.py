@@ -69,21 +69,24 @@ def batch_moments(inputs, axis=-1, mask=None):
         `BatchMoments(second_moment, mean, count)`, float32, gradients stopped. With no unmasked row the
         moments are zero and `count` is 0.
     """
-    features = ops.moveaxis(ops.stop_gradient(inputs), axis, -1)
-    dim = features.shape[-1]
-    rows = ops.cast(ops.reshape(features, (-1, dim)), "float32")
-    if mask is None:
-        count = ops.cast(ops.shape(rows)[0], "float32")
-    else:
-        keep = ops.reshape(ops.cast(mask, "bool"), (-1,))
-        # `where`, not a product: a padded row may hold anything, even NaN, and must not reach the sums.
-        rows = ops.where(keep[:, None], rows, 0.0)
-        count = ops.sum(ops.cast(keep, "float32"))
+    rows, count = _rows(inputs, axis, mask)
     outer_sum = ops.matmul(ops.transpose(rows), rows)
     row_sum = ops.sum(rows, axis=0)
     outer_sum, row_sum, count = sum_across_replicas([outer_sum, row_sum, count])
     safe_count = ops.maximum(count, 1.0)
     return BatchMoments(outer_sum / safe_count, row_sum / safe_count, count)
+
+
+def _rows(inputs, axis, mask):
+    """`(rows, count)`: the features on `axis` as float32 rows `(n, d)` without gradient, masked rows zeroed,
+    and the number of unmasked rows."""
+    features = ops.moveaxis(ops.stop_gradient(inputs), axis, -1)
+    rows = ops.cast(ops.reshape(features, (-1, features.shape[-1])), "float32")
+    if mask is None:
+        return rows, ops.cast(ops.shape(rows)[0], "float32")
+    keep = ops.reshape(ops.cast(mask, "bool"), (-1,))
+    # `where`, not a product: a padded row may hold anything, even NaN, and must not reach the sums.
+    return ops.where(keep[:, None], rows, 0.0), ops.sum(ops.cast(keep, "float32"))
 
 
 def update_moving_moments(moving_second_moment, moving_mean, weight, second_moment, mean, momentum, count=None):
@@ -149,17 +152,9 @@ def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, moment
         `MovingMoments(second_moment, mean, weight, accepted)`, equal to the two-step form to float32
         rounding.
     """
-    features = ops.moveaxis(ops.stop_gradient(inputs), axis, -1)
-    dim = features.shape[-1]
-    rows = ops.cast(ops.reshape(features, (-1, dim)), "float32")
-    if mask is None:
-        count = ops.cast(ops.shape(rows)[0], "float32")
-    else:
-        keep = ops.reshape(ops.cast(mask, "bool"), (-1,))
-        rows = ops.where(keep[:, None], rows, 0.0)
-        count = ops.sum(ops.cast(keep, "float32"))
+    rows, count = _rows(inputs, axis, mask)
     keep_fraction = 1.0 - momentum
-    if _matrix_major(features.shape):
+    if _matrix_major(inputs.shape, axis):
         # Many rows per feature (convolutions, sequences): passes over the rows cost more than passes over
         # the small (d, d) matrix, so the rows are read by the product and the sum only.
         outer_sum, row_sum, count = sum_across_replicas(
@@ -191,13 +186,16 @@ def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, moment
 _NOMINAL_BATCH = 32
 
 
-def _matrix_major(shape):
-    """Whether a batch of this shape (features last) has more row entries than `G` has: `positions * 32 >
-    d`, with `positions` the rows per example (pixels, time steps; unknown sizes count as many)."""
+def _matrix_major(shape, axis=-1):
+    """Whether a batch of this shape has more row entries than `G` has: `positions * 32 > d`, with `d` the
+    size on `axis` and `positions` the rows per example (the sizes off the batch and feature axes: pixels,
+    time steps; unknown sizes count as many)."""
+    axis = axis % len(shape)
     positions = 1
-    for size in shape[1:-1]:
-        positions *= _NOMINAL_BATCH if size is None else size
-    return positions * _NOMINAL_BATCH > shape[-1]
+    for index, size in enumerate(shape[1:], start=1):
+        if index != axis:
+            positions *= _NOMINAL_BATCH if size is None else size
+    return positions * _NOMINAL_BATCH > shape[axis]
 
 
 def local_fisher_matrix(moving_second_moment, moving_mean, weight, center=False, activation_factor=1.0):

@@ -70,7 +70,7 @@ ROUTES = [((16, 5), -1), ((4, 6, 6, 3), -1), ((4, 3, 6, 6), 1), ((4, 7, 5), -1),
 def test_both_routes_are_exercised():
     from keras_sngd.statistics import _matrix_major
 
-    assert {_matrix_major(np.moveaxis(np.empty(shape), axis, -1).shape) for shape, axis in ROUTES} == {True, False}
+    assert {_matrix_major(shape, axis) for shape, axis in ROUTES} == {True, False}
 
 
 @pytest.mark.parametrize("shape, axis", ROUTES)

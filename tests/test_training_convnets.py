@@ -16,6 +16,7 @@ import keras_sngd
 from keras_sngd import LocalFisher
 from keras_sngd.datasets.idx import load_idx_directory
 from keras_sngd.models import REFERENCE_MODELS
+from keras_sngd.models import deep_plain_cnn
 
 SAMPLES, BATCH_SIZE, EPOCHS, LEARNING_RATE = 1024, 64, 2, 0.1
 
@@ -61,17 +62,6 @@ def test_sngd_beats_sgd_on_family(name, fashion_mnist_subset):
 MARGIN = {"plain_cnn": 0.94, "cnn_bn": 0.94, "resnet_small": 0.89, "lstm_rows": 0.84}
 
 
-def deep_plain_cnn(depth=16, width=16):
-    """A VGG-like chain of `depth - 2` 3x3 convolutions and two Dense layers, no normalization."""
-    layers = [keras.Input((28, 28, 1))]
-    for index in range(depth - 2):
-        layers.append(keras.layers.Conv2D(width, 3, padding="same", activation="relu"))
-        if index in (depth // 4, depth // 2):
-            layers.append(keras.layers.MaxPooling2D())
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
-    return keras.Sequential(layers)
-
-
 def test_trust_radius_falls_with_the_depth_of_unnormalized_networks():
     from keras_sngd.layer_defaults import trust_radius
     from keras_sngd.layer_defaults import unnormalized_depth
@@ -102,3 +92,9 @@ def test_deep_plain_cnn_does_not_blow_up(fashion_mnist_subset):
         losses[sngd] = model.fit(*data, batch_size=32, epochs=5, shuffle=False, verbose=0).history["loss"]
     assert np.isfinite(losses[True]).all() and max(losses[True]) < 2.4, losses
     assert losses[True][-1] < losses[False][-1] - 0.05, losses
+
+
+@pytest.mark.parametrize("arguments", [{"depth": 2}, {"depth": 0}, {"width": 0}, {"input_shape": (3, 3, 1)}])
+def test_deep_plain_cnn_rejects_bad_arguments(arguments):
+    with pytest.raises(ValueError, match=next(iter(arguments))):
+        deep_plain_cnn(**arguments)

@@ -17,6 +17,7 @@ from keras_sngd.models.mlp import paper_mlp
 from keras_sngd.models.mlp import small_cnn
 from keras_sngd.models.resnet import resnet18_cifar
 from keras_sngd.models.small_nets import cnn_bn
+from keras_sngd.models.small_nets import deep_plain_cnn
 from keras_sngd.models.small_nets import lstm_rows
 from keras_sngd.models.small_nets import plain_cnn
 from keras_sngd.models.small_nets import resnet_small

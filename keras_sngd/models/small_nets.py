@@ -160,6 +160,45 @@ def lstm_rows(input_shape=(28, 28, 1), classes=10, units=64, name="lstm_rows"):
     )
 
 
+def deep_plain_cnn(input_shape=(28, 28, 1), classes=10, depth=16, width=16, name="deep_plain_cnn"):
+    """A deep VGG-like chain without normalization: `depth - 2` 3x3 convolutions and two Dense layers.
+
+    Architecture: `depth - 2` times `Conv2D(width, 3, relu, same)`, with a `MaxPooling2D(2)` after the
+    convolutions `depth // 4` and `depth // 2` (counted from 0) -> `GlobalAveragePooling2D` ->
+    `Dense(64, relu)` -> `Dense(classes)` (logits). `depth` parameterized layers and no normalization: the
+    case where `reconstruct` shrinks the trust radius with depth (`keras_sngd.layer_defaults.trust_radius`,
+    `benchmarks/deep_plain.py`). Not one of `REFERENCE_MODELS`.
+
+    Args:
+        input_shape: `(height, width, channels)`, positive ints, height and width >= 4. Defaults to
+            `(28, 28, 1)`.
+        classes: int >= 1, the number of output logits. Defaults to `10`.
+        depth: int >= 3, the number of parameterized layers. Defaults to `16`.
+        width: int >= 1, the convolutions' channels. Defaults to `16`.
+        name: the model's name. Defaults to `"deep_plain_cnn"`.
+
+    Returns:
+        A `keras.Sequential` model, built.
+    """
+    input_shape, classes, name = _image_arguments(input_shape, classes, name)
+    depth, width = check_positive_int("depth", depth), check_positive_int("width", width)
+    if depth < 3:
+        raise ValueError(f"`depth` must be at least 3 (a convolution and two Dense layers). Received: depth={depth}")
+    if min(input_shape[:2]) < 4:
+        raise ValueError(f"`input_shape` must be at least 4x4 (two 2x2 poolings). Received: input_shape={input_shape!r}")
+    layers = [keras.Input(input_shape)]
+    for index in range(depth - 2):
+        layers.append(keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv_{index + 1}"))
+        if index in (depth // 4, depth // 2):
+            layers.append(keras.layers.MaxPooling2D(2, name=f"pool_{index + 1}"))
+    layers += [
+        keras.layers.GlobalAveragePooling2D(name="global_pool"),
+        keras.layers.Dense(64, activation="relu", name="dense"),
+        keras.layers.Dense(classes, name="logits"),
+    ]
+    return keras.Sequential(layers, name=name)
+
+
 def _image_arguments(input_shape, classes, name):
     input_shape = check_shape("input_shape", input_shape, rank=(3,))
     if min(input_shape[:2]) < 2:
