@@ -3,7 +3,8 @@
 Everything runs in ONE process, so that the ratios compare like with like on a shared machine: every
 variant's model is built, compiled and trained one untimed epoch, then the variants' epochs are timed in
 turn, round after round; each figure is the median epoch time (and, in Table 1, the ratio of the fastest
-epochs, the least disturbed by other processes). `model.compile` uses Keras's default `jit_compile="auto"` (on a
+epochs, the least disturbed by other processes). An epoch is timed from its start to its end inside `fit`
+(`EpochTimer`), without `fit`'s own setup and teardown, which are the same for every model. `model.compile` uses Keras's default `jit_compile="auto"` (on a
 CPU-only TensorFlow: no XLA), what a user gets; `--jit-compile true` measures XLA, whose compilation of
 the SNGD step takes several seconds more than SGD's (in the first epoch, so in Table 2's fit times).
 
@@ -14,7 +15,7 @@ Table 1, paper MLP (784-80-80-10) on real Fashion-MNIST, batch 50: epoch time as
   bare `y = x U` (a layer that only multiplies), + the moving second moment every step, the LocalFisher
   with its refresh disabled (statistics and counters), with `statistics_every=1` (statistics from every
   batch), and with its defaults (`statistics_every="auto"`: every 4th batch before the 784-wide input);
-  and the same ratio of the LocalFisher defaults on `small_cnn`.
+  and the same rows for `small_cnn` (whose only wide Dense input is its 800-wide head).
 Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, LocalFisher defaults)
   final training losses, and the fit time (compilation included) for SNGD (defaults, and
   `statistics_every=1`) to reach Adam's final loss, as a fraction of Adam's fit time (linear
@@ -100,11 +101,27 @@ def build(builder, layer_class, data, local_fisher_arguments=None):
     return reconstruct(plain, layer_class=layer_class, local_fisher_arguments=local_fisher_arguments)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """`seconds`: the time from the start to the end of the (one) epoch of a `fit` call.
+
+    It leaves out what `fit` does before the first epoch and after the last (building the `tf.data`
+    iterator from the arrays, releasing it): the same Keras code for every model, paid once per `fit`, which
+    on the development machine took either nothing or about 0.6 s at random, and dominated the spread of
+    whole-`fit` timings of one-epoch calls (`small_cnn`: 0.64 to 1.31 s per call for the same model).
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
 def epoch_ratios(builder, data, variants, args):
     """Epoch time of each variant and of SGD: every model is built and compiled once and trained one
-    untimed epoch (compilation, first refreshes), then the variants' epochs are timed in turn, `repeats` x
-    `epochs - 1` rounds, so that a slow spell of the shared machine hits every variant alike. Returns
-    `{name: (median seconds, median ratio to SGD, min ratio to SGD)}`."""
+    untimed epoch (compilation, first refreshes), then the variants' epochs are timed in turn (`EpochTimer`),
+    `repeats` x `epochs - 1` rounds, so that a slow spell of the shared machine hits every variant alike.
+    Returns `{name: (median seconds, median ratio to SGD, min ratio to SGD)}`."""
     models = {}
     for name in ["SGD"] + list(variants):
         model = build(builder, None if name == "SGD" else variants[name], data, args.local_fisher)
@@ -115,12 +132,18 @@ def epoch_ratios(builder, data, variants, args):
     times = {name: [] for name in models}
     for _ in range(args.repeats * max(args.epochs - 1, 1)):
         for name, model in models.items():
-            start = time.perf_counter()
-            model.fit(*data, batch_size=args.batch_size, epochs=1, verbose=0)
-            times[name].append(time.perf_counter() - start)
+            timer = EpochTimer()
+            model.fit(*data, batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer])
+            times[name].append(timer.seconds)
     sgd_median, sgd_min = statistics.median(times["SGD"]), min(times["SGD"])
     return {name: (statistics.median(values), statistics.median(values) / sgd_median, min(values) / sgd_min)
             for name, values in times.items()}
+
+
+def print_rows(rows):
+    print("| variant | s/epoch (median) | ratio to SGD (median) | ratio (fastest epochs) |\n|---|---|---|---|")
+    for name, (seconds, ratio, fastest) in rows.items():
+        print(f"| {name} | {seconds:.2f} | {ratio:.2f} | {fastest:.2f} |", flush=True)
 
 
 def time_to_reach(losses, ends, target):
@@ -165,16 +188,12 @@ def main(argv=None):
         data = (images[: args.images], labels[: args.images])
         rows = epoch_ratios(paper_mlp, data, VARIANTS, args)
         print(f"\npaper MLP, {args.images} images, batch {args.batch_size}: steady epoch time and ratio to SGD")
-        print("| variant | s/epoch (median) | ratio to SGD (median) | ratio (fastest epochs) |\n|---|---|---|---|")
-        for name, (seconds, ratio, fastest) in rows.items():
-            print(f"| {name} | {seconds:.2f} | {ratio:.2f} | {fastest:.2f} |")
+        print_rows(rows)
     if "cnn" not in args.skip:
         data = (images[: args.cnn_images], labels[: args.cnn_images])
-        rows = epoch_ratios(small_cnn, data, {"LocalFisher defaults": LocalFisher}, args)
-        print(f"\nsmall_cnn, {args.cnn_images} images, batch {args.batch_size}: "
-              f"SNGD/SGD epoch ratio {rows['LocalFisher defaults'][1]:.2f} "
-              f"({rows['LocalFisher defaults'][0]:.2f} s vs {rows['SGD'][0]:.2f} s; fastest epochs "
-              f"{rows['LocalFisher defaults'][2]:.2f})", flush=True)
+        rows = epoch_ratios(small_cnn, data, VARIANTS, args)
+        print(f"\nsmall_cnn, {args.cnn_images} images, batch {args.batch_size}: steady epoch time and ratio to SGD")
+        print_rows(rows)
     if "adam" not in args.skip:
         data = (images[: args.time_to_adam_images], labels[: args.time_to_adam_images])
         epochs = args.time_to_adam_epochs

@@ -121,3 +121,40 @@ def first_tensor(args):
     if args and isinstance(args[0], keras.KerasTensor):
         return args[0]
     return None
+
+
+def reads_fixed_features(tensor, inputs_are_fixed=True):
+    """Whether `tensor` is computed from the model's inputs by layers without trainable weights only.
+
+    Such a tensor holds fixed features (raw data, preprocessed data, or the output of a frozen backbone):
+    training cannot change them, and their second moments are a property of the data. Walks the graph
+    back from `tensor`: an `InputLayer` gives `inputs_are_fixed` (False for a nested model called on
+    trained features), a layer or nested model with trainable weights gives False, and any other layer or
+    raw operation gives the answer for all of its inputs.
+    """
+    # Over the operations `tensor` depends on, with a stack (no recursion: graphs can be thousands deep).
+    pending, seen = [tensor], set()
+    while pending:
+        history = getattr(pending.pop(), "_keras_history", None)
+        if history is None:
+            continue  # a constant
+        operation, node_index, _ = history
+        if (id(operation), node_index) in seen:
+            continue
+        seen.add((id(operation), node_index))
+        if isinstance(operation, keras.layers.InputLayer):
+            if not inputs_are_fixed:
+                return False
+        elif is_layer(operation) and operation.trainable_weights:
+            return False
+        else:
+            pending.extend(operation._inbound_nodes[node_index].input_tensors)
+    return True
+
+
+def calls_read_fixed_features(layer, inputs_are_fixed=True):
+    """Whether every recorded call of `layer` (its inbound nodes) reads fixed features
+    (`reads_fixed_features`); False for a layer never called in a graph."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    tensors = [tensor for node in nodes for tensor in node.input_tensors]
+    return bool(tensors) and all(reads_fixed_features(tensor, inputs_are_fixed) for tensor in tensors)

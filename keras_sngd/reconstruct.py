@@ -16,8 +16,11 @@ from keras_sngd.graph import is_layer
 from keras_sngd.graph import sequential_input
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
+from keras_sngd.graph import calls_read_fixed_features
+from keras_sngd.graph import reads_fixed_features
 from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.layer_defaults import default_arguments
+from keras_sngd.layer_defaults import fixed_feature_damping
 from keras_sngd.local_fisher import LocalFisher
 
 logger = logging.getLogger("keras_sngd")
@@ -29,11 +32,13 @@ class ReconstructionReport:
     Attributes:
         inserted: list of `(layer_path, layer_type, local_fisher_name, features, axis)`.
         skipped: list of `(layer_path, layer_type, reason)`.
+        notes: list of `(local_fisher_name, note)`: arguments chosen for one inserted layer, and why.
     """
 
     def __init__(self):
         self.inserted = []
         self.skipped = []
+        self.notes = []
 
     def summary(self):
         """One line: how many LocalFishers were inserted, and the skipped layers grouped by type and reason."""
@@ -51,8 +56,12 @@ class ReconstructionReport:
 
     def __str__(self):
         rows = [self.summary()]
+        notes = {}
+        for name, note in self.notes:
+            notes.setdefault(name, []).append(note)
         for path, kind, name, features, axis in self.inserted:
-            rows.append(f"  + {path} ({kind}): LocalFisher '{name}', {features} features on axis {axis}")
+            rows.append(f"  + {path} ({kind}): LocalFisher '{name}', {features} features on axis {axis}"
+                        + "".join(f"; {note}" for note in notes.get(name, [])))
         for path, kind, reason in self.skipped:
             rows.append(f"  - {path} ({kind}): skipped, {reason}")
         return "\n".join(rows)
@@ -100,7 +109,11 @@ def reconstruct(
             networks without normalization: `keras_sngd.layer_defaults.trust_radius`) and otherwise the
             LocalFisher defaults for a network of Dense layers, and also
             `keras_sngd.layer_defaults.STABLE_ARGUMENTS` (stronger damping, earlier refreshes) when the
-            network has a convolution or recurrent layer; keys given here override those.
+            network has a convolution or recurrent layer; and `damping` 1.0 before a Dense or EinsumDense
+            layer whose input is fixed features (no layer with trainable weights before it: raw or
+            preprocessed data, a frozen backbone's output), so that whitening does not erase the data's own
+            structure (`keras_sngd.layer_defaults.fixed_feature_damping`; the report notes it). Keys given
+            here override those.
         per_layer_arguments: dict from a layer name to a dict of `LocalFisher` arguments for the layer before
             it, over `local_fisher_arguments`. Defaults to `None`.
         return_report: also return the `ReconstructionReport`. Defaults to `False`.
@@ -154,6 +167,7 @@ def reconstruct(
         raise ValueError(f"No layers named {sorted(unknown)} in model {model.name!r} (from `exclude`/`per_layer_arguments`).")
 
     options = {
+        "user_keys": set(local_fisher_arguments),
         "layer_types": layer_types,
         "exclude": exclude,
         "arguments": dict(default_arguments(model, layer_class), **local_fisher_arguments),
@@ -161,7 +175,7 @@ def reconstruct(
         "layer_class": layer_class,
     }
     report = ReconstructionReport()
-    new_model = _reconstruct(model, options, report, prefix="")
+    new_model = _reconstruct(model, options, report, prefix="", inputs_are_fixed=True)
     for _, layer in walk_layers(new_model):
         # On JAX: the consumers' constraints and the trust region's state, before fit traces a step.
         if hasattr(layer, "prepare_handoff"):
@@ -170,8 +184,9 @@ def reconstruct(
     return (new_model, report) if return_report else new_model
 
 
-def _decide(layer, options, prefix, report, already_whitened):
-    """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`."""
+def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
+    """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`.
+    `reads_fixed`: a callable, whether the layer's input is fixed features (`reads_fixed_features`)."""
     path = prefix + layer.name
     kind = type(layer).__name__
     if not is_layer(layer) or isinstance(layer, (FisherLayer, keras.layers.InputLayer)) or not layer.weights:
@@ -195,31 +210,52 @@ def _decide(layer, options, prefix, report, already_whitened):
     if already_whitened is not None:
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
         return None
-    arguments = dict(options["arguments"], **options["per_layer"].get(layer.name, {}))
-    local_fisher = options["layer_class"](axis=binding.feature_axis, name=f"{layer.name}_local_fisher", **arguments)
+    own = options["per_layer"].get(layer.name, {})
+    arguments = dict(options["arguments"], **own)
+    name = f"{layer.name}_local_fisher"
+    note = None
+    if "damping" not in options["user_keys"] | set(own) and reads_fixed():
+        damping = fixed_feature_damping(layer, arguments.get("damping", 0.0), binding.features)
+        if damping != arguments.get("damping"):
+            arguments["damping"] = damping
+            note = f"damping {damping:g}: its input is fixed features (no trained layer before it)"
+    local_fisher = options["layer_class"](axis=binding.feature_axis, name=name, **arguments)
     report.inserted.append((path, kind, local_fisher.name, binding.features, binding.feature_axis))
+    if note:
+        report.notes.append((local_fisher.name, note))
     return local_fisher
 
 
-def _reconstruct(model, options, report, prefix):
+def _reconstruct(model, options, report, prefix, inputs_are_fixed):
+    """`reconstruct` of `model`, whose inputs are fixed features if `inputs_are_fixed` (False for a nested
+    model called on what a trained layer computed)."""
     pairs = []
+    sequential = isinstance(model, keras.Sequential)
+    fixed_so_far = [inputs_are_fixed]  # Sequential: no trained layer yet
 
     def clone(layer):
         if isinstance(layer, keras.Model):
-            new = _reconstruct(layer, options, report, prefix + layer.name + "/")
+            if sequential:
+                fixed = fixed_so_far[0]
+            else:
+                fixed = calls_read_fixed_features(layer, inputs_are_fixed)
+            new = _reconstruct(layer, options, report, prefix + layer.name + "/", fixed)
         else:
             new = clone_layer(layer)
         pairs.append((layer, new))
         return new
 
-    if isinstance(model, keras.Sequential):
+    if sequential:
         new_layers = [sequential_input(model)]
         previous = None
         for layer in model.layers:
-            local_fisher = _decide(layer, options, prefix, report, previous if isinstance(previous, FisherLayer) else None)
+            whitened = previous if isinstance(previous, FisherLayer) else None
+            local_fisher = _decide(layer, options, prefix, report, whitened, lambda: fixed_so_far[0])
             if local_fisher is not None:
                 new_layers.append(local_fisher)
             new_layers.append(clone(layer))
+            if is_layer(layer) and layer.trainable_weights:
+                fixed_so_far[0] = False
             previous = layer
         new_model = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
     else:
@@ -231,7 +267,8 @@ def _reconstruct(model, options, report, prefix):
                 if id(layer) not in shared:
                     producer = source_operation(tensor)
                     whitened = producer if isinstance(producer, FisherLayer) else None
-                    shared[id(layer)] = _decide(original, options, prefix, report, whitened)
+                    shared[id(layer)] = _decide(original, options, prefix, report, whitened,
+                                                lambda: reads_fixed_features(tensor, inputs_are_fixed))
                 local_fisher = shared[id(layer)]
                 if local_fisher is not None:
                     args = (local_fisher(tensor),) + tuple(args[1:])
