@@ -6,7 +6,7 @@ the final training loss and the accuracy on the 10,000 test images of:
 - Adam and Muon (`keras.optimizers.Muon`, which uses Adam for the variables that are not matrices) at lr
   1e-3 and 3e-3, with Keras's defaults otherwise (Muon's include `weight_decay=0.1`);
 - SNGD = `keras_sngd.reconstruct(model)` trained with `keras.optimizers.SGD(0.1)`: what a user writes;
-- "SNGD, one damping": the same with one damping for every LocalFisher (the network's default, passed as
+- "SNGD 0.1 one damping": the same with one damping for every LocalFisher (the network's default, passed as
   `local_fisher_arguments={"damping": ...}`), i.e. without `reconstruct`'s stronger damping before Dense
   layers that read fixed features (`keras_sngd.layer_defaults.fixed_feature_damping`): the before/after of
   that rule.
@@ -38,7 +38,7 @@ def _runs():
         runs[f"Adam {rate:g}"] = (lambda rate=rate: keras.optimizers.Adam(rate), None)
         runs[f"Muon {rate:g}"] = (lambda rate=rate: keras.optimizers.Muon(learning_rate=rate), None)
     runs["SNGD 0.1"] = (lambda: keras.optimizers.SGD(0.1), lambda model: {})
-    runs["SNGD 0.1, one damping"] = (
+    runs["SNGD 0.1 one damping"] = (
         lambda: keras.optimizers.SGD(0.1),
         lambda model: {"damping": default_arguments(model).get("damping", 0.01)},
     )
