@@ -22,9 +22,12 @@ Fisher metric, on the size of the layer's output rather than of its weights.
 import argparse
 import math
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `python benchmarks/NAME.py` from the repository root: the `benchmarks` package is the root's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,17 +1,22 @@
 """Test accuracy after 5 epochs on the whole of Fashion-MNIST: SNGD against Adam and Muon (issue #8).
 
 For each model and seed, on all 60,000 real Fashion-MNIST training images (batch 64, shuffled, 5 epochs),
-the final training loss and the accuracy on the 10,000 test images of:
+the final training loss and the accuracy on the 10,000 test images of each run of `--runs`:
 
-- Adam and Muon (`keras.optimizers.Muon`, which uses Adam for the variables that are not matrices) at lr
-  1e-3 and 3e-3, with Keras's defaults otherwise (Muon's include `weight_decay=0.1`);
-- SNGD = `keras_sngd.reconstruct(model)` trained with `keras.optimizers.SGD(0.1)`: what a user writes;
-- "SNGD 0.1 one damping": the same with one damping for every LocalFisher (the network's default, passed as
-  `local_fisher_arguments={"damping": ...}`), i.e. without `reconstruct`'s stronger damping before Dense
-  layers that read fixed features (`keras_sngd.layer_defaults.fixed_feature_damping`): the before/after of
-  that rule.
+- `Adam LR`, `Muon LR`: `keras.optimizers.Adam` / `keras.optimizers.Muon` (which uses Adam for the
+  variables that are not matrices) at that learning rate, Keras's defaults otherwise (Muon's include
+  `weight_decay=0.1`);
+- `SNGD LR`: `keras_sngd.reconstruct(model)` trained with `keras.optimizers.SGD(LR)`: what a user writes;
+- `SNGD LR damping D`: every LocalFisher with damping `D`;
+- `SNGD LR fixed-feature damping D`: only the LocalFishers `reconstruct` finds reading fixed features
+  (before Dense layers on the raw input: `keras_sngd.layer_defaults.fixed_feature_damping`) get `D`, the
+  others keep their defaults; `D = none` turns the rule off (those layers get the network's damping, as
+  before the rule existed);
+- `SNGD LR wd W`: with SGD's decoupled weight decay, `SGD(LR, weight_decay=W)`. It acts on the whitened
+  kernel: `W' <- (1 - LR W) W'` shrinks the effective `W = U W'` by the same factor between refreshes.
 
-    python benchmarks/generalization.py                          # the MLP, 3 seeds: about 6 minutes on 2 cores
+    python benchmarks/generalization.py                  # the MLP, the default runs, 3 seeds: about 6 minutes on 2 cores
+    python benchmarks/generalization.py --runs "SNGD 0.1 fixed-feature damping 0.3,SNGD 0.1 damping 1"
     python benchmarks/generalization.py --models cnn_bn --seeds 0 --runs "Adam 0.001,Muon 0.001,SNGD 0.1"
 
 It prints one markdown table per model, mean ± standard deviation over the seeds.
@@ -19,9 +24,12 @@ It prints one markdown table per model, mean ± standard deviation over the seed
 
 import argparse
 import os
+import sys
 import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `python benchmarks/NAME.py` from the repository root: the `benchmarks` package is the root's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,30 +39,52 @@ from benchmarks.stability_common import load_subset  # noqa: E402
 from benchmarks.stability_common import plain_model  # noqa: E402
 from keras_sngd.layer_defaults import default_arguments  # noqa: E402
 
-
-def _runs():
-    runs = {}
-    for rate in (1e-3, 3e-3):
-        runs[f"Adam {rate:g}"] = (lambda rate=rate: keras.optimizers.Adam(rate), None)
-        runs[f"Muon {rate:g}"] = (lambda rate=rate: keras.optimizers.Muon(learning_rate=rate), None)
-    runs["SNGD 0.1"] = (lambda: keras.optimizers.SGD(0.1), lambda model: {})
-    runs["SNGD 0.1 one damping"] = (
-        lambda: keras.optimizers.SGD(0.1),
-        lambda model: {"damping": default_arguments(model).get("damping", 0.01)},
-    )
-    return runs
+DEFAULT_RUNS = ("Adam 0.001,Adam 0.003,Muon 0.001,Muon 0.003,SNGD 0.1,SNGD 0.1 fixed-feature damping none")
 
 
-RUNS = _runs()
+def parse_run(label):
+    """`(optimizer factory, reconstruct arguments factory or None)` for a run label (see the docstring)."""
+    words = label.split()
+    try:
+        name, rate, rest = words[0], float(words[1]), words[2:]
+    except (IndexError, ValueError):
+        raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR' or 'SNGD LR [...]'.") from None
+    if name in ("Adam", "Muon") and not rest:
+        make = keras.optimizers.Adam if name == "Adam" else keras.optimizers.Muon
+        return (lambda: make(learning_rate=rate)), None
+    if name != "SNGD":
+        raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR' or 'SNGD LR [...]'.")
+    if not rest:
+        return (lambda: keras.optimizers.SGD(rate)), (lambda model: {})
+    if rest[0] == "wd" and len(rest) == 2:
+        decay = float(rest[1])
+        return (lambda: keras.optimizers.SGD(rate, weight_decay=decay)), (lambda model: {})
+    if rest[0] == "damping" and len(rest) == 2:
+        damping = float(rest[1])
+        return (lambda: keras.optimizers.SGD(rate)), (lambda model: {"local_fisher_arguments": {"damping": damping}})
+    if rest[:2] == ["fixed-feature", "damping"] and len(rest) == 3:
+        value = rest[2]
+
+        def arguments(model):
+            if value == "none":
+                return {"local_fisher_arguments": {"damping": default_arguments(model).get("damping", 0.01)}}
+            _, report = keras_sngd.reconstruct(model, return_report=True)
+            noted = {name for name, _ in report.notes}
+            layers = [path for path, _, name, _, _ in report.inserted if name in noted]
+            return {"per_layer_arguments": {path.split("/")[-1]: {"damping": float(value)} for path in layers}}
+
+        return (lambda: keras.optimizers.SGD(rate)), arguments
+    raise ValueError(f"Bad run {label!r}: after 'SNGD LR' expected nothing, 'wd W', 'damping D' or "
+                     "'fixed-feature damping D|none'.")
 
 
 def run(model_name, label, seed, train, test, epochs):
     """`(final training loss, test accuracy)` of one run."""
-    optimizer, local_fisher = RUNS[label]
+    optimizer, reconstruct_arguments = parse_run(label)
     keras.utils.set_random_seed(seed)
     model = plain_model(model_name)
-    if local_fisher is not None:
-        model = keras_sngd.reconstruct(model, local_fisher_arguments=local_fisher(model))
+    if reconstruct_arguments is not None:
+        model = keras_sngd.reconstruct(model, **reconstruct_arguments(model))
     model.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     loss = model.fit(*train, batch_size=64, epochs=epochs, verbose=0).history["loss"][-1]
     accuracy = model.evaluate(*test, batch_size=512, verbose=0, return_dict=True)["accuracy"]
@@ -73,12 +103,14 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--samples", type=int, default=60000, help="training images (the first N)")
-    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, from: " + ", ".join(RUNS))
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma-separated run labels (default: {DEFAULT_RUNS})")
     args = parser.parse_args(argv)
     labels = [label.strip() for label in args.runs.split(",") if label.strip()]
-    unknown = [label for label in labels if label not in RUNS]
-    if unknown:
-        parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
+    for label in labels:
+        try:
+            parse_run(label)
+        except ValueError as error:
+            parser.error(f"--runs: {error}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     train, test = load_subset(args.samples), load_subset(10000, "test")
     for model_name in args.models.split(","):

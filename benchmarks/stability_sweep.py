@@ -9,9 +9,12 @@ batch 64, seed 0, no shuffling; prints the training loss after each epoch (`nan`
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `python benchmarks/NAME.py` from the repository root: the `benchmarks` package is the root's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 

@@ -1,0 +1,43 @@
+"""`benchmarks/generalization.py`: its run labels, and one tiny run on real data."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.generalization import parse_run  # noqa: E402
+from keras_sngd.models import paper_mlp  # noqa: E402
+
+
+def test_run_labels():
+    model = paper_mlp()
+    optimizer, arguments = parse_run("Muon 0.003")
+    assert type(optimizer()).__name__ == "Muon" and arguments is None
+    optimizer, arguments = parse_run("SNGD 0.1 wd 0.001")
+    assert optimizer().weight_decay == pytest.approx(0.001) and arguments(model) == {}
+    assert parse_run("SNGD 0.1 damping 0.3")[1](model) == {"local_fisher_arguments": {"damping": 0.3}}
+    # Only the layer on the raw pixels reads fixed features; `none` gives it the network's damping.
+    assert parse_run("SNGD 0.1 fixed-feature damping 3")[1](model) == {"per_layer_arguments": {"dense_1": {"damping": 3.0}}}
+    assert parse_run("SNGD 0.1 fixed-feature damping none")[1](model) == {"local_fisher_arguments": {"damping": 0.01}}
+    for bad in ["SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum 0.9", "Adam 0.1 wd 0.1"]:
+        with pytest.raises(ValueError, match="Bad run"):
+            parse_run(bad)
+
+
+def test_a_tiny_run_prints_its_table(fashion_mnist_directory):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "generalization.py"), "--samples", "512", "--epochs", "1",
+         "--seeds", "0", "--runs", "Adam 0.001,SNGD 0.1 fixed-feature damping none"],
+        capture_output=True, text=True, timeout=600, cwd=os.path.dirname(ROOT),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| Adam", "| SNGD"))]
+    assert len(rows) == 2
+    for row in rows:
+        accuracy = float(row.split("|")[2])
+        assert 0.3 < accuracy <= 1.0  # one epoch on 512 images: well above chance (0.1)
