@@ -239,7 +239,13 @@ class FisherLayer(keras.layers.Layer):
             return (*self._unchanged(old_inverse_root, old_shift), ops.convert_to_tensor(False))
 
         def refreshed():
-            return (*self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH), ops.convert_to_tensor(True))
+            result = self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH)
+            if _ASSIGN_IN_BRANCH:
+                # The counters change only here: steps without a refresh do not rewrite them.
+                accepted = ops.cast(result.accepted, "int32")
+                self.refresh_count.assign(self.refresh_count.value + accepted)
+                self.failed_refresh_count.assign(self.failed_refresh_count.value + (1 - accepted))
+            return (*result, ops.convert_to_tensor(True))
 
         if self.refresh_tolerance == 0:
             return ops.cond(check, refreshed, unchanged)
@@ -293,10 +299,13 @@ class FisherLayer(keras.layers.Layer):
             if self.center:
                 self.shift.assign(result.shift)
         self.step.assign(step)
-        self.refresh_count.assign(self.refresh_count.value + ops.cast(result.accepted, "int32"))
-        self.failed_refresh_count.assign(
-            self.failed_refresh_count.value + ops.cast(due & ~result.accepted, "int32")
-        )
+        if not _ASSIGN_IN_BRANCH or self._refresh_outside_step:
+            # (Where branches may assign, the refresh branch counts; with the refresh outside the step
+            # there is no branch, `due` is False and the counters stay.)
+            self.refresh_count.assign(self.refresh_count.value + ops.cast(result.accepted, "int32"))
+            self.failed_refresh_count.assign(
+                self.failed_refresh_count.value + ops.cast(due & ~result.accepted, "int32")
+            )
         self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~moving.accepted, "int32"))
 
     def _current_shift(self):
