@@ -8,10 +8,10 @@ the final training loss and the accuracy on the 10,000 test images of each run o
   `weight_decay=0.1`);
 - `SNGD LR`: `keras_sngd.reconstruct(model)` trained with `keras.optimizers.SGD(LR)`: what a user writes;
 - `SNGD LR damping D`: every LocalFisher with damping `D`;
-- `SNGD LR fixed-feature damping D`: only the LocalFishers `reconstruct` finds reading fixed features
-  (before Dense layers on the raw input: `keras_sngd.layer_defaults.fixed_feature_damping`) get `D`, the
-  others keep their defaults; `D = none` turns the rule off (those layers get the network's damping, as
-  before the rule existed);
+- `SNGD LR fixed-feature damping D`: the LocalFishers before layers of any type that read fixed features
+  (`keras_sngd.graph.reads_fixed_features`: the raw input) get `D`, the others keep their defaults; `D =
+  none` turns `reconstruct`'s rule off (`keras_sngd.layer_defaults.fixed_feature_damping`, which damps those
+  before Dense layers only): every layer gets the network's damping, as before the rule existed;
 - `SNGD LR wd W`: with SGD's decoupled weight decay, `SGD(LR, weight_decay=W)`. It acts on the whitened
   kernel: `W' <- (1 - LR W) W'` shrinks the effective `W = U W'` by the same factor between refreshes.
 
@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 import keras_sngd  # noqa: E402
 from benchmarks.stability_common import load_subset  # noqa: E402
 from benchmarks.stability_common import plain_model  # noqa: E402
+from keras_sngd.graph import calls_read_fixed_features  # noqa: E402
+from keras_sngd.graph import walk_layers  # noqa: E402
 from keras_sngd.layer_defaults import default_arguments  # noqa: E402
 
 DEFAULT_RUNS = ("Adam 0.001,Adam 0.003,Muon 0.001,Muon 0.003,SNGD 0.1,SNGD 0.1 fixed-feature damping none")
@@ -68,10 +70,11 @@ def parse_run(label):
         def arguments(model):
             if value == "none":
                 return {"local_fisher_arguments": {"damping": default_arguments(model).get("damping", 0.01)}}
+            layers = {layer.name: layer for _, layer in walk_layers(model)}
             _, report = keras_sngd.reconstruct(model, return_report=True)
-            noted = {name for name, _ in report.notes}
-            layers = [path for path, _, name, _, _ in report.inserted if name in noted]
-            return {"per_layer_arguments": {path.split("/")[-1]: {"damping": float(value)} for path in layers}}
+            names = [path.split("/")[-1] for path, _, _, _, _ in report.inserted]
+            fixed = [name for name in names if calls_read_fixed_features(layers[name])]
+            return {"per_layer_arguments": {name: {"damping": float(value)} for name in fixed}}
 
         return (lambda: keras.optimizers.SGD(rate)), arguments
     raise ValueError(f"Bad run {label!r}: after 'SNGD LR' expected nothing, 'wd W', 'damping D' or "

@@ -23,6 +23,11 @@ def test_run_labels():
     # Only the layer on the raw pixels reads fixed features; `none` gives it the network's damping.
     assert parse_run("SNGD 0.1 fixed-feature damping 3")[1](model) == {"per_layer_arguments": {"dense_1": {"damping": 3.0}}}
     assert parse_run("SNGD 0.1 fixed-feature damping none")[1](model) == {"local_fisher_arguments": {"damping": 0.01}}
+    # Any layer type reading fixed features (how the rule was measured before an LSTM).
+    from keras_sngd.models import lstm_rows
+
+    assert parse_run("SNGD 0.3 fixed-feature damping 1")[1](lstm_rows()) == {"per_layer_arguments": {"lstm": {"damping": 1.0}}}
+    assert parse_run("SNGD 0.3 fixed-feature damping none")[1](lstm_rows()) == {"local_fisher_arguments": {"damping": 0.1}}
     for bad in ["SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum 0.9", "Adam 0.1 wd 0.1"]:
         with pytest.raises(ValueError, match="Bad run"):
             parse_run(bad)
