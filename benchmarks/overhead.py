@@ -20,6 +20,8 @@ Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, `re
   final training losses, and the fit time (compilation included) for SNGD (defaults, `statistics_every=1`,
   and damping 0.01 on every layer as before `reconstruct` damped the one on the raw pixels) to reach
   Adam's final loss, as a fraction of Adam's fit time (linear interpolation between epoch ends).
+Table 3, paper MLP: the first one-batch `fit` of a fresh model (tracing, graph optimization, one step)
+  for SGD, Adam and SNGD, and the number of operations in each traced train step.
 """
 
 import argparse
@@ -140,6 +142,24 @@ def epoch_ratios(builder, data, variants, args):
             for name, values in times.items()}
 
 
+def first_call(builder, layer_class, optimizer, data):
+    """Seconds of the first one-batch `fit` (tracing, graph optimization and one step) of a fresh model,
+    and the number of operations in its traced train step (TensorFlow only, else None)."""
+    model = build(builder, layer_class, data)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=_jit_compile)
+    batch = (data[0][:64], data[1][:64])
+    start = time.perf_counter()
+    model.fit(*batch, batch_size=64, epochs=1, verbose=0)
+    seconds = time.perf_counter() - start
+    operations = None
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        specs = (tf.TensorSpec((64,) + batch[0].shape[1:], "float32"), tf.TensorSpec((64,), batch[1].dtype))
+        operations = len(tf.function(model.train_step).get_concrete_function(specs).graph.get_operations())
+    return seconds, operations
+
+
 def print_rows(rows):
     print("| variant | s/epoch (median) | ratio to SGD (median) | ratio (fastest epochs) |\n|---|---|---|---|")
     for name, (seconds, ratio, fastest) in rows.items():
@@ -166,7 +186,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--time-to-adam-images", type=int, default=20000)
     parser.add_argument("--time-to-adam-epochs", type=int, default=5)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: mlp, cnn, adam")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: mlp, cnn, adam, compile")
     parser.add_argument("--update-every", type=int, default=None, help="LocalFisher update_every (default: the layer's)")
     parser.add_argument("--jit-compile", choices=sorted(JIT_COMPILE), default="auto",
                         help="model.compile's jit_compile; 'auto', Keras's default, is no XLA on a CPU-only TensorFlow")
@@ -194,6 +214,16 @@ def main(argv=None):
         rows = epoch_ratios(small_cnn, data, VARIANTS, args)
         print(f"\nsmall_cnn, {args.cnn_images} images, batch {args.batch_size}: steady epoch time and ratio to SGD")
         print_rows(rows)
+    if "compile" not in args.skip:
+        data = (images[:256], labels[:256])
+        print("\npaper MLP: the first one-batch fit of a fresh model (trace, graph optimization, one step), and the "
+              "operations in its traced train step (its top-level graph; the refresh branches are functions of their own)")
+        print("| | first fit s | operations |\n|---|---|---|")
+        for label, layer_class, optimizer in [("SGD", None, keras.optimizers.SGD(0.1)),
+                                               ("Adam", None, keras.optimizers.Adam(1e-3)),
+                                               ("SNGD", LocalFisher, keras.optimizers.SGD(0.1))]:
+            seconds, operations = first_call(paper_mlp, layer_class, optimizer, data)
+            print(f"| {label} | {seconds:.2f} | {operations if operations is not None else 'n/a'} |", flush=True)
     if "adam" not in args.skip:
         data = (images[: args.time_to_adam_images], labels[: args.time_to_adam_images])
         epochs = args.time_to_adam_epochs
