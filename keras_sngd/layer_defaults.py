@@ -1,4 +1,5 @@
-"""The LocalFisher arguments `reconstruct` chooses by itself for convolutional and recurrent networks.
+"""The LocalFisher arguments `reconstruct` chooses by itself: for convolutional and recurrent networks, for
+deep networks without normalization, and for the layers that read fixed features.
 
 Measured on real Fashion-MNIST (`benchmarks/stability_trace.py`, `benchmarks/stability_sweep.py`, see
 docs/stability.md): with the LocalFisher defaults, SNGD on a CNN trains like plain SGD until the first
@@ -24,7 +25,9 @@ diverged at learning rate 0.3; with `max_step=0.05` it trains there, and at 0.1 
 the same losses to four digits). In a network with any convolution or recurrent layer, every inserted
 LocalFisher gets `STABLE_ARGUMENTS` (refreshes every 10 steps instead of 50, so that natural-gradient
 steps start sooner), since the blow-up is one mode coupling all layers, the Dense head included. In deep
-networks without normalization the radius falls with depth (`trust_radius`).
+networks without normalization the radius falls with depth (`trust_radius`). The LocalFisher before a
+Dense layer that reads fixed features (raw data, a frozen backbone's output) gets `damping` 1.0, for test
+accuracy (`fixed_feature_damping`, docs/generalization.md).
 """
 
 import inspect
