@@ -165,10 +165,8 @@ class FisherLayer(keras.layers.Layer):
         bindings, mode = self._refresh_plan(in_step=False)
         self._set_refresh_mode(mode)
         result = self._refresh(moving, bindings, write=True)
-        accepted = bool(ops.convert_to_numpy(result.accepted))
-        counter = self.refresh_count if accepted else self.failed_refresh_count
-        counter.assign(counter.value + 1)
-        return accepted
+        self._count_refresh(result.accepted, due=True)
+        return bool(ops.convert_to_numpy(result.accepted))
 
     # Steps of a training call.
 
@@ -242,9 +240,7 @@ class FisherLayer(keras.layers.Layer):
             result = self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH)
             if _ASSIGN_IN_BRANCH:
                 # The counters change only here: steps without a refresh do not rewrite them.
-                accepted = ops.cast(result.accepted, "int32")
-                self.refresh_count.assign(self.refresh_count.value + accepted)
-                self.failed_refresh_count.assign(self.failed_refresh_count.value + (1 - accepted))
+                self._count_refresh(result.accepted, due=True)
             return (*result, ops.convert_to_tensor(True))
 
         if self.refresh_tolerance == 0:
@@ -299,14 +295,18 @@ class FisherLayer(keras.layers.Layer):
             if self.center:
                 self.shift.assign(result.shift)
         self.step.assign(step)
-        if not _ASSIGN_IN_BRANCH or self._refresh_outside_step:
-            # (Where branches may assign, the refresh branch counts; with the refresh outside the step
-            # there is no branch, `due` is False and the counters stay.)
-            self.refresh_count.assign(self.refresh_count.value + ops.cast(result.accepted, "int32"))
-            self.failed_refresh_count.assign(
-                self.failed_refresh_count.value + ops.cast(due & ~result.accepted, "int32")
-            )
+        if not _ASSIGN_IN_BRANCH:
+            # (Where branches may assign, the refresh branch counts; a step with the refresh outside it
+            # never refreshes, so nothing is counted there.)
+            self._count_refresh(result.accepted, due)
         self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~moving.accepted, "int32"))
+
+    def _count_refresh(self, accepted, due):
+        """Count a refresh: accepted in `refresh_count`, due but rejected in `failed_refresh_count`."""
+        accepted = ops.convert_to_tensor(accepted)
+        self.refresh_count.assign(self.refresh_count.value + ops.cast(accepted, "int32"))
+        failed = ops.logical_and(due, ops.logical_not(accepted))
+        self.failed_refresh_count.assign(self.failed_refresh_count.value + ops.cast(failed, "int32"))
 
     def _current_shift(self):
         return self.shift.value if self.center else None

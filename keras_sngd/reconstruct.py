@@ -230,32 +230,26 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
     """`reconstruct` of `model`, whose inputs are fixed features if `inputs_are_fixed` (False for a nested
     model called on what a trained layer computed)."""
     pairs = []
-    sequential = isinstance(model, keras.Sequential)
-    fixed_so_far = [inputs_are_fixed]  # Sequential: no trained layer yet
 
     def clone(layer):
         if isinstance(layer, keras.Model):
-            if sequential:
-                fixed = fixed_so_far[0]
-            else:
-                fixed = calls_read_fixed_features(layer, inputs_are_fixed)
+            fixed = calls_read_fixed_features(layer, inputs_are_fixed)
             new = _reconstruct(layer, options, report, prefix + layer.name + "/", fixed)
         else:
             new = clone_layer(layer)
         pairs.append((layer, new))
         return new
 
-    if sequential:
+    if isinstance(model, keras.Sequential):
         new_layers = [sequential_input(model)]
         previous = None
         for layer in model.layers:
             whitened = previous if isinstance(previous, FisherLayer) else None
-            local_fisher = _decide(layer, options, prefix, report, whitened, lambda: fixed_so_far[0])
+            reads_fixed = lambda layer=layer: calls_read_fixed_features(layer, inputs_are_fixed)  # noqa: E731
+            local_fisher = _decide(layer, options, prefix, report, whitened, reads_fixed)
             if local_fisher is not None:
                 new_layers.append(local_fisher)
             new_layers.append(clone(layer))
-            if is_layer(layer) and layer.trainable_weights:
-                fixed_so_far[0] = False
             previous = layer
         new_model = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
     else:
