@@ -7,6 +7,12 @@ from keras import ops
 
 from keras_sngd.consumers import NO_CONSUMER
 from keras_sngd.handoff import without_carriers
+from keras_sngd.low_rank import AUTO as AUTO_RANK
+from keras_sngd.low_rank import SUBSPACE_ITERATIONS
+from keras_sngd.low_rank import LowRankRoot
+from keras_sngd.low_rank import initial_basis
+from keras_sngd.low_rank import low_rank_refresh
+from keras_sngd.low_rank import resolve_rank
 from keras_sngd.refresh import NOT_TRACED
 from keras_sngd.refresh import RefreshMode
 from keras_sngd.refresh import RefreshResult
@@ -55,7 +61,8 @@ class FisherLayer(keras.layers.Layer):
     (see `LocalFisher` for the formulas and the arguments). A subclass says what the layer outputs and
     what a refresh does to the model, by implementing:
 
-    - `_transform(inputs, inverse_root, shift)`: the output, given the `U` (and shift) of this step;
+    - `_transform(inputs, inverse_root, shift, root)`: the output, given the `U` (and shift, and with
+      `rank` its low-rank factors `root`) of this step;
     - `_refresh_plan(in_step)`: `(bindings, RefreshMode)`, the consumers a refresh re-expresses;
     - `_reexpress(bindings, result, old_inverse_root, old_shift)`: re-express them (default: nothing).
 
@@ -76,6 +83,7 @@ class FisherLayer(keras.layers.Layer):
         preserve_function=True,
         refresh_tolerance=0.3,
         statistics_every="auto",
+        rank=AUTO_RANK,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -97,6 +105,10 @@ class FisherLayer(keras.layers.Layer):
             statistics_every if statistics_every == AUTO else check_int("statistics_every", statistics_every, minimum=1)
         )
         self._statistics_period = None  # set by `build`: `statistics_period(statistics_every, input_shape)`
+        if isinstance(rank, str) and rank != AUTO_RANK:
+            raise ValueError(f"`rank` must be an int >= 1, None or 'auto'. Received: rank={rank!r}")
+        self.rank = rank if rank == AUTO_RANK else check_int("rank", rank, minimum=1, allow_none=True)
+        self._resolved_rank = None  # set by `build`: `keras_sngd.low_rank.resolve_rank`
         self.supports_masking = True
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
         # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
@@ -130,13 +142,32 @@ class FisherLayer(keras.layers.Layer):
         self.refresh_count = state("refresh_count", (), dtype="int32")
         self.failed_refresh_count = state("failed_refresh_count", (), dtype="int32")
         self.skipped_batch_count = state("skipped_batch_count", (), dtype="int32")
+        self._resolved_rank = resolve_rank(self.rank, input_shape, self.axis, self.damping)
+        if self._resolved_rank is not None:
+            # The factors of U = c I + V diag(s) V^T (`keras_sngd.low_rank`); U = I before the first refresh.
+            basis = initial_basis(dim, self._resolved_rank)
+            self.low_rank_basis = state("low_rank_basis", (dim, self._resolved_rank),
+                                        initializer=lambda shape, dtype=None: ops.convert_to_tensor(basis))
+            self.low_rank_scales = state("low_rank_scales", (self._resolved_rank,))
+            self.low_rank_identity_scale = state("low_rank_identity_scale", (), initializer="ones")
+
+    def _low_rank(self):
+        """Whether `U` is kept as low rank plus identity (`rank` below the input's size)."""
+        return self._resolved_rank is not None
+
+    def _current_root(self):
+        """The `LowRankRoot` factors of the current `U`, or `()` for a dense `U`."""
+        if not self._low_rank():
+            return ()
+        return LowRankRoot(self.low_rank_basis.value, self.low_rank_scales.value,
+                           self.low_rank_identity_scale.value)
 
     def call(self, inputs, training=None, mask=None):
         if training and self.trainable:
-            inverse_root, shift = self._train_step(inputs, mask)
+            inverse_root, shift, root = self._train_step(inputs, mask)
         else:
-            inverse_root, shift = self.inverse_root.value, self._current_shift()
-        return self._transform(inputs, inverse_root, shift)
+            inverse_root, shift, root = self.inverse_root.value, self._current_shift(), self._current_root()
+        return self._transform(inputs, inverse_root, shift, root)
 
     def refresh(self, only_if_drifted=False):
         """Refresh `U` now, eagerly, from the current moving statistics; returns whether it was accepted.
@@ -171,21 +202,22 @@ class FisherLayer(keras.layers.Layer):
     # Steps of a training call.
 
     def _train_step(self, inputs, mask):
-        """Statistics, counters and (when due) the refresh; returns the `U` and shift to use now."""
+        """Statistics, counters and (when due) the refresh; returns the `U`, shift and low-rank factors
+        (`()` for a dense `U`) to use now."""
         step = self.step.value + 1
         moving = self._collect_statistics(inputs, mask, step)
-        old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
+        old_inverse_root, old_shift, old_root = self.inverse_root.value, self._current_shift(), self._current_root()
         if self._refresh_outside_step:
             due = ops.convert_to_tensor(False)
-            result = self._unchanged(old_inverse_root, old_shift)
+            result = self._unchanged(old_inverse_root, old_shift, old_root)
         else:
             bindings, mode = self._refresh_plan(in_step=True)
             self._set_refresh_mode(mode)
-            *result, due = self._refresh_if_due(step, moving, bindings, old_inverse_root, old_shift)
+            *result, due = self._refresh_if_due(step, moving, bindings, old_inverse_root, old_shift, old_root)
             # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
-            result = RefreshResult(*(ops.stop_gradient(value) for value in result))
+            result = keras.tree.map_structure(ops.stop_gradient, RefreshResult(*result))
         self._write_state(moving, step, due, result)
-        return self._step_output(result, old_inverse_root, old_shift)
+        return self._step_output(result, old_inverse_root, old_shift, old_root)
 
     def _collect_statistics(self, inputs, mask, step):
         """The moving moments after this batch (`MovingMoments`); masked rows are left out. With a period
@@ -224,7 +256,7 @@ class FisherLayer(keras.layers.Layer):
         self.mean.assign(moving.mean)
         self.statistics_weight.assign(moving.weight)
 
-    def _refresh_if_due(self, step, moving, bindings, old_inverse_root, old_shift):
+    def _refresh_if_due(self, step, moving, bindings, old_inverse_root, old_shift, old_root=()):
         """`(*RefreshResult, due)`: the refresh when due, else the unchanged state.
 
         Due: every `update_every` steps, if there was no refresh yet or `U` has drifted from whitening `G`
@@ -234,7 +266,7 @@ class FisherLayer(keras.layers.Layer):
         check = ops.equal(step % self.update_every, 0)
 
         def unchanged():
-            return (*self._unchanged(old_inverse_root, old_shift), ops.convert_to_tensor(False))
+            return (*self._unchanged(old_inverse_root, old_shift, old_root), ops.convert_to_tensor(False))
 
         def refreshed():
             result = self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH)
@@ -265,19 +297,36 @@ class FisherLayer(keras.layers.Layer):
         old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
         fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
                                      self.activation_factor)
-        result = warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
+        if self._low_rank():
+            old_root = self._current_root()
+            accepted, inverse_root, mixing, root = low_rank_refresh(
+                fisher, old_inverse_root, old_root.basis, self.damping, dtype=self.refresh_dtype
+            )
+            root = LowRankRoot(*(ops.where(accepted, new, old) for new, old in zip(root, old_root)))
+            result = RefreshResult(inverse_root, mixing, ops.zeros_like(self.mean.value), accepted,
+                                   ops.convert_to_tensor(SUBSPACE_ITERATIONS, "int32"), root)
+        else:
+            result = warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
         if self.center:
             mean = moving.mean / ops.maximum(moving.weight, 1e-30)
             result = result._replace(shift=ops.where(result.accepted, mean, old_shift))
         if bindings:
             self._reexpress(bindings, result, old_inverse_root, old_shift)
         if write:
-            self.inverse_root.assign(result.inverse_root)
-            if self.center:
-                self.shift.assign(result.shift)
+            self._assign_root(result)
         return result
 
-    def _unchanged(self, inverse_root, shift):
+    def _assign_root(self, result):
+        """Write `U`, the shift and the low-rank factors of `result`."""
+        self.inverse_root.assign(result.inverse_root)
+        if self.center:
+            self.shift.assign(result.shift)
+        if self._low_rank():
+            self.low_rank_basis.assign(result.low_rank.basis)
+            self.low_rank_scales.assign(result.low_rank.scales)
+            self.low_rank_identity_scale.assign(result.low_rank.identity_scale)
+
+    def _unchanged(self, inverse_root, shift, root=()):
         dim = inverse_root.shape[0]
         return RefreshResult(
             inverse_root=inverse_root,
@@ -285,15 +334,14 @@ class FisherLayer(keras.layers.Layer):
             shift=shift if self.center else ops.zeros((dim,), "float32"),
             accepted=ops.convert_to_tensor(False),
             iterations=ops.convert_to_tensor(0, "int32"),
+            low_rank=root,
         )
 
     def _write_state(self, moving, step, due, result):
         if not self._statistics_written_in_branch():
             self._assign_moments(moving)
         if not _ASSIGN_IN_BRANCH:
-            self.inverse_root.assign(result.inverse_root)
-            if self.center:
-                self.shift.assign(result.shift)
+            self._assign_root(result)
         self.step.assign(step)
         if not _ASSIGN_IN_BRANCH:
             # (Where branches may assign, the refresh branch counts; a step with the refresh outside it
@@ -331,7 +379,8 @@ class FisherLayer(keras.layers.Layer):
 
     # Hooks for subclasses.
 
-    def _transform(self, inputs, inverse_root, shift):
+    def _transform(self, inputs, inverse_root, shift, root=()):
+        """The output for `U` (dense `inverse_root`, or its `LowRankRoot` factors `root` when not `()`)."""
         raise NotImplementedError
 
     def _refresh_plan(self, in_step):
@@ -340,10 +389,10 @@ class FisherLayer(keras.layers.Layer):
     def _reexpress(self, bindings, result, old_inverse_root, old_shift):
         """Re-express the consumers' weights for `result` (`U_new W'_new = U_old W'`). Default: nothing."""
 
-    def _step_output(self, result, old_inverse_root, old_shift):
-        """The `(U, shift)` this training step's output uses, given the step's refresh `result` (the
-        unchanged state without one). Default: the refreshed ones."""
-        return result.inverse_root, result.shift if self.center else None
+    def _step_output(self, result, old_inverse_root, old_shift, old_root=()):
+        """The `(U, shift, low-rank factors)` this training step's output uses, given the step's refresh
+        `result` (the unchanged state without one). Default: the refreshed ones."""
+        return result.inverse_root, result.shift if self.center else None, result.low_rank
 
     # Keras layer API.
 
@@ -386,16 +435,25 @@ class FisherLayer(keras.layers.Layer):
                 "preserve_function": self.preserve_function,
                 "refresh_tolerance": self.refresh_tolerance,
                 "statistics_every": self.statistics_every,
+                "rank": self.rank,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before `rank` existed kept a dense U in every layer: they load as they were saved.
+        config = dict(config)
+        config.setdefault("rank", None)
+        return super().from_config(config)
 
     def describe(self):
         """One line on this layer's state: size, steps, refreshes and failures, for logs and notebooks."""
         if not self.built:
             return f"{type(self).__name__} '{self.name}': not built yet"
+        shape = "" if not self._low_rank() else f" (U of rank {self._resolved_rank} plus identity)"
         return (
-            f"{type(self).__name__} '{self.name}': {self.inverse_root.shape[0]} features on axis {self.axis}, "
+            f"{type(self).__name__} '{self.name}': {self.inverse_root.shape[0]} features on axis {self.axis}{shape}, "
             f"step {int(self.step.numpy())}, {int(self.refresh_count.numpy())} refreshes "
             f"({int(self.failed_refresh_count.numpy())} failed; checked every {self.update_every} steps"
             f"{'' if self.refresh_tolerance == 0 else f', refreshed above drift {self.refresh_tolerance:g}'}), "

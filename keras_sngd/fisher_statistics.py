@@ -22,7 +22,7 @@ class FisherStatistics(FisherLayer):
     `LocalFisher`.
     """
 
-    def _transform(self, inputs, inverse_root, shift):
+    def _transform(self, inputs, inverse_root, shift, root=()):
         return inputs
 
     def _refresh_plan(self, in_step):

@@ -11,6 +11,7 @@ from keras_sngd.handoff import HandoffConstraint
 from keras_sngd.handoff import carrier
 from keras_sngd.handoff import hand_over
 from keras_sngd.handoff import without_carriers
+from keras_sngd.low_rank import apply_root
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
 from keras_sngd.refresh import RefreshMode
@@ -116,14 +117,27 @@ class LocalFisher(FisherLayer):
     step of a fit stays unbounded; `bounded_step_count` counts these), and on JAX not at all.
     Why convolutional networks need it, with stronger damping: `docs/stability.md`.
 
+    **Low rank** (`rank`, `"auto"` by default): before a Dense layer with a wide input, `U` is kept as
+    a low-rank correction of a scaled identity, `U = c I + V diag(s) V^T` with `V` the top `r` eigenvectors of
+    `G_d` and `c^-2` the mean of its other eigenvalues (`keras_sngd.low_rank`), so that `y = x U` costs
+    `O(d r)` per row instead of `O(d^2)`, and a refresh (subspace iteration, warm-started from the previous
+    `V`) no `(d, d) x (d, d)` product. `U U^T` is then `G_d^-1` on the top `r` directions and, elsewhere, the
+    inverse of their mean: a bounded error where damping lifts the small eigenvalues to a flat floor (within
+    a factor `(1 + damping) / damping`), which the drift check measures. `"auto"` uses
+    `r = max(64, d // 16)` for inputs of rank 2 with `d >= 256` features and `damping >= 0.1` (so before
+    a layer that reads raw pixels, which `reconstruct` damps by 1, and in convolutional networks, damped by
+    0.1), and a dense `U` elsewhere; `None` is always dense. The refresh keeps the function as the dense one
+    does (the mixing `U_new^-1 U_old` is exact).
+
     **During inference** (`training=False`), and in training when the layer is frozen
     (`trainable=False`, also through a frozen enclosing model, as for `BatchNormalization`): `y = x U`,
     and nothing is updated.
 
     State (non-trainable, float32 also under mixed precision, saved with the model): `second_moment`
-    (`S`), `mean` (`mu_s`), `statistics_weight` (`c`), `inverse_root` (`U`), `shift` (`mu`, only with
-    `center=True`), and int32 counters `step`, `refresh_count`, `failed_refresh_count` and
-    `skipped_batch_count`.
+    (`S`), `mean` (`mu_s`), `statistics_weight` (`c`), `inverse_root` (`U`, dense also with a low rank),
+    `shift` (`mu`, only with `center=True`), int32 counters `step`, `refresh_count`,
+    `failed_refresh_count` and `skipped_batch_count`, and with a low rank the factors `low_rank_basis`
+    (`V`), `low_rank_scales` (`s`) and `low_rank_identity_scale` (`c`).
 
     **`activation_factor`** is the paper's `E(v_f)`, the mean derivative of the next layer's activation
     (the fraction of active units for ReLU), for you to set where you know it. It is one scalar per layer,
@@ -156,6 +170,10 @@ class LocalFisher(FisherLayer):
             input features (rank-2 inputs), 1 elsewhere (convolutions and recurrent layers get many rows per
             batch, and their product is small next to the layer's work); see
             `keras_sngd.fisher_layer.statistics_period`. Defaults to `"auto"`.
+        rank: int >= 1, None or `"auto"`; keep `U` as a rank-`rank` correction of a scaled identity
+            (see **Low rank** above; a rank of at least the input's size is dense). `"auto"`: `max(64, d // 16)`
+            before a Dense layer with `d >= 256` input features and `damping >= 0.1`, dense elsewhere
+            (`keras_sngd.low_rank.resolve_rank`). Defaults to `"auto"`.
         max_step: float > 0 or None; the trust region: each optimizer step on a consumer's `(W', b)` is
             shortened to at most `max_step` times the norm of `(W', b)` (see above; call
             `prepare_handoff()` for layers inserted by hand). It needs the function-preserving mode (it
@@ -300,7 +318,7 @@ class LocalFisher(FisherLayer):
         if fallback:
             self._warn_unprepared()
             self._bound_consumer_steps(bindings)
-        inverse_root, shift = super()._train_step(inputs, mask)
+        inverse_root, shift, root = super()._train_step(inputs, mask)
         if prepared:
             # The optimizer bounds this step's update right after making it (`keras_sngd.handoff`),
             # relative to the weights it starts from: after any re-expression above.
@@ -316,7 +334,7 @@ class LocalFisher(FisherLayer):
                 for variable, old in zip(_bounded_variables(binding), previous):
                     old.assign(_frozen(variable))
             self._step_bound_state["valid"].assign(1)
-        return inverse_root, shift
+        return inverse_root, shift, root
 
     def _warn_unprepared(self):
         if not self._warned_no_previous:
@@ -332,10 +350,10 @@ class LocalFisher(FisherLayer):
             _install_constraint(self, binding)
         return super()._train_step(inputs, mask)
 
-    def _step_output(self, result, old_inverse_root, old_shift):
+    def _step_output(self, result, old_inverse_root, old_shift, old_root=()):
         bindings = self._handoff_bindings
         if not self._hands_off() or not bindings:
-            return super()._step_output(result, old_inverse_root, old_shift)
+            return super()._step_output(result, old_inverse_root, old_shift, old_root)
         object.__setattr__(self, "_handoff_bindings", None)
         carriers = [self.pending_flag, self.pending_mixing]
         values = [ops.cast(result.accepted, "float32"), result.mixing]
@@ -352,7 +370,7 @@ class LocalFisher(FisherLayer):
                 values.extend(_frozen(variable) for variable in _bounded_variables(binding))
         object.__setattr__(self, "_pending", (carriers, values))
         # This step still sees the old U (its consumers hold the old W'); the new one is stored for the next.
-        return old_inverse_root, old_shift
+        return old_inverse_root, old_shift, old_root
 
     def _bound_consumer_steps(self, bindings):
         """The trust region: each consumer's last optimizer step, measured on its whitened kernel `W'` and
@@ -396,11 +414,14 @@ class LocalFisher(FisherLayer):
         state = self._step_bound_state
         return 0 if state is None else int(state["bounded_steps"].numpy())
 
-    def _transform(self, inputs, inverse_root, shift):
+    def _transform(self, inputs, inverse_root, shift, root=()):
         features = ops.moveaxis(inputs, self.axis, -1)
         if shift is not None:
             features = features - ops.cast(shift, features.dtype)
-        outputs = ops.matmul(features, ops.cast(inverse_root, features.dtype))
+        if root:
+            outputs = apply_root(features, root)  # y = c x + ((x V) * s) V^T: O(d r) per row
+        else:
+            outputs = ops.matmul(features, ops.cast(inverse_root, features.dtype))
         return ops.moveaxis(outputs, -1, self.axis)
 
     def _refresh_plan(self, in_step):

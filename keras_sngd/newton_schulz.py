@@ -228,9 +228,17 @@ def _step(root, inverse_root, product, identity):
     return root, inverse_root, ops.matmul(inverse_root, root)
 
 
+def _first_step(scaled, identity):
+    """The first iteration from `Y_0 = A, Z_0 = I`: `T_0 = (3 I - A) / 2`, `Y_1 = A T_0`, `Z_1 = T_0` (no
+    product with the identity: two matrix products instead of three, with the same result)."""
+    transform = 0.5 * (3.0 * identity - scaled)
+    root = ops.matmul(scaled, transform)
+    return root, transform, ops.matmul(transform, root)
+
+
 def _iterate_fixed(scaled, identity, iterations):
-    root, inverse_root, product = scaled, ops.broadcast_to(identity, ops.shape(scaled)), scaled
-    for _ in range(iterations):
+    root, inverse_root, product = _first_step(scaled, identity)
+    for _ in range(iterations - 1):
         root, inverse_root, product = _step(root, inverse_root, product, identity)
     return root, inverse_root, product
 
@@ -250,19 +258,15 @@ def _iterate_until_converged(scaled, identity, limit, tolerance):
         root, inverse_root, product = _step(root, inverse_root, product, identity)
         return count + 1, root, inverse_root, product, _residual(product, identity), residual
 
-    initial_residual = _residual(scaled, identity)
-    # `previous_residual` starts above every threshold so that the first check cannot stall.
+    # The first iteration runs before the loop (`_first_step`: Z_0 = I saves a product); the loop starts
+    # from its result. `previous_residual` starts above every threshold so that the first check cannot
+    # stall. An input already converged (a scaled identity) comes out of one iteration unchanged.
+    root, inverse_root, product = _first_step(scaled, identity)
+    residual = _residual(product, identity)
     count, root, inverse_root, _, residual, _ = ops.while_loop(
         keep_going,
         body,
-        (
-            ops.convert_to_tensor(0, "int32"),
-            scaled,
-            ops.broadcast_to(identity, ops.shape(scaled)),
-            scaled,
-            initial_residual,
-            initial_residual + 2.0,
-        ),
+        (ops.convert_to_tensor(1, "int32"), root, inverse_root, product, residual, residual + 2.0),
     )
     return count, root, inverse_root, residual
 

@@ -48,6 +48,8 @@ class RefreshResult(NamedTuple):
         shift: `(d,)`, the new centering shift `mu` (zeros when the layer does not center).
         accepted: boolean scalar.
         iterations: int32 scalar, the Newton-Schulz iterations run.
+        low_rank: `()` for a dense `U`; for a layer with `rank`, the `keras_sngd.low_rank.LowRankRoot`
+            factors of the new `U` (the old ones when not accepted).
     """
 
     inverse_root: object
@@ -55,6 +57,7 @@ class RefreshResult(NamedTuple):
     shift: object
     accepted: object
     iterations: object
+    low_rank: tuple = ()
 
 
 def warm_refresh(fisher, inverse_root, damping, iterations=None, dtype="float32"):
