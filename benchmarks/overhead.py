@@ -12,14 +12,17 @@ the SNGD step takes several seconds more than SGD's (in the first epoch, so in T
     python benchmarks/overhead.py --images 4000 --repeats 1 --time-to-adam-images 4000   # a quick look
 
 Table 1, paper MLP (784-80-80-10) on real Fashion-MNIST, batch 50: epoch time as a ratio to SGD of
-  bare `y = x U` (a layer that only multiplies), + the moving second moment every step, the LocalFisher
-  with its refresh disabled (statistics and counters), with `statistics_every=1` (statistics from every
-  batch), and with its defaults (`statistics_every="auto"`: every 4th batch before the 784-wide input);
-  and the same rows for `small_cnn` (whose only wide Dense input is its 800-wide head).
+  bare `y = x U` (a layer that only multiplies) with a dense `U` and with the low-rank `U` that
+  `rank="auto"` gives the 784-wide input (`keras_sngd.low_rank`), + the moving second moment every step
+  (dense), the LocalFisher with its refresh disabled (statistics and counters), with `statistics_every=1`
+  (statistics from every batch), with a dense `U` everywhere (`rank=None`), and with its defaults
+  (`statistics_every="auto"`: every 4th batch before the 784-wide input; `rank="auto"`); and the same rows
+  for `small_cnn` (whose only wide Dense input is its 800-wide head). All through `reconstruct`.
 Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, `reconstruct`'s defaults)
   final training losses, and the fit time (compilation included) for SNGD (defaults, `statistics_every=1`,
-  and damping 0.01 on every layer as before `reconstruct` damped the one on the raw pixels) to reach
-  Adam's final loss, as a fraction of Adam's fit time (linear interpolation between epoch ends).
+  a dense `U`, and damping 0.01 on every layer as before `reconstruct` damped the one on the raw pixels,
+  which also keeps its `U` dense) to reach Adam's final loss, as a fraction of Adam's fit time (linear
+  interpolation between epoch ends).
 Table 3, paper MLP: the first one-batch `fit` of a fresh model (tracing, graph optimization, one step)
   for SGD, Adam and SNGD, and the number of operations in each traced train step.
 """
@@ -41,7 +44,7 @@ from keras_sngd.models import small_cnn
 
 
 class BareProduct(LocalFisher):
-    """Only `y = x U`: the floor of the design."""
+    """Only `y = x U` with a dense `U`: the floor of the dense design."""
 
     def __init__(self, **kwargs):
         kwargs["max_step"] = None  # no trust region: its state would go unused by this `call`
@@ -49,6 +52,13 @@ class BareProduct(LocalFisher):
 
     def call(self, inputs, training=None, mask=None):
         return self._transform(inputs, self.inverse_root.value, None)
+
+
+class BareLowRank(BareProduct):
+    """Only `y = x U`, with `U` low rank plus identity where `rank="auto"` chooses it (`keras_sngd.low_rank`)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return self._transform(inputs, self.inverse_root.value, None, self._current_root())
 
 
 class MomentOnly(BareProduct):
@@ -70,6 +80,14 @@ class NoRefresh(LocalFisher):
         self._refresh_outside_step = True
 
 
+class DenseRoot(LocalFisher):
+    """The LocalFisher defaults but `rank=None`: a dense `U` everywhere (before `rank="auto"`)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("rank", None)
+        super().__init__(**kwargs)
+
+
 class EveryBatch(LocalFisher):
     """The LocalFisher defaults but `statistics_every=1`: the moving moments take every batch (the default,
     "auto", takes every 4th before the MLP's 784-wide input)."""
@@ -79,8 +97,9 @@ class EveryBatch(LocalFisher):
         super().__init__(**kwargs)
 
 
-VARIANTS = {"bare y = x U": BareProduct, "+ moment every step": MomentOnly,
-            "LocalFisher, no refresh": NoRefresh, "LocalFisher, statistics_every=1": EveryBatch,
+VARIANTS = {"bare y = x U, dense U": BareProduct, "bare y = x U, low-rank U where 'auto'": BareLowRank,
+            "+ moment every step (dense U)": MomentOnly, "LocalFisher, no refresh": NoRefresh,
+            "LocalFisher, statistics_every=1": EveryBatch, "LocalFisher, dense U (rank=None)": DenseRoot,
             "LocalFisher defaults": LocalFisher}
 
 
@@ -231,6 +250,7 @@ def main(argv=None):
         runs = {
             "SNGD SGD lr 0.1": (LocalFisher, args.local_fisher),
             "SNGD SGD lr 0.1, statistics_every=1": (EveryBatch, args.local_fisher),
+            "SNGD SGD lr 0.1, dense U (rank=None)": (DenseRoot, args.local_fisher),
             # Before `reconstruct` damped the layer on the raw pixels (docs/generalization.md).
             "SNGD SGD lr 0.1, damping 0.01 everywhere": (LocalFisher, dict(args.local_fisher, damping=0.01)),
         }

@@ -9,6 +9,7 @@ from keras_sngd.consumers import NO_CONSUMER
 from keras_sngd.handoff import without_carriers
 from keras_sngd.low_rank import AUTO as AUTO_RANK
 from keras_sngd.low_rank import SUBSPACE_ITERATIONS
+from keras_sngd.low_rank import WARM_SUBSPACE_ITERATIONS
 from keras_sngd.low_rank import LowRankRoot
 from keras_sngd.low_rank import initial_basis
 from keras_sngd.low_rank import low_rank_refresh
@@ -299,12 +300,15 @@ class FisherLayer(keras.layers.Layer):
                                      self.activation_factor)
         if self._low_rank():
             old_root = self._current_root()
+            # From the random start before the first accepted refresh, from the previous basis after it.
+            iterations = ops.where(ops.equal(self.refresh_count.value, 0), SUBSPACE_ITERATIONS,
+                                   WARM_SUBSPACE_ITERATIONS)
             accepted, inverse_root, mixing, root = low_rank_refresh(
-                fisher, old_inverse_root, old_root.basis, self.damping, dtype=self.refresh_dtype
+                fisher, old_inverse_root, old_root.basis, self.damping, iterations, self.refresh_dtype
             )
             root = LowRankRoot(*(ops.where(accepted, new, old) for new, old in zip(root, old_root)))
             result = RefreshResult(inverse_root, mixing, ops.zeros_like(self.mean.value), accepted,
-                                   ops.convert_to_tensor(SUBSPACE_ITERATIONS, "int32"), root)
+                                   ops.cast(iterations, "int32"), root)
         else:
             result = warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
         if self.center:

@@ -43,16 +43,23 @@ import numpy as np
 from keras import ops
 
 # `rank="auto"`: a low rank for rank-2 inputs (one row per example, before a Dense layer) of at least this
-# many features whose damping is at least `AUTO_MIN_DAMPING`; `max(AUTO_MIN_RANK, d // AUTO_FRACTION)`.
+# many features whose damping is at least `AUTO_MIN_DAMPING`: `max(AUTO_MIN_RANK, d // AUTO_FRACTION)`,
+# twice that below damping 1 (`resolve_rank`).
 AUTO = "auto"
 AUTO_MIN_FEATURES = 256
 AUTO_MIN_DAMPING = 0.1
 AUTO_MIN_RANK = 64
 AUTO_FRACTION = 16
 # Subspace iterations per refresh. Each multiplies the angle between the basis and the top `r` directions by
-# about `theta_(r+1) / theta_r`; the first refresh starts from a random basis, the later ones from the
-# previous one. Eight take a gap of 10 to float32 rounding, at `O(d^2 r)` each.
+# about `theta_(r+1) / theta_r`, at `O(d^2 r)` and a QR of `(d, r)`. The first refresh starts from a random
+# basis: eight take a gap of 10 to float32 rounding. The later ones start from the previous basis, which
+# the statistics have moved little since (the drift check refreshes once they moved by 0.3): one, so that
+# the iteration goes on across refreshes. A basis still short of the top directions shows in the next
+# drift check. On `small_cnn`'s 800-wide head one and two gave the same losses (0.2998 and 0.2982 after 3
+# epochs, 2 seeds; dense: 0.2989), and a QR of `(800, 128)` costs more than the `(800, 800) x (800, 128)`
+# product.
 SUBSPACE_ITERATIONS = 8
+WARM_SUBSPACE_ITERATIONS = 1
 
 
 class LowRankRoot(NamedTuple):
@@ -72,20 +79,21 @@ class LowRankRoot(NamedTuple):
 def resolve_rank(rank, input_shape, axis, damping):
     """The rank a layer keeps `U` at for `rank` (an int, None or `"auto"`), or None for a dense `U`.
 
-    `"auto"`: `max(64, d // 16)` for a rank-2 input (one row per example: before a Dense layer, where
-    `x U` costs `d^2` per example against the consumer's `d * units`) with `d >= 256` features and
-    `damping >= 0.1`; dense otherwise. The damping bounds the approximation error (module docstring): a
-    factor `(1 + damping) / damping` on the directions outside the top `r`. Measured (SGD lr 0.1, 3 epochs,
-    2 seeds, final training loss; `benchmarks/low_rank.py`): the same losses as a dense `U` with damping 1
-    before the paper's MLP's pixels and with damping 0.1 before `small_cnn`'s 800-wide head and before the
-    512-wide hidden layers of an MLP, but 0.248 against 0.205 with damping 0.01 there. A rank at least
-    `d` is dense.
+    `"auto"`: for a rank-2 input (one row per example: before a Dense layer, where `x U` costs `d^2` per
+    example against the consumer's `d * units`) with `d >= 256` features and `damping >= 0.1`,
+    `r = max(64, d // 16)` with damping >= 1 and twice that below; dense otherwise. The damping bounds the
+    approximation error (module docstring: a factor `(1 + damping) / damping` on the directions outside the
+    top `r`), and the less damping, the more directions stand above the floor. Measured (SGD lr 0.1, final
+    training loss; `python benchmarks/low_rank.py`): before the paper's MLP's pixels (damping 1, r = 64)
+    the same 5-epoch loss as a dense `U`; before `small_cnn`'s 800-wide head (damping 0.1) r = 128 gave
+    the dense loss and r = 64 a 3% higher one; with damping 0.01 (an MLP's 512-wide hidden layers)
+    r = 64 gave 0.248 against 0.205, so small damping keeps a dense `U`. A rank of at least `d` is dense.
     """
     dim = input_shape[axis]
     if rank == AUTO:
         if len(input_shape) != 2 or dim < AUTO_MIN_FEATURES or damping < AUTO_MIN_DAMPING:
             return None
-        rank = max(AUTO_MIN_RANK, dim // AUTO_FRACTION)
+        rank = max(AUTO_MIN_RANK, dim // AUTO_FRACTION) * (1 if damping >= 1.0 else 2)
     if rank is None or rank >= dim:
         return None
     return rank
@@ -127,7 +135,8 @@ def low_rank_refresh(fisher, old_inverse_root, basis, damping, iterations=SUBSPA
         old_inverse_root: `(d, d)` float32, the current dense `U` (kept on failure).
         basis: `(d, r)` float32, the start of the subspace iteration (the previous `V`).
         damping: float >= 0, relative to the mean eigenvalue, as in `warm_refresh`.
-        iterations: int >= 1, subspace iterations. Defaults to `SUBSPACE_ITERATIONS`.
+        iterations: int >= 1 or an int32 scalar tensor, subspace iterations. Defaults to
+            `SUBSPACE_ITERATIONS`.
         dtype: `"float32"` or `"float64"`, the dtype of the computation. Defaults to `"float32"`.
 
     Returns:
@@ -146,9 +155,16 @@ def low_rank_refresh(fisher, old_inverse_root, basis, damping, iterations=SUBSPA
     # Scaled by the mean eigenvalue so that the powers of the iteration stay near 1.
     mean_eigenvalue = ops.maximum(ops.trace(damped) / dim, 1e-30)
     unit = damped / mean_eigenvalue
+    def iterate(index, subspace):
+        return ops.qr(ops.matmul(unit, subspace), mode="reduced")[0]
+
     subspace = ops.cast(basis, dtype)
-    for _ in range(iterations):
-        subspace, _ = ops.qr(ops.matmul(unit, subspace), mode="reduced")
+    if isinstance(iterations, int):
+        for index in range(iterations):
+            subspace = iterate(index, subspace)
+    else:
+        # A traced count (first refresh or not): one loop, traced once.
+        subspace = ops.fori_loop(0, iterations, iterate, subspace)
     projected = ops.matmul(ops.transpose(subspace), ops.matmul(unit, subspace))
     projected = 0.5 * (projected + ops.transpose(projected))
     theta, rotation = ops.eigh(projected)

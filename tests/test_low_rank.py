@@ -119,7 +119,8 @@ def test_zero_statistics_are_rejected():
 
 def test_auto_rule():
     assert resolve_rank("auto", (None, 784), -1, 1.0) == 64
-    assert resolve_rank("auto", (None, 4096), -1, 0.1) == 256
+    assert resolve_rank("auto", (None, 4096), -1, 1.0) == 256
+    assert resolve_rank("auto", (None, 800), -1, 0.1) == 128  # less damping: twice the rank
     assert resolve_rank("auto", (None, 784), -1, 0.01) is None  # small damping: not a flat floor
     assert resolve_rank("auto", (None, 255), -1, 1.0) is None  # narrow
     assert resolve_rank("auto", (None, 28, 784), -1, 1.0) is None  # many rows per example
