@@ -195,3 +195,21 @@ def test_low_rank_training_on_backend(backend):
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
     assert report["trained_refreshes"] == 8
     assert report["fold_error"] < 1e-4 and report["load_error"] == 0.0 and report["loaded_rank"] == 16
+
+
+def test_the_benchmark_prints_its_table(fashion_mnist_directory):
+    # `benchmarks/low_rank.py`, the experiments behind the rule, on a tiny subset of real data.
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "low_rank.py"), "--models", "mlp", "--seeds", "0",
+         "--samples", "512"],
+        capture_output=True, text=True, timeout=600, cwd=os.path.dirname(ROOT),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"dense U", "auto", "rank 32"}
+    assert "rank 64, drift" in rows["auto"] and rows["dense U"].rstrip().endswith("| dense |")
+    for line in rows.values():
+        if line.startswith("| run"):
+            continue
+        assert 0.0 < float(line.split("|")[2]) < 2.3  # below chance loss
