@@ -16,7 +16,8 @@ Table 1, paper MLP (784-80-80-10) on real Fashion-MNIST, batch 50: epoch time as
   `rank="auto"` gives the 784-wide input (`keras_sngd.low_rank`), + the moving second moment every step
   (dense), the LocalFisher with its refresh disabled (statistics and counters), with `statistics_every=1`
   (statistics from every batch), with a dense `U` everywhere (`rank=None`), and with its defaults
-  (`statistics_every="auto"`: every 4th batch before the 784-wide input; `rank="auto"`); and the same rows
+  (`statistics_every="auto"`: every 4th batch before the 784-wide input; `rank="auto"`, which `reconstruct`
+  passes); and the same rows
   for `small_cnn` (whose only wide Dense input is its 800-wide head). All through `reconstruct`.
 Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, `reconstruct`'s defaults)
   final training losses, and the fit time (compilation included) for SNGD (defaults, `statistics_every=1`,

@@ -84,7 +84,7 @@ class FisherLayer(keras.layers.Layer):
         preserve_function=True,
         refresh_tolerance=0.3,
         statistics_every="auto",
-        rank=AUTO_RANK,
+        rank=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -443,13 +443,6 @@ class FisherLayer(keras.layers.Layer):
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        # Files saved before `rank` existed kept a dense U in every layer: they load as they were saved.
-        config = dict(config)
-        config.setdefault("rank", None)
-        return super().from_config(config)
 
     def describe(self):
         """One line on this layer's state: size, steps, refreshes and failures, for logs and notebooks."""

@@ -111,13 +111,18 @@ def needs_stable_arguments(model):
 def default_arguments(model, layer_class=None):
     """The LocalFisher arguments `reconstruct` uses under the user's for every layer of `model`.
 
-    Every network gets the trust region, `max_step=trust_radius(model)`; a network with a convolution or
-    a recurrent layer also gets `STABLE_ARGUMENTS`' damping and refresh period. With `layer_class` (what
+    Every network gets the trust region, `max_step=trust_radius(model)`, and `rank="auto"` (a low-rank `U`
+    before Dense layers with at least 256 input features and damping of at least 0.1:
+    `keras_sngd.low_rank.resolve_rank`); a network with a convolution or a recurrent layer also gets
+    `STABLE_ARGUMENTS`' damping and refresh period. With `layer_class` (what
     `reconstruct` inserts), only the arguments its constructor takes: the statistics-only
     `FisherStatistics` of the NGD baseline has no trust region (`max_step`).
     """
     arguments = dict(STABLE_ARGUMENTS) if needs_stable_arguments(model) else {}
     arguments["max_step"] = trust_radius(model)
+    # A low-rank U before wide Dense inputs whose damping flattens the floor of the spectrum
+    # (`keras_sngd.low_rank.resolve_rank`; each layer decides from its input and damping).
+    arguments["rank"] = "auto"
     if layer_class is not None:
         accepted = set()
         for klass in inspect.getmro(layer_class):

@@ -117,17 +117,17 @@ class LocalFisher(FisherLayer):
     step of a fit stays unbounded; `bounded_step_count` counts these), and on JAX not at all.
     Why convolutional networks need it, with stronger damping: `docs/stability.md`.
 
-    **Low rank** (`rank`, `"auto"` by default): before a Dense layer with a wide input, `U` is kept as
-    a low-rank correction of a scaled identity, `U = c I + V diag(s) V^T` with `V` the top `r` eigenvectors of
+    **Low rank** (`rank`; `reconstruct` passes `"auto"`, the layer's own default is a dense `U`): before
+    a Dense layer with a wide input, `U` can be kept as a low-rank correction of a scaled identity, `U = c I + V diag(s) V^T` with `V` the top `r` eigenvectors of
     `G_d` and `c^-2` the mean of its other eigenvalues (`keras_sngd.low_rank`), so that `y = x U` costs
     `O(d r)` per row instead of `O(d^2)`, and a refresh (subspace iteration, warm-started from the previous
     `V`) no `(d, d) x (d, d)` product. `U U^T` is then `G_d^-1` on the top `r` directions and, elsewhere, the
     inverse of their mean: a bounded error where damping lifts the small eigenvalues to a flat floor (within
     a factor `(1 + damping) / damping`), which the drift check measures. `"auto"` uses
-    `r = max(64, d // 16)` for inputs of rank 2 with `d >= 256` features and `damping >= 0.1` (so before
-    a layer that reads raw pixels, which `reconstruct` damps by 1, and in convolutional networks, damped by
-    0.1), and a dense `U` elsewhere; `None` is always dense. The refresh keeps the function as the dense one
-    does (the mixing `U_new^-1 U_old` is exact).
+    `r = max(64, d // 16)` (twice that below damping 1) for inputs of rank 2 with `d >= 256` features and
+    `damping >= 0.1` (so before a layer that reads raw pixels, which `reconstruct` damps by 1, and in
+    convolutional networks, damped by 0.1), and a dense `U` elsewhere; `None` is always dense, and exact.
+    The refresh keeps the function as the dense one does (the mixing `U_new^-1 U_old` is exact).
 
     **During inference** (`training=False`), and in training when the layer is frozen
     (`trainable=False`, also through a frozen enclosing model, as for `BatchNormalization`): `y = x U`,
@@ -172,8 +172,9 @@ class LocalFisher(FisherLayer):
             `keras_sngd.fisher_layer.statistics_period`. Defaults to `"auto"`.
         rank: int >= 1, None or `"auto"`; keep `U` as a rank-`rank` correction of a scaled identity
             (see **Low rank** above; a rank of at least the input's size is dense). `"auto"`: `max(64, d // 16)`
-            before a Dense layer with `d >= 256` input features and `damping >= 0.1`, dense elsewhere
-            (`keras_sngd.low_rank.resolve_rank`). Defaults to `"auto"`.
+            (twice that below damping 1) before a Dense layer with `d >= 256` input features and
+            `damping >= 0.1`, dense elsewhere (`keras_sngd.low_rank.resolve_rank`); `reconstruct` passes it.
+            Defaults to `None`: a dense `U` with `U U^T = G_d^-1` exactly.
         max_step: float > 0 or None; the trust region: each optimizer step on a consumer's `(W', b)` is
             shortened to at most `max_step` times the norm of `(W', b)` (see above; call
             `prepare_handoff()` for layers inserted by hand). It needs the function-preserving mode (it

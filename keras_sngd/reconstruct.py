@@ -112,8 +112,9 @@ def reconstruct(
             network has a convolution or recurrent layer; and `damping` 1.0 before a Dense or EinsumDense
             layer whose input is fixed features (no layer with trainable weights before it: raw or
             preprocessed data, a frozen backbone's output), so that whitening does not erase the data's own
-            structure (`keras_sngd.layer_defaults.fixed_feature_damping`; the report notes it). Keys given
-            here override those.
+            structure (`keras_sngd.layer_defaults.fixed_feature_damping`; the report notes it); and
+            `rank="auto"`, a low-rank-plus-identity `U` before Dense layers with at least 256 input features
+            and damping of at least 0.1 (`keras_sngd.low_rank`; noted too). Keys given here override those.
         per_layer_arguments: dict from a layer name to a dict of `LocalFisher` arguments for the layer before
             it, over `local_fisher_arguments`. Defaults to `None`.
         return_report: also return the `ReconstructionReport`. Defaults to `False`.
@@ -176,6 +177,10 @@ def reconstruct(
     }
     report = ReconstructionReport()
     new_model = _reconstruct(model, options, report, prefix="", inputs_are_fixed=True)
+    for _, layer in walk_layers(new_model):
+        if isinstance(layer, FisherLayer) and layer.built and layer._low_rank():
+            report.notes.append((layer.name, f"U of rank {layer._resolved_rank} plus identity "
+                                             f"(rank={layer.rank!r}; keras_sngd.low_rank)"))
     for _, layer in walk_layers(new_model):
         # On JAX: the consumers' constraints and the trust region's state, before fit traces a step.
         if hasattr(layer, "prepare_handoff"):

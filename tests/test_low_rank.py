@@ -141,20 +141,28 @@ def test_reconstruct_uses_a_low_rank_before_the_pixels_only():
     assert fishers["dense_1_local_fisher"]._resolved_rank == 64  # damping 1: fixed features
     assert fishers["dense_2_local_fisher"]._resolved_rank is None  # 80 features
     assert "rank 64 plus identity" in fishers["dense_1_local_fisher"].describe()
+    _, report = keras_sngd.reconstruct(paper_mlp(input_shape=(28, 28)), return_report=True)
+    assert ("dense_1_local_fisher", "U of rank 64 plus identity (rank='auto'; keras_sngd.low_rank)") in report.notes
+    assert "U of rank 64 plus identity" in str(report)
     # A dense U everywhere with rank=None.
     dense = keras_sngd.reconstruct(paper_mlp(input_shape=(28, 28)), local_fisher_arguments={"rank": None})
     assert all(layer._resolved_rank is None for layer in dense.layers if isinstance(layer, keras_sngd.LocalFisher))
 
 
 def test_config_round_trip_and_files_from_before_rank():
-    layer = keras_sngd.LocalFisher(rank=32)
-    assert keras_sngd.LocalFisher.from_config(layer.get_config()).rank == 32
+    for rank in (32, "auto", None):
+        layer = keras_sngd.LocalFisher(rank=rank)
+        assert keras_sngd.LocalFisher.from_config(layer.get_config()).rank == rank
+    # The layer's own default is the exact dense U, also for a wide input with large damping.
     config = keras_sngd.LocalFisher(damping=1.0).get_config()
-    assert config["rank"] == "auto"
+    assert config["rank"] is None
     del config["rank"]  # a file saved before `rank` existed: its U was dense, and stays so
     restored = keras_sngd.LocalFisher.from_config(config)
     restored.build((None, 784))
     assert restored.rank is None and not restored._low_rank()
+    auto = keras_sngd.LocalFisher(damping=1.0, rank="auto")
+    auto.build((None, 784))
+    assert auto._resolved_rank == 64
 
 
 def test_inference_uses_the_factors():
