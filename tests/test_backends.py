@@ -12,11 +12,12 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "backend_check.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_on(backend):
+def run_on(backend, script=SCRIPT):
+    """Run `script` (a file of tests/scripts) with `KERAS_BACKEND=backend`; its last line, a JSON report."""
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
     environment["PYTHONPATH"] = os.pathsep.join([ROOT, environment.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, SCRIPT], capture_output=True, text=True, env=environment, timeout=600, check=False
+        [sys.executable, script], capture_output=True, text=True, env=environment, timeout=600, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

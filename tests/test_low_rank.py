@@ -2,12 +2,10 @@
 `eigh`, the `"auto"` rule, the guards, and training, fold and save/load on every backend."""
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
@@ -18,6 +16,7 @@ from keras_sngd.low_rank import low_rank_refresh
 from keras_sngd.low_rank import resolve_rank
 from keras_sngd.models import paper_mlp
 from tests.reference import damped
+from tests.test_backends import run_on
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "low_rank_check.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,22 +177,12 @@ def test_inference_uses_the_factors():
     np.testing.assert_allclose(np.asarray(layer(x)), x @ layer.inverse_root.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def run_on(backend):
-    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-    environment["PYTHONPATH"] = os.pathsep.join([ROOT, environment.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, SCRIPT], capture_output=True, text=True, env=environment, timeout=600, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_low_rank_training_on_backend(backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (torch: pip install torch --index-url "
                     "https://download.pytorch.org/whl/cpu, or KERAS_SNGD_TORCH=1 bash .ci/run)")
-    report = run_on(backend)
+    report = run_on(backend, SCRIPT)
     assert report["backend"] == backend and report["low_rank"]
     # Function-preserving refreshes with the low-rank U: lr 0 keeps the outputs.
     assert report["refresh_count"] == 4 and report["failed_refresh_count"] == 0
