@@ -269,8 +269,8 @@ class FisherLayer(keras.layers.Layer):
         def unchanged():
             return (*self._unchanged(old_inverse_root, old_shift, old_root), ops.convert_to_tensor(False))
 
-        def refreshed():
-            result = self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH)
+        def refreshed(fisher=None):
+            result = self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH, fisher=fisher)
             if _ASSIGN_IN_BRANCH:
                 # The counters change only here: steps without a refresh do not rewrite them.
                 self._count_refresh(result.accepted, due=True)
@@ -280,24 +280,32 @@ class FisherLayer(keras.layers.Layer):
             return ops.cond(check, refreshed, unchanged)
 
         def checked():
-            # A NaN drift (no statistics yet) also refreshes, and the refresh then counts its failure.
-            due = ops.equal(self.refresh_count.value, 0) | ~(self._drift(moving) <= self.refresh_tolerance)
-            return ops.cond(due, refreshed, unchanged)
+            # One `G` for the drift and the refresh. A NaN drift (no statistics yet) also refreshes, and the
+            # refresh then counts its failure.
+            fisher = self._local_fisher(moving)
+            due = ops.equal(self.refresh_count.value, 0) | ~(self._drift(moving, fisher) <= self.refresh_tolerance)
+            return ops.cond(due, lambda: refreshed(fisher), unchanged)
 
         return ops.cond(check, checked, unchanged)
 
-    def _drift(self, moving):
-        """The estimated whitening drift `||U^T G_d U - I||_F / sqrt(d)` of the current `U` for `moving`."""
-        fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
-                                     self.activation_factor)
+    def _local_fisher(self, moving):
+        """`G` from the moving moments (`keras_sngd.statistics.local_fisher_matrix`)."""
+        return local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
+                                   self.activation_factor)
+
+    def _drift(self, moving, fisher=None):
+        """The estimated whitening drift `||U^T G_d U - I||_F / sqrt(d)` of the current `U` for `moving`
+        (or for its `G`, `fisher`, when given)."""
+        if fisher is None:
+            fisher = self._local_fisher(moving)
         return whitening_drift(fisher, self.inverse_root.value, self.damping)
 
-    def _refresh(self, moving, bindings, write):
+    def _refresh(self, moving, bindings, write, fisher=None):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with
-        `write` also assigns the new `U` (and shift)."""
+        `write` also assigns the new `U` (and shift). `fisher`: `G` of `moving` when already computed."""
         old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
-        fisher = local_fisher_matrix(moving.second_moment, moving.mean, moving.weight, self.center,
-                                     self.activation_factor)
+        if fisher is None:
+            fisher = self._local_fisher(moving)
         if self._low_rank():
             old_root = self._current_root()
             # From the random start before the first accepted refresh, from the previous basis after it.

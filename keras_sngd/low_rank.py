@@ -42,6 +42,8 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
+from keras_sngd.linear_algebra import trace
+
 # `rank="auto"`: a low rank for rank-2 inputs (one row per example, before a Dense layer) of at least this
 # many features whose damping is at least `AUTO_MIN_DAMPING`: `max(AUTO_MIN_RANK, d // AUTO_FRACTION)`,
 # twice that below damping 1 (`resolve_rank`).
@@ -147,13 +149,13 @@ def low_rank_refresh(fisher, old_inverse_root, basis, damping, iterations=SUBSPA
     dim, rank = basis.shape
     identity = ops.eye(dim, dtype=dtype)
     fisher = ops.cast(fisher, dtype)
-    damped = fisher + (damping * ops.trace(fisher) / dim) * identity
+    damped = fisher + (damping * trace(fisher) / dim) * identity
     # Statistics that are not finite, or zero (none yet), are refused; the iteration then runs on the
     # identity so that no decomposition sees them (TensorFlow's `eigh` raises on NaN).
-    usable = ops.isfinite(ops.sum(damped)) & (ops.trace(damped) > 0)
+    usable = ops.isfinite(ops.sum(damped)) & (trace(damped) > 0)
     damped = ops.where(usable, damped, identity)
     # Scaled by the mean eigenvalue so that the powers of the iteration stay near 1.
-    mean_eigenvalue = ops.maximum(ops.trace(damped) / dim, 1e-30)
+    mean_eigenvalue = ops.maximum(trace(damped) / dim, 1e-30)
     unit = damped / mean_eigenvalue
     def iterate(index, subspace):
         return ops.qr(ops.matmul(unit, subspace), mode="reduced")[0]
@@ -169,7 +171,7 @@ def low_rank_refresh(fisher, old_inverse_root, basis, damping, iterations=SUBSPA
     projected = 0.5 * (projected + ops.transpose(projected))
     theta, rotation = ops.eigh(projected)
     new_basis = ops.matmul(subspace, rotation)
-    tail = (ops.trace(unit) - ops.sum(theta)) / (dim - rank)
+    tail = (trace(unit) - ops.sum(theta)) / (dim - rank)
     accepted = usable & (ops.min(theta) > 0) & (tail > 0)
     safe_theta = ops.where(theta > 0, theta, 1.0)
     safe_tail = ops.where(tail > 0, tail, 1.0)

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 from keras import ops
 
+from keras_sngd.linear_algebra import trace
 from keras_sngd.newton_schulz import coupled_newton_schulz
 
 # A converged float32 iteration ends with a residual ||Z Y - I|| / sqrt(d) of 1e-7 to 1e-4 (condition
@@ -89,7 +90,7 @@ def warm_refresh(fisher, inverse_root, damping, iterations=None, dtype="float32"
     """
     dim = fisher.shape[-1]
     identity = ops.eye(dim, dtype="float32")
-    damped = fisher + (damping * ops.trace(fisher) / dim) * identity
+    damped = fisher + (damping * trace(fisher) / dim) * identity
     old = ops.cast(inverse_root, dtype)
     whitened = ops.matmul(ops.transpose(old), ops.matmul(ops.cast(damped, dtype), old))
     whitened = 0.5 * (whitened + ops.transpose(whitened))
@@ -136,7 +137,7 @@ def whitening_drift(fisher, inverse_root, damping):
     """
     dim = fisher.shape[-1]
     probes = ops.convert_to_tensor(_probe_vectors(dim), "float32")
-    damping_term = damping * ops.trace(fisher) / dim
+    damping_term = damping * trace(fisher) / dim
     mapped = ops.matmul(inverse_root, probes)
     mapped = ops.matmul(fisher, mapped) + damping_term * mapped
     deviation = ops.matmul(ops.transpose(inverse_root), mapped) - probes

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from keras import ops
 
 from keras_sngd.distributed import sum_across_replicas
+from keras_sngd.linear_algebra import trace
 
 
 class BatchMoments(NamedTuple):
@@ -106,7 +107,7 @@ def update_moving_moments(moving_second_moment, moving_mean, weight, second_mome
     Returns:
         `MovingMoments(second_moment, mean, weight, accepted)`.
     """
-    accepted = ops.isfinite(ops.trace(second_moment)) & ops.isfinite(ops.sum(mean))
+    accepted = ops.isfinite(trace(second_moment)) & ops.isfinite(ops.sum(mean))
     if count is not None:
         accepted = accepted & (count > 0)
     keep = 1.0 - momentum
@@ -160,7 +161,7 @@ def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, moment
         outer_sum, row_sum, count = sum_across_replicas(
             [ops.matmul(ops.transpose(rows), rows), ops.sum(rows, axis=0), count]
         )
-        accepted = ops.isfinite(ops.trace(outer_sum)) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
+        accepted = ops.isfinite(trace(outer_sum)) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
         factor = keep_fraction / ops.maximum(count, 1.0)
         outer = ops.where(accepted, outer_sum * factor, 0.0)
     else:

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_sngd.linear_algebra import trace
 from keras_sngd.optimizers.kfac_layers import KFACLayerMixin
 from keras_sngd.optimizers.kfac_layers import prepare
 from keras_sngd.validation import check_bool
@@ -222,8 +223,8 @@ def damped_inverses(input_factor, output_factor, damping):
         The two inverses, float32 and symmetric.
     """
     input_dim, output_dim = input_factor.shape[0], output_factor.shape[0]
-    input_scale = ops.trace(input_factor) / input_dim
-    output_scale = ops.trace(output_factor) / output_dim
+    input_scale = trace(input_factor) / input_dim
+    output_scale = trace(output_factor) / output_dim
     positive = (input_scale > 0.0) & (output_scale > 0.0)
     ratio = ops.where(positive, ops.sqrt(ops.maximum(input_scale, 1e-30) / ops.maximum(output_scale, 1e-30)), 1.0)
     root = damping**0.5
