@@ -23,9 +23,11 @@ Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, `re
   final training losses, and the fit time (compilation included) for SNGD (defaults, `statistics_every=1`,
   a dense `U`, and damping 0.01 on every layer as before `reconstruct` damped the one on the raw pixels,
   which also keeps its `U` dense) to reach Adam's final loss, as a fraction of Adam's fit time (linear
-  interpolation between epoch ends).
+  interpolation between epoch ends). Each model is fitted `--time-to-adam-repeats` times, in turn; the
+  table gives the median, and the ratio to Adam's fit time pair by pair (the shared machine's speed drifts).
 Table 3, paper MLP: the first one-batch `fit` of a fresh model (tracing, graph optimization, one step)
-  for SGD, Adam and SNGD, and the number of operations in each traced train step.
+  for SGD, Adam and SNGD (median of `--compile-repeats`, in turn), and the number of operations in each
+  traced train step.
 """
 
 import argparse
@@ -82,10 +84,11 @@ class NoRefresh(LocalFisher):
 
 
 class DenseRoot(LocalFisher):
-    """The LocalFisher defaults but `rank=None`: a dense `U` everywhere (before `rank="auto"`)."""
+    """The LocalFisher defaults but `rank=None`: a dense `U` everywhere (before `rank="auto"`). It
+    overrides the `rank="auto"` that `reconstruct` passes."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("rank", None)
+        kwargs["rank"] = None
         super().__init__(**kwargs)
 
 
@@ -206,6 +209,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--time-to-adam-images", type=int, default=20000)
     parser.add_argument("--time-to-adam-epochs", type=int, default=5)
+    parser.add_argument("--time-to-adam-repeats", type=int, default=3, help="fits of each model for table 2")
+    parser.add_argument("--compile-repeats", type=int, default=3, help="first fits of each model for table 3")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: mlp, cnn, adam, compile")
     parser.add_argument("--update-every", type=int, default=None, help="LocalFisher update_every (default: the layer's)")
     parser.add_argument("--jit-compile", choices=sorted(JIT_COMPILE), default="auto",
@@ -238,16 +243,22 @@ def main(argv=None):
         data = (images[:256], labels[:256])
         print("\npaper MLP: the first one-batch fit of a fresh model (trace, graph optimization, one step), and the "
               "operations in its traced train step (its top-level graph; the refresh branches are functions of their own)")
-        print("| | first fit s | operations |\n|---|---|---|")
-        for label, layer_class, optimizer in [("SGD", None, keras.optimizers.SGD(0.1)),
-                                               ("Adam", None, keras.optimizers.Adam(1e-3)),
-                                               ("SNGD", LocalFisher, keras.optimizers.SGD(0.1))]:
-            seconds, operations = first_call(paper_mlp, layer_class, optimizer, data)
-            print(f"| {label} | {seconds:.2f} | {operations if operations is not None else 'n/a'} |", flush=True)
+        print("| | first fit s: median (min-max) | operations |\n|---|---|---|")
+        candidates = [("SGD", None, lambda: keras.optimizers.SGD(0.1)),
+                      ("Adam", None, lambda: keras.optimizers.Adam(1e-3)),
+                      ("SNGD", LocalFisher, lambda: keras.optimizers.SGD(0.1))]
+        results = {label: [] for label, _, _ in candidates}
+        for _ in range(args.compile_repeats):  # in turn, so that a slow spell hits every one alike
+            for label, layer_class, optimizer in candidates:
+                results[label].append(first_call(paper_mlp, layer_class, optimizer(), data))
+        for label, values in results.items():
+            operations = values[0][1]
+            seconds = [value[0] for value in values]
+            print(f"| {label} | {statistics.median(seconds):.2f} ({min(seconds):.2f}-{max(seconds):.2f}) | "
+                  f"{operations if operations is not None else 'n/a'} |", flush=True)
     if "adam" not in args.skip:
         data = (images[: args.time_to_adam_images], labels[: args.time_to_adam_images])
         epochs = args.time_to_adam_epochs
-        adam_losses, adam_ends = fit(build(paper_mlp, None, data), keras.optimizers.Adam(1e-3), data, 64, epochs)
         runs = {
             "SNGD SGD lr 0.1": (LocalFisher, args.local_fisher),
             "SNGD SGD lr 0.1, statistics_every=1": (EveryBatch, args.local_fisher),
@@ -255,20 +266,38 @@ def main(argv=None):
             # Before `reconstruct` damped the layer on the raw pixels (docs/generalization.md).
             "SNGD SGD lr 0.1, damping 0.01 everywhere": (LocalFisher, dict(args.local_fisher, damping=0.01)),
         }
-        curves = {}
-        for label, (layer_class, arguments) in runs.items():
-            curves[label] = fit(build(paper_mlp, layer_class, data, arguments), keras.optimizers.SGD(0.1), data, 64, epochs)
-        print(f"\npaper MLP, {args.time_to_adam_images} images, batch 64, {epochs} epochs (fit time, compilation included)")
-        print("| | final loss | fit time s | time to Adam's final loss |\n|---|---|---|---|")
-        print(f"| Adam lr 1e-3 | {adam_losses[-1]:.4f} | {adam_ends[-1]:.1f} | |")
-        for label, (losses, ends) in curves.items():
-            reach = time_to_reach(losses, ends, adam_losses[-1])
+        adam, curves = time_to_adam(data, epochs, runs, args.time_to_adam_repeats)
+        adam_losses, adam_ends = adam[0]
+        adam_time = statistics.median(ends[-1] for _, ends in adam)
+        print(f"\npaper MLP, {args.time_to_adam_images} images, batch 64, {epochs} epochs (fit time, compilation "
+              f"included; median of {args.time_to_adam_repeats} fits of each, run in turn)")
+        print("| | final loss | fit time s | time to Adam's final loss | its ratio to Adam's fit time, "
+              "pair by pair: median (min-max) |\n|---|---|---|---|---|")
+        print(f"| Adam lr 1e-3 | {adam_losses[-1]:.4f} | {adam_time:.1f} | | |")
+        for label, fits in curves.items():
+            losses = fits[0][0]
+            reaches = [time_to_reach(run_losses, ends, adam_losses[-1]) for run_losses, ends in fits]
+            pairs = [reach / adam_fit[1][-1] for reach, adam_fit in zip(reaches, adam)]
             print(f"| {label} | {losses[-1]:.4f} ({losses[-1] / adam_losses[-1]:.2f}x Adam's) | "
-                  f"{ends[-1]:.1f} | {reach:.1f} s = {reach / adam_ends[-1]:.2f}x Adam's time |")
+                  f"{statistics.median(ends[-1] for _, ends in fits):.1f} | {statistics.median(reaches):.1f} s | "
+                  f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f}) |")
         print("per-epoch losses: Adam " + " ".join(f"{x:.4f}" for x in adam_losses) + "".join(
-            f"; {label} " + " ".join(f"{x:.4f}" for x in losses) for label, (losses, _) in curves.items()))
-        print("epoch ends (s): Adam " + " ".join(f"{x:.1f}" for x in adam_ends) + "".join(
-            f"; {label} " + " ".join(f"{x:.1f}" for x in ends) for label, (_, ends) in curves.items()), flush=True)
+            f"; {label} " + " ".join(f"{x:.4f}" for x in fits[0][0]) for label, fits in curves.items()))
+        print("epoch ends (s), first fit: Adam " + " ".join(f"{x:.1f}" for x in adam_ends) + "".join(
+            f"; {label} " + " ".join(f"{x:.1f}" for x in fits[0][1]) for label, fits in curves.items()), flush=True)
+
+
+def time_to_adam(data, epochs, runs, repeats):
+    """`repeats` rounds of fresh fits, Adam's and then each SNGD run's, so that a slow spell of the shared
+    machine hits every one alike. Returns `(adam, curves)`: Adam's `(losses, epoch ends)` per round, and
+    `{label: [(losses, epoch ends) per round]}`. The losses repeat exactly (the same seed and data order)."""
+    adam, curves = [], {label: [] for label in runs}
+    for _ in range(repeats):
+        adam.append(fit(build(paper_mlp, None, data), keras.optimizers.Adam(1e-3), data, 64, epochs))
+        for label, (layer_class, arguments) in runs.items():
+            curves[label].append(
+                fit(build(paper_mlp, layer_class, data, arguments), keras.optimizers.SGD(0.1), data, 64, epochs))
+    return adam, curves
 
 
 if __name__ == "__main__":
