@@ -219,3 +219,28 @@ def test_near_identity_scaling_converges_in_few_iterations():
 def test_docstring_example():
     failures, _ = doctest.testmod(importlib.import_module("keras_sngd.newton_schulz"), verbose=False)
     assert failures == 0
+
+
+@pytest.mark.parametrize("dim,condition_number", [(8, 10.0), (64, 1e3), (512, 1e6)])
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_power_estimate_is_a_close_lower_bound_at_any_scale(dim, condition_number, scale):
+    """The estimate that pre-scales the warm refresh: at most the largest eigenvalue (float64 eigh), and
+    close enough that the scaled spectrum stays where the iteration converges, for matrices far from
+    float32's range limits (no normalization between its power steps)."""
+    module = importlib.import_module("keras_sngd.newton_schulz")
+    matrix = spd_matrix(dim, condition_number, seed=dim)
+    largest = float(np.linalg.eigvalsh(matrix.astype("float64"))[-1])
+    scaled = (scale * matrix).astype("float32")
+    frobenius = float(np.linalg.norm(scaled.astype("float64")))
+    estimate = float(module._power_estimate(tf.constant(scaled), tf.constant(frobenius, "float32"))) / scale
+    assert 0.5 * largest < estimate <= largest * (1 + 1e-5)
+    # A matrix near the identity, what a warm refresh sees: the estimate is nearly exact.
+    near = np.eye(dim) + 0.01 * spd_matrix(dim, 10.0, seed=1) / dim
+    estimate = float(module._power_estimate(tf.constant(near, "float32"), tf.constant(np.linalg.norm(near), "float32")))
+    assert estimate == pytest.approx(np.linalg.eigvalsh(near)[-1], rel=1e-3)
+
+
+def test_power_estimate_of_a_zero_matrix_is_zero():
+    module = importlib.import_module("keras_sngd.newton_schulz")
+    tiny = np.float32(2.0**-126)  # the floor `_prescale` gives a zero matrix's norm
+    assert float(module._power_estimate(tf.zeros((6, 6)), tf.constant(tiny))) == 0.0
