@@ -13,7 +13,12 @@ the final training loss and the accuracy on the 10,000 test images of each run o
   none` turns `reconstruct`'s rule off (`keras_sngd.layer_defaults.fixed_feature_damping`, which damps those
   before Dense layers only): every layer gets the network's damping, as before the rule existed;
 - `SNGD LR wd W`: with SGD's decoupled weight decay, `SGD(LR, weight_decay=W)`. It acts on the whitened
-  kernel: `W' <- (1 - LR W) W'` shrinks the effective `W = U W'` by the same factor between refreshes.
+  kernel: `W' <- (1 - LR W) W'` shrinks the effective `W = U W'` by the same factor between refreshes;
+- `K-FAC LR`: `keras_sngd.optimizers.KFAC` at that learning rate on `prepare_kfac(model)` (its defaults:
+  momentum 0.9, KL clip 1e-4), the Kronecker-factored natural gradient with the output side `S = E[g g^T]`
+  that SNGD replaces by a scalar;
+- any label followed by `cosine`: the learning rate decays from LR to 0 over the run
+  (`keras.optimizers.schedules.CosineDecay`), e.g. `Muon 0.003 cosine`, `SNGD 0.2 cosine`.
 
     python benchmarks/generalization.py                  # the MLP, the default runs, 3 seeds: about 6 minutes on 2 cores
     python benchmarks/generalization.py --runs "SNGD 0.1 fixed-feature damping 0.3,SNGD 0.1 damping 1"
@@ -26,6 +31,9 @@ import argparse
 import os
 import sys
 import statistics
+from typing import Callable
+from typing import NamedTuple
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # `python benchmarks/NAME.py` from the repository root: the `benchmarks` package is the root's.
@@ -44,26 +52,55 @@ from keras_sngd.layer_defaults import default_arguments  # noqa: E402
 DEFAULT_RUNS = ("Adam 0.001,Adam 0.003,Muon 0.001,Muon 0.003,SNGD 0.1,SNGD 0.1 fixed-feature damping none")
 
 
+class Run(NamedTuple):
+    """What a run label asks for: `optimizer(decay_steps=None)` makes the optimizer (a cosine schedule
+    over `decay_steps` for labels ending in `cosine`); `reconstruct_arguments(model)` gives
+    `keras_sngd.reconstruct`'s arguments (None: the model is not reconstructed); `prepare(model)` gives the
+    model to fit for K-FAC (None otherwise)."""
+
+    optimizer: Callable
+    reconstruct_arguments: Optional[Callable]
+    prepare: Optional[Callable] = None
+
+
 def parse_run(label):
-    """`(optimizer factory, reconstruct arguments factory or None)` for a run label (see the docstring)."""
+    """The `Run` of a run label (see the module docstring)."""
     words = label.split()
+    cosine = bool(words) and words[-1] == "cosine"
+    if cosine:
+        words = words[:-1]
     try:
         name, rate, rest = words[0], float(words[1]), words[2:]
     except (IndexError, ValueError):
-        raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR' or 'SNGD LR [...]'.") from None
+        raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR', 'K-FAC LR' or 'SNGD LR [...]', "
+                         "optionally followed by 'cosine'.") from None
+
+    def learning_rate(decay_steps):
+        if cosine and decay_steps:
+            return keras.optimizers.schedules.CosineDecay(rate, decay_steps)
+        return rate
+
     if name in ("Adam", "Muon") and not rest:
         make = keras.optimizers.Adam if name == "Adam" else keras.optimizers.Muon
-        return (lambda: make(learning_rate=rate)), None
+        return Run(lambda decay_steps=None: make(learning_rate=learning_rate(decay_steps)), None)
+    if name == "K-FAC" and not rest:
+        from keras_sngd.optimizers import KFAC
+        from keras_sngd.optimizers import prepare_kfac
+
+        return Run(lambda decay_steps=None: KFAC(learning_rate=learning_rate(decay_steps)), None, prepare_kfac)
     if name != "SNGD":
-        raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR' or 'SNGD LR [...]'.")
+        raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR', 'K-FAC LR' or 'SNGD LR [...]'.")
+
+    def sgd(**options):
+        return lambda decay_steps=None: keras.optimizers.SGD(learning_rate(decay_steps), **options)
+
     if not rest:
-        return (lambda: keras.optimizers.SGD(rate)), (lambda model: {})
+        return Run(sgd(), lambda model: {})
     if rest[0] == "wd" and len(rest) == 2:
-        decay = float(rest[1])
-        return (lambda: keras.optimizers.SGD(rate, weight_decay=decay)), (lambda model: {})
+        return Run(sgd(weight_decay=float(rest[1])), lambda model: {})
     if rest[0] == "damping" and len(rest) == 2:
         damping = float(rest[1])
-        return (lambda: keras.optimizers.SGD(rate)), (lambda model: {"local_fisher_arguments": {"damping": damping}})
+        return Run(sgd(), lambda model: {"local_fisher_arguments": {"damping": damping}})
     if rest[:2] == ["fixed-feature", "damping"] and len(rest) == 3:
         value = rest[2]
 
@@ -76,19 +113,22 @@ def parse_run(label):
             fixed = [name for name in names if calls_read_fixed_features(layers[name])]
             return {"per_layer_arguments": {name: {"damping": float(value)} for name in fixed}}
 
-        return (lambda: keras.optimizers.SGD(rate)), arguments
+        return Run(sgd(), arguments)
     raise ValueError(f"Bad run {label!r}: after 'SNGD LR' expected nothing, 'wd W', 'damping D' or "
                      "'fixed-feature damping D|none'.")
 
 
 def run(model_name, label, seed, train, test, epochs):
     """`(final training loss, test accuracy)` of one run."""
-    optimizer, reconstruct_arguments = parse_run(label)
+    spec = parse_run(label)
     keras.utils.set_random_seed(seed)
     model = plain_model(model_name)
-    if reconstruct_arguments is not None:
-        model = keras_sngd.reconstruct(model, **reconstruct_arguments(model))
-    model.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    if spec.reconstruct_arguments is not None:
+        model = keras_sngd.reconstruct(model, **spec.reconstruct_arguments(model))
+    if spec.prepare is not None:
+        model = spec.prepare(model)
+    optimizer = spec.optimizer(decay_steps=epochs * -(-len(train[0]) // 64))
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     loss = model.fit(*train, batch_size=64, epochs=epochs, verbose=0).history["loss"][-1]
     accuracy = model.evaluate(*test, batch_size=512, verbose=0, return_dict=True)["accuracy"]
     return (loss if np.isfinite(loss) else float("nan")), accuracy

@@ -15,10 +15,19 @@ from keras_sngd.models import paper_mlp  # noqa: E402
 
 def test_run_labels():
     model = paper_mlp()
-    optimizer, arguments = parse_run("Muon 0.003")
-    assert type(optimizer()).__name__ == "Muon" and arguments is None
-    optimizer, arguments = parse_run("SNGD 0.1 wd 0.001")
+    optimizer, arguments, prepare = parse_run("Muon 0.003")
+    assert type(optimizer()).__name__ == "Muon" and arguments is None and prepare is None
+    optimizer, arguments, _ = parse_run("SNGD 0.1 wd 0.001")
     assert optimizer().weight_decay == pytest.approx(0.001) and arguments(model) == {}
+    # `cosine`: the rate decays to 0 over the steps the run passes; K-FAC prepares its own model.
+    decaying = parse_run("SNGD 0.2 cosine").optimizer(decay_steps=100)
+    assert float(decaying.learning_rate) == pytest.approx(0.2)
+    decaying.iterations.assign(100)
+    assert float(decaying.learning_rate) == pytest.approx(0.0, abs=1e-7)
+    assert float(parse_run("SNGD 0.2").optimizer(decay_steps=100).learning_rate) == pytest.approx(0.2)
+    kfac = parse_run("K-FAC 0.1")
+    assert type(kfac.optimizer()).__name__ == "KFAC" and kfac.reconstruct_arguments is None
+    assert kfac.prepare(paper_mlp()) is not None
     assert parse_run("SNGD 0.1 damping 0.3")[1](model) == {"local_fisher_arguments": {"damping": 0.3}}
     # Only the layer on the raw pixels reads fixed features; `none` gives it the network's damping.
     assert parse_run("SNGD 0.1 fixed-feature damping 3")[1](model) == {"per_layer_arguments": {"dense_1": {"damping": 3.0}}}
@@ -28,7 +37,7 @@ def test_run_labels():
 
     assert parse_run("SNGD 0.3 fixed-feature damping 1")[1](lstm_rows()) == {"per_layer_arguments": {"lstm": {"damping": 1.0}}}
     assert parse_run("SNGD 0.3 fixed-feature damping none")[1](lstm_rows()) == {"local_fisher_arguments": {"damping": 0.1}}
-    for bad in ["SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum 0.9", "Adam 0.1 wd 0.1"]:
+    for bad in ["SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum 0.9", "Adam 0.1 wd 0.1", "cosine", "K-FAC 0.1 wd 1"]:
         with pytest.raises(ValueError, match="Bad run"):
             parse_run(bad)
 
