@@ -37,3 +37,22 @@ def test_time_to_reach_interpolates_between_epoch_ends():
     assert time_to_reach(losses, ends, 0.6) == pytest.approx(2.0)
     assert time_to_reach(losses, ends, 0.7) == pytest.approx(2.0)  # reached by the first epoch's end
     assert math.isnan(time_to_reach(losses, ends, 0.1))
+
+
+def test_compile_cost_counts_what_the_refresh_adds(monkeypatch):
+    import keras
+
+    from benchmarks import compile_cost
+
+    def tiny():
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(4, 3, strides=4)(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+    monkeypatch.setattr(compile_cost, "mobilenet_v2", tiny)
+    plain, no_refresh, full = (compile_cost.measure(kind) for kind in ["plain", "no refresh", "LocalFisher"])
+    assert (plain[5], no_refresh[5], full[5]) == (0, 2, 2)
+    assert plain[4] == no_refresh[4] == 0 < full[4]  # only the refresh adds branch and loop functions
+    assert plain[3] < no_refresh[3] <= full[3]
+    assert all(seconds > 0 for seconds in plain[:3] + full[:3])
