@@ -215,8 +215,14 @@ class FisherLayer(keras.layers.Layer):
             bindings, mode = self._refresh_plan(in_step=True)
             self._set_refresh_mode(mode)
             *result, due = self._refresh_if_due(step, moving, bindings, old_inverse_root, old_shift, old_root)
-            # No gradient flows through a refresh: it is a change of coordinates, not part of the loss.
-            result = keras.tree.map_structure(ops.stop_gradient, RefreshResult(*result))
+            # No gradient flows through a refresh: it is a change of coordinates, not part of the loss. (Only
+            # what the forward pass reads needs the stop; `hand_over` stops the mixing and the flag itself.)
+            result = RefreshResult(*result)
+            result = result._replace(
+                inverse_root=ops.stop_gradient(result.inverse_root),
+                shift=ops.stop_gradient(result.shift),
+                low_rank=keras.tree.map_structure(ops.stop_gradient, result.low_rank),
+            )
         self._write_state(moving, step, due, result)
         return self._step_output(result, old_inverse_root, old_shift, old_root)
 

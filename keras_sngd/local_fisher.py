@@ -327,7 +327,8 @@ class LocalFisher(FisherLayer):
             for binding in bindings:
                 _install_constraint(self, binding)
                 carriers.extend(self._previous_carriers(binding))
-                values.extend(_frozen(variable) for variable in _bounded_variables(binding))
+                # (`hand_over` stops their gradients.)
+                values.extend(ops.convert_to_tensor(variable) for variable in _bounded_variables(binding))
             object.__setattr__(self, "_pending", (carriers, values))
         elif fallback:
             # The weights this step's update starts from: after the bound and any re-expression.

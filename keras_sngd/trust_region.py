@@ -17,6 +17,7 @@ from keras import ops
 
 # Below this RMS per output unit, (W', b) counts as this size, so that zero-initialized weights can move.
 _SMALLEST_SIZE = 1e-3
+_TINY = 2.0**-126  # float32's smallest normal
 
 
 def bounded_step(values, previous, radius, outputs):
@@ -39,13 +40,20 @@ def bounded_step(values, previous, radius, outputs):
         `(values, scale)`: the bounded tensors (their own dtypes) and the float32 scale in (0, 1] (1 where
         the step was within the bound, or not finite: a non-finite step is left for the loss to show).
     """
-    steps = [ops.cast(value, "float32") - ops.cast(old, "float32") for value, old in zip(values, previous)]
-    norm = ops.sqrt(sum(ops.sum(ops.square(step)) for step in steps))
-    size = ops.sqrt(sum(ops.sum(ops.square(ops.cast(old, "float32"))) for old in previous))
-    limit = float(radius) * ops.maximum(size, _SMALLEST_SIZE * float(outputs) ** 0.5)
-    scale = ops.where(ops.isfinite(norm) & (norm > limit), limit / ops.maximum(norm, 1e-30), 1.0)
-    bounded = [
-        ops.cast(ops.cast(old, "float32") + scale * step, value.dtype)
-        for value, old, step in zip(values, previous, steps)
-    ]
+    # In squares, with one square root: the step runs after every optimizer update, and each operation
+    # here is paid on every training step.
+    olds = [ops.cast(old, "float32") for old in previous]
+    steps = [ops.cast(value, "float32") - old for value, old in zip(values, olds)]
+    norm_squared = _sum_of_squares(steps)
+    limit_squared = float(radius) ** 2 * ops.maximum(_sum_of_squares(olds), _SMALLEST_SIZE**2 * float(outputs))
+    shorten = ops.isfinite(norm_squared) & (norm_squared > limit_squared)
+    scale = ops.where(shorten, ops.sqrt(limit_squared / ops.maximum(norm_squared, _TINY)), 1.0)
+    bounded = [ops.cast(old + scale * step, value.dtype) for value, old, step in zip(values, olds, steps)]
     return bounded, scale
+
+
+def _sum_of_squares(tensors):
+    total = ops.sum(ops.square(tensors[0]))
+    for tensor in tensors[1:]:
+        total = total + ops.sum(ops.square(tensor))
+    return total
