@@ -327,8 +327,7 @@ class LocalFisher(FisherLayer):
             for binding in bindings:
                 _install_constraint(self, binding)
                 carriers.extend(self._previous_carriers(binding))
-                # (`hand_over` stops their gradients.)
-                values.extend(ops.convert_to_tensor(variable) for variable in _bounded_variables(binding))
+                values.extend(_weights_now(binding))
             object.__setattr__(self, "_pending", (carriers, values))
         elif fallback:
             # The weights this step's update starts from: after the bound and any re-expression.
@@ -369,7 +368,7 @@ class LocalFisher(FisherLayer):
                     self._warn_unprepared()
                     continue
                 carriers.extend(previous)
-                values.extend(_frozen(variable) for variable in _bounded_variables(binding))
+                values.extend(_weights_now(binding))
         object.__setattr__(self, "_pending", (carriers, values))
         # This step still sees the old U (its consumers hold the old W'); the new one is stored for the next.
         return old_inverse_root, old_shift, old_root
@@ -461,6 +460,12 @@ def _install_constraint(fisher, binding):
 def _bounded_variables(binding):
     """The weights the trust region bounds: the consumer's kernel, and its bias if it has one."""
     return [binding.kernel] + ([binding.bias] if binding.bias is not None else [])
+
+
+def _weights_now(binding):
+    """The consumer's bounded weights as they are now, for `hand_over` (which stops their gradients): the
+    weights the optimizer's next update starts from, which the trust region measures it against."""
+    return [ops.convert_to_tensor(variable) for variable in _bounded_variables(binding)]
 
 
 def _frozen(variable):

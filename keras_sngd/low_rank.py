@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
+from keras_sngd.linear_algebra import damped
 from keras_sngd.linear_algebra import trace
 
 # `rank="auto"`: a low rank for rank-2 inputs (one row per example, before a Dense layer) of at least this
@@ -149,14 +150,14 @@ def low_rank_refresh(fisher, old_inverse_root, basis, damping, iterations=SUBSPA
     dim, rank = basis.shape
     identity = ops.eye(dim, dtype=dtype)
     fisher = ops.cast(fisher, dtype)
-    damped = fisher + (damping * trace(fisher) / dim) * identity
+    damped_fisher = damped(fisher, damping, identity)
     # Statistics that are not finite, or zero (none yet), are refused; the iteration then runs on the
     # identity so that no decomposition sees them (TensorFlow's `eigh` raises on NaN).
-    usable = ops.isfinite(ops.sum(damped)) & (trace(damped) > 0)
-    damped = ops.where(usable, damped, identity)
+    usable = ops.isfinite(ops.sum(damped_fisher)) & (trace(damped_fisher) > 0)
+    damped_fisher = ops.where(usable, damped_fisher, identity)
     # Scaled by the mean eigenvalue so that the powers of the iteration stay near 1.
-    mean_eigenvalue = ops.maximum(trace(damped) / dim, 1e-30)
-    unit = damped / mean_eigenvalue
+    mean_eigenvalue = ops.maximum(trace(damped_fisher) / dim, 1e-30)
+    unit = damped_fisher / mean_eigenvalue
     def iterate(index, subspace):
         return ops.qr(ops.matmul(unit, subspace), mode="reduced")[0]
 

@@ -5,6 +5,7 @@ from typing import NamedTuple
 from keras import backend
 from keras import ops
 
+from keras_sngd.linear_algebra import damped
 from keras_sngd.linear_algebra import trace
 from keras_sngd.validation import check_bool
 from keras_sngd.validation import check_choice
@@ -143,7 +144,7 @@ def coupled_newton_schulz(matrix, damping=0.0, iterations=None, tolerance=None, 
     dim = matrix.shape[-1]
     identity = ops.eye(dim, dtype=dtype)
 
-    matrix = _damp(matrix, damping, identity)
+    matrix = damped(matrix, damping, identity)
     scaled, scale = _prescale(matrix, scaling, identity)
     if iterations is not None:
         root, inverse_root, product = _iterate_fixed(scaled, identity, iterations)
@@ -171,14 +172,6 @@ def _as_square_matrices(matrix, dtype):
             f"(it gave {backend.standardize_dtype(matrix.dtype)}); on JAX, enable jax_enable_x64."
         )
     return matrix
-
-
-def _damp(matrix, damping, identity):
-    """`G + damping * (trace(G) / d) * I`."""
-    if damping == 0:
-        return matrix
-    mean_eigenvalue = trace(matrix) / identity.shape[-1]
-    return matrix + (damping * mean_eigenvalue)[..., None, None] * identity
 
 
 def _prescale(matrix, scaling, identity):

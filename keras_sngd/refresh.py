@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 from keras import ops
 
+from keras_sngd.linear_algebra import damped
 from keras_sngd.linear_algebra import trace
 from keras_sngd.newton_schulz import coupled_newton_schulz
 
@@ -90,9 +91,9 @@ def warm_refresh(fisher, inverse_root, damping, iterations=None, dtype="float32"
     """
     dim = fisher.shape[-1]
     identity = ops.eye(dim, dtype="float32")
-    damped = fisher + (damping * trace(fisher) / dim) * identity
     old = ops.cast(inverse_root, dtype)
-    whitened = ops.matmul(ops.transpose(old), ops.matmul(ops.cast(damped, dtype), old))
+    fisher = ops.cast(damped(fisher, damping, identity), dtype)
+    whitened = ops.matmul(ops.transpose(old), ops.matmul(fisher, old))
     whitened = 0.5 * (whitened + ops.transpose(whitened))
     tolerance = None if iterations is not None else _STOP_RESIDUAL[dtype]
     result = coupled_newton_schulz(whitened, iterations=iterations, tolerance=tolerance, scaling="power",
