@@ -7,7 +7,8 @@ the final training loss and the accuracy on the 10,000 test images of each run o
   variables that are not matrices) at that learning rate, Keras's defaults otherwise (Muon's include
   `weight_decay=0.1`);
 - `SNGD LR`: `keras_sngd.reconstruct(model)` trained with `keras.optimizers.SGD(LR)`: what a user writes;
-- `SNGD LR damping D`: every LocalFisher with damping `D`;
+- `SNGD LR damping D` (or `update_every K`, `refresh_tolerance T`, `max_step S`): every LocalFisher with
+  that argument;
 - `SNGD LR fixed-feature damping D`: the LocalFishers before layers of any type that read fixed features
   (`keras_sngd.graph.reads_fixed_features`: the raw input) get `D`, the others keep their defaults; `D =
   none` turns `reconstruct`'s rule off (`keras_sngd.layer_defaults.fixed_feature_damping`, which damps those
@@ -50,6 +51,10 @@ from keras_sngd.graph import walk_layers  # noqa: E402
 from keras_sngd.layer_defaults import default_arguments  # noqa: E402
 
 DEFAULT_RUNS = ("Adam 0.001,Adam 0.003,Muon 0.001,Muon 0.003,SNGD 0.1,SNGD 0.1 fixed-feature damping none")
+
+
+# `SNGD LR NAME VALUE`: every LocalFisher with that argument.
+_LOCAL_FISHER_OPTIONS = {"damping": float, "update_every": int, "refresh_tolerance": float, "max_step": float}
 
 
 class Run(NamedTuple):
@@ -98,9 +103,10 @@ def parse_run(label):
         return Run(sgd(), lambda model: {})
     if rest[0] == "wd" and len(rest) == 2:
         return Run(sgd(weight_decay=float(rest[1])), lambda model: {})
-    if rest[0] == "damping" and len(rest) == 2:
-        damping = float(rest[1])
-        return Run(sgd(), lambda model: {"local_fisher_arguments": {"damping": damping}})
+    if rest[0] in _LOCAL_FISHER_OPTIONS and len(rest) == 2:
+        name = rest[0]
+        value = _LOCAL_FISHER_OPTIONS[name](rest[1])
+        return Run(sgd(), lambda model: {"local_fisher_arguments": {name: value}})
     if rest[:2] == ["fixed-feature", "damping"] and len(rest) == 3:
         value = rest[2]
 
@@ -114,7 +120,8 @@ def parse_run(label):
             return {"per_layer_arguments": {name: {"damping": float(value)} for name in fixed}}
 
         return Run(sgd(), arguments)
-    raise ValueError(f"Bad run {label!r}: after 'SNGD LR' expected nothing, 'wd W', 'damping D' or "
+    raise ValueError(f"Bad run {label!r}: after 'SNGD LR' expected nothing, 'wd W', 'damping D' (or "
+                     "another LocalFisher argument: update_every, refresh_tolerance, max_step) or "
                      "'fixed-feature damping D|none'.")
 
 

@@ -22,28 +22,38 @@ Table 1, paper MLP (784-80-80-10) on real Fashion-MNIST, batch 50: epoch time as
 Table 2, paper MLP, batch 64, 5 epochs: Adam (lr 1e-3) and SNGD (SGD lr 0.1, `reconstruct`'s defaults)
   final training losses, and the fit time (compilation included) for SNGD (defaults, `statistics_every=1`,
   a dense `U`, and damping 0.01 on every layer as before `reconstruct` damped the one on the raw pixels,
-  which also keeps its `U` dense) to reach Adam's final loss, as a fraction of Adam's fit time (linear
-  interpolation between epoch ends). Each model is fitted `--time-to-adam-repeats` times, in turn; the
-  table gives the median, and the ratio to Adam's fit time pair by pair (the shared machine's speed drifts).
-Table 3, paper MLP: the first one-batch `fit` of a fresh model (tracing, graph optimization, one step)
-  for SGD, Adam and SNGD (median of `--compile-repeats`, in turn), and the number of operations in each
-  traced train step.
+  which also keeps its `U` dense) to reach Adam's final loss: read off the per-epoch losses (linear
+  interpolation between epoch ends), as a fraction of Adam's fit time; and read off the batch losses (the
+  first batch at which the mean of the last 50 is at most that loss: the training loss at that time,
+  without the lag of an epoch's running mean), as a fraction of Adam's own time by the same rule. Each
+  model is fitted `--time-to-adam-repeats` times, in turn, each fit in a new process
+  (`benchmarks.fresh_process`: a later fit of a process would reuse the refresh the first one compiled);
+  the table gives the median, and the ratios pair by pair (the shared machine's speed drifts).
+Table 3, paper MLP: the first `fit` of a fresh model in a new process, 12 batches (tracing, graph
+  optimization and the steps, which for SNGD include its first refresh, at step 10), for SGD, Adam and
+  SNGD (median of `--compile-repeats`, in turn), and the number of operations in each traced train step.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import keras
-import numpy as np
-from keras import ops
+# `python benchmarks/NAME.py` from the repository root: the `benchmarks` package is the root's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_sngd import LocalFisher
-from keras_sngd import reconstruct
-from keras_sngd.bench.training import EpochClock
-from keras_sngd.datasets import load_dataset
-from keras_sngd.models import paper_mlp
-from keras_sngd.models import small_cnn
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from benchmarks.fresh_process import run_fresh  # noqa: E402
+from keras_sngd import LocalFisher  # noqa: E402
+from keras_sngd import reconstruct  # noqa: E402
+from keras_sngd.bench.training import EpochClock  # noqa: E402
+from keras_sngd.datasets import load_dataset  # noqa: E402
+from keras_sngd.models import paper_mlp  # noqa: E402
+from keras_sngd.models import small_cnn  # noqa: E402
 
 
 class BareProduct(LocalFisher):
@@ -111,11 +121,47 @@ JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
 _jit_compile = "auto"
 
 
-def fit(model, optimizer, data, batch_size, epochs):
+def fit(model, optimizer, data, batch_size, epochs, batches=None):
+    """`(per-epoch losses, epoch ends)` of a `fit`; with a `BatchClock` as `batches`, it also records
+    every batch."""
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=_jit_compile)
     clock = EpochClock()
-    history = model.fit(*data, batch_size=batch_size, epochs=epochs, callbacks=[clock], verbose=0, shuffle=True)
+    callbacks = [clock] if batches is None else [clock, batches]
+    history = model.fit(*data, batch_size=batch_size, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=True)
     return history.history["loss"], clock.epoch_ends
+
+
+class BatchClock(keras.callbacks.Callback):
+    """`times`, `losses`: the seconds since `fit` began at the end of each batch and that batch's loss.
+
+    Keras logs the mean loss of the epoch so far, `m_k` after its `k`-th batch; the batch's own loss is
+    `k m_k - (k - 1) m_(k-1)`.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+        self.times, self.losses = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._mean, self._count = 0.0, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = float(logs["loss"])
+        self._count += 1
+        self.losses.append(self._count * mean - (self._count - 1) * self._mean)
+        self._mean = mean
+        self.times.append(time.perf_counter() - self.start)
+
+
+def time_to_reach_batches(times, losses, target, window=50):
+    """The first batch end at which the mean loss of the last `window` batches is at most `target` (NaN
+    if never): the training loss at that time, without the lag of an epoch's running mean."""
+    losses = np.asarray(losses, dtype="float64")
+    if len(losses) < window:
+        return float("nan")
+    means = np.convolve(losses, np.ones(window) / window, mode="valid")
+    reached = np.flatnonzero(means <= target)
+    return float(times[reached[0] + window - 1]) if len(reached) else float("nan")
 
 
 def build(builder, layer_class, data, local_fisher_arguments=None):
@@ -165,21 +211,40 @@ def epoch_ratios(builder, data, variants, args):
             for name, values in times.items()}
 
 
-def first_call(builder, layer_class, optimizer, data):
-    """Seconds of the first one-batch `fit` (tracing, graph optimization and one step) of a fresh model,
+FIRST_FIT_BATCHES = 12
+OPTIMIZERS = {"SGD": (None, lambda: keras.optimizers.SGD(0.1)), "Adam": (None, lambda: keras.optimizers.Adam(1e-3)),
+              "SNGD": (LocalFisher, lambda: keras.optimizers.SGD(0.1))}
+
+
+def first_fit(label, jit_compile="auto", after_another=False):
+    """Run in a new process (`benchmarks.fresh_process`): the seconds of the first `fit` of a fresh paper
+    MLP for `label` (a key of `OPTIMIZERS`) over 12 batches of 64 real images (tracing, graph
+    optimization and 12 steps, which for SNGD include the first refresh, at step `update_every` = 10),
     and the operations of its traced train step (TensorFlow only, else None): `(top-level graph, the
-    functions it calls)`, the functions being the branches of conditionals and the bodies of loops."""
-    model = build(builder, layer_class, data)
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=_jit_compile)
-    batch = (data[0][:64], data[1][:64])
+    functions it calls)`, the functions being the branches of conditionals, the bodies of loops and the
+    shared refresh (`keras_sngd.compiled`). With `after_another`, another fresh model of the same kind is
+    fitted first, untimed: what a notebook's second model costs."""
+    global _jit_compile
+    _jit_compile = jit_compile
+    images, labels = load_dataset("fashion_mnist", "train")
+    count = 64 * FIRST_FIT_BATCHES
+    data = (images[:count].astype("float32") / 255.0, labels[:count])
+    layer_class, optimizer = OPTIMIZERS[label]
+    if after_another:
+        model = build(paper_mlp, layer_class, data)
+        model.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=_jit_compile)
+        model.fit(*data, batch_size=64, epochs=1, verbose=0, shuffle=False)
+    model = build(paper_mlp, layer_class, data)
+    model.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=_jit_compile)
     start = time.perf_counter()
-    model.fit(*batch, batch_size=64, epochs=1, verbose=0)
+    model.fit(*data, batch_size=64, epochs=1, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
     operations = None
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        specs = (tf.TensorSpec((64,) + batch[0].shape[1:], "float32"), tf.TensorSpec((64,), batch[1].dtype))
+        specs = (tf.TensorSpec((64,) + data[0].shape[1:], "float32"), tf.TensorSpec((64,), data[1].dtype))
         graph = tf.function(model.train_step).get_concrete_function(specs).graph
         library = sum(len(function.node_def) for function in graph.as_graph_def().library.function)
         operations = (len(graph.get_operations()), library)
@@ -243,17 +308,16 @@ def main(argv=None):
         print(f"\nsmall_cnn, {args.cnn_images} images, batch {args.batch_size}: steady epoch time and ratio to SGD")
         print_rows(rows)
     if "compile" not in args.skip:
-        data = (images[:256], labels[:256])
-        print("\npaper MLP: the first one-batch fit of a fresh model (trace, graph optimization, one step), and the "
-              "operations in its traced train step: its top-level graph + the functions it calls (branches, loop bodies)")
+        print(f"\npaper MLP: the first fit of a fresh model in a new process, {FIRST_FIT_BATCHES} batches of 64 (trace, "
+              "graph optimization, the steps, for SNGD its first refresh at step 10), and the operations in its traced "
+              "train step: its top-level graph + the functions it calls (branches, loop bodies, the shared refresh)")
         print("| | first fit s: median (min-max) | operations |\n|---|---|---|")
-        candidates = [("SGD", None, lambda: keras.optimizers.SGD(0.1)),
-                      ("Adam", None, lambda: keras.optimizers.Adam(1e-3)),
-                      ("SNGD", LocalFisher, lambda: keras.optimizers.SGD(0.1))]
-        results = {label: [] for label, _, _ in candidates}
+        kinds = [(label, label, False) for label in OPTIMIZERS] + [
+            ("SNGD, the second model of a process", "SNGD", True)]
+        results = {row: [] for row, _, _ in kinds}
         for _ in range(args.compile_repeats):  # in turn, so that a slow spell hits every one alike
-            for label, layer_class, optimizer in candidates:
-                results[label].append(first_call(paper_mlp, layer_class, optimizer(), data))
+            for row, label, after_another in kinds:
+                results[row].append(run_fresh(first_fit, label, _jit_compile, after_another))
         for label, values in results.items():
             operations = values[0][1]
             seconds = [value[0] for value in values]
@@ -261,7 +325,6 @@ def main(argv=None):
             print(f"| {label} | {statistics.median(seconds):.2f} ({min(seconds):.2f}-{max(seconds):.2f}) | "
                   f"{operations} |", flush=True)
     if "adam" not in args.skip:
-        data = (images[: args.time_to_adam_images], labels[: args.time_to_adam_images])
         epochs = args.time_to_adam_epochs
         runs = {
             "SNGD SGD lr 0.1": (LocalFisher, args.local_fisher),
@@ -270,37 +333,65 @@ def main(argv=None):
             # Before `reconstruct` damped the layer on the raw pixels (docs/generalization.md).
             "SNGD SGD lr 0.1, damping 0.01 everywhere": (LocalFisher, dict(args.local_fisher, damping=0.01)),
         }
-        adam, curves = time_to_adam(data, epochs, runs, args.time_to_adam_repeats)
-        adam_losses, adam_ends = adam[0]
-        adam_time = statistics.median(ends[-1] for _, ends in adam)
+        adam, curves = time_to_adam(args.time_to_adam_images, epochs, runs, args.time_to_adam_repeats)
+        adam_losses, adam_ends = adam[0][:2]
+        target = adam_losses[-1]
+        adam_time = statistics.median(ends[-1] for _, ends, _, _ in adam)
+        # The same target read off the batch losses (mean of the last 50), for Adam too: when each optimizer's
+        # training loss itself, not an epoch's running mean of it, reached Adam's final (epoch-mean) loss.
+        adam_batch_reach = [time_to_reach_batches(times, losses, target) for _, _, times, losses in adam]
         print(f"\npaper MLP, {args.time_to_adam_images} images, batch 64, {epochs} epochs (fit time, compilation "
-              f"included; median of {args.time_to_adam_repeats} fits of each, run in turn)")
+              f"included; median of {args.time_to_adam_repeats} fits of each, run in turn, each in a new process). Time to Adam's final "
+              "loss: by the per-epoch losses (interpolated between epoch ends), as a ratio to Adam's fit time; and "
+              "by the batch losses (the first batch whose last 50 average at most that loss), as a ratio to "
+              "Adam's own time by the same rule")
         print("| | final loss | fit time s | time to Adam's final loss | its ratio to Adam's fit time, "
-              "pair by pair: median (min-max) |\n|---|---|---|---|---|")
-        print(f"| Adam lr 1e-3 | {adam_losses[-1]:.4f} | {adam_time:.1f} | | |")
+              "pair by pair: median (min-max) | by batch losses | its ratio to Adam's, pair by pair |"
+              "\n|---|---|---|---|---|---|---|")
+        print(f"| Adam lr 1e-3 | {target:.4f} | {adam_time:.1f} | | | {statistics.median(adam_batch_reach):.1f} s | |")
         for label, fits in curves.items():
             losses = fits[0][0]
-            reaches = [time_to_reach(run_losses, ends, adam_losses[-1]) for run_losses, ends in fits]
+            reaches = [time_to_reach(run_losses, ends, target) for run_losses, ends, _, _ in fits]
             pairs = [reach / adam_fit[1][-1] for reach, adam_fit in zip(reaches, adam)]
-            print(f"| {label} | {losses[-1]:.4f} ({losses[-1] / adam_losses[-1]:.2f}x Adam's) | "
-                  f"{statistics.median(ends[-1] for _, ends in fits):.1f} | {statistics.median(reaches):.1f} s | "
-                  f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f}) |")
+            batch_reaches = [time_to_reach_batches(times, losses, target) for _, _, times, losses in fits]
+            batch_pairs = [reach / own for reach, own in zip(batch_reaches, adam_batch_reach)]
+            print(f"| {label} | {losses[-1]:.4f} ({losses[-1] / target:.2f}x Adam's) | "
+                  f"{statistics.median(ends[-1] for _, ends, _, _ in fits):.1f} | {statistics.median(reaches):.1f} s | "
+                  f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f}) | "
+                  f"{statistics.median(batch_reaches):.1f} s | "
+                  f"{statistics.median(batch_pairs):.2f}x ({min(batch_pairs):.2f}-{max(batch_pairs):.2f}) |")
         print("per-epoch losses: Adam " + " ".join(f"{x:.4f}" for x in adam_losses) + "".join(
             f"; {label} " + " ".join(f"{x:.4f}" for x in fits[0][0]) for label, fits in curves.items()))
         print("epoch ends (s), first fit: Adam " + " ".join(f"{x:.1f}" for x in adam_ends) + "".join(
             f"; {label} " + " ".join(f"{x:.1f}" for x in fits[0][1]) for label, fits in curves.items()), flush=True)
 
 
-def time_to_adam(data, epochs, runs, repeats):
-    """`repeats` rounds of fresh fits, Adam's and then each SNGD run's, so that a slow spell of the shared
-    machine hits every one alike. Returns `(adam, curves)`: Adam's `(losses, epoch ends)` per round, and
-    `{label: [(losses, epoch ends) per round]}`. The losses repeat exactly (the same seed and data order)."""
+def timed_fit(images, epochs, layer_class=None, arguments=None, jit_compile="auto"):
+    """Run in a new process (`benchmarks.fresh_process`): a fresh paper MLP on the first `images` real
+    Fashion-MNIST images, batch 64, `epochs` epochs; Adam 1e-3 without `layer_class`, else SGD 0.1 on its
+    reconstruction with `layer_class` and LocalFisher `arguments`. Returns `(per-epoch losses, epoch ends,
+    batch end times, batch losses)`."""
+    global _jit_compile
+    _jit_compile = jit_compile
+    train_images, train_labels = load_dataset("fashion_mnist", "train")
+    data = (train_images[:images].astype("float32") / 255.0, train_labels[:images])
+    optimizer = keras.optimizers.Adam(1e-3) if layer_class is None else keras.optimizers.SGD(0.1)
+    batches = BatchClock()
+    losses, ends = fit(build(paper_mlp, layer_class, data, arguments), optimizer, data, 64, epochs, batches)
+    return losses, ends, batches.times, batches.losses
+
+
+def time_to_adam(images, epochs, runs, repeats):
+    """`repeats` rounds of fits, each in a new process (what a new user's first `fit` costs, without what
+    an earlier fit of the process compiled), Adam's and then each SNGD run's, so that a slow spell of the
+    shared machine hits every one alike. Returns `(adam, curves)`: Adam's `(losses, epoch ends, batch
+    times, batch losses)` per round, and `{label: [the same per round]}`. The losses repeat exactly (the
+    same seed and data order)."""
     adam, curves = [], {label: [] for label in runs}
     for _ in range(repeats):
-        adam.append(fit(build(paper_mlp, None, data), keras.optimizers.Adam(1e-3), data, 64, epochs))
+        adam.append(run_fresh(timed_fit, images, epochs, jit_compile=_jit_compile))
         for label, (layer_class, arguments) in runs.items():
-            curves[label].append(
-                fit(build(paper_mlp, layer_class, data, arguments), keras.optimizers.SGD(0.1), data, 64, epochs))
+            curves[label].append(run_fresh(timed_fit, images, epochs, layer_class, arguments, _jit_compile))
     return adam, curves
 
 

@@ -29,6 +29,7 @@ def test_run_labels():
     assert type(kfac.optimizer()).__name__ == "KFAC" and kfac.reconstruct_arguments is None
     assert kfac.prepare(paper_mlp()) is not None
     assert parse_run("SNGD 0.1 damping 0.3")[1](model) == {"local_fisher_arguments": {"damping": 0.3}}
+    assert parse_run("SNGD 0.1 update_every 10")[1](model) == {"local_fisher_arguments": {"update_every": 10}}
     # Only the layer on the raw pixels reads fixed features; `none` gives it the network's damping.
     assert parse_run("SNGD 0.1 fixed-feature damping 3")[1](model) == {"per_layer_arguments": {"dense_1": {"damping": 3.0}}}
     assert parse_run("SNGD 0.1 fixed-feature damping none")[1](model) == {"local_fisher_arguments": {"damping": 0.01}}

@@ -11,7 +11,9 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.overhead import DenseRoot  # noqa: E402
 from benchmarks.overhead import EveryBatch  # noqa: E402
+from benchmarks.overhead import BatchClock  # noqa: E402
 from benchmarks.overhead import time_to_reach  # noqa: E402
+from benchmarks.overhead import time_to_reach_batches  # noqa: E402
 from keras_sngd import LocalFisher  # noqa: E402
 from keras_sngd import reconstruct  # noqa: E402
 from keras_sngd.models import paper_mlp  # noqa: E402
@@ -39,6 +41,40 @@ def test_time_to_reach_interpolates_between_epoch_ends():
     assert math.isnan(time_to_reach(losses, ends, 0.1))
 
 
+def test_time_to_reach_batches_uses_the_trailing_mean():
+    times = [0.1 * (i + 1) for i in range(6)]
+    losses = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    # Means of 3: 0.8, 0.6, 0.4, 0.2 ending at batches 3..6.
+    assert time_to_reach_batches(times, losses, 0.6, window=3) == pytest.approx(0.4)
+    assert time_to_reach_batches(times, losses, 0.85, window=3) == pytest.approx(0.3)
+    assert math.isnan(time_to_reach_batches(times, losses, 0.1, window=3))
+    assert math.isnan(time_to_reach_batches(times[:2], losses[:2], 2.0, window=3))
+
+
+def test_batch_clock_recovers_each_batch_loss_from_keras_running_means():
+    import keras
+    import numpy as np
+
+    class Logged(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.losses = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(float(logs["loss"]))
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.0), "mse")  # lr 0: every batch's loss is fixed by its data
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)).astype("float32"), rng.normal(size=(40, 1)).astype("float32")
+    clock, logged = BatchClock(), Logged()
+    model.fit(x, y, batch_size=10, epochs=2, shuffle=False, verbose=0, callbacks=[clock, logged])
+    expected = [float(model.evaluate(x[i:i + 10], y[i:i + 10], verbose=0)) for i in range(0, 40, 10)] * 2
+    np.testing.assert_allclose(clock.losses, expected, rtol=1e-4)
+    assert len(clock.times) == 8 and all(b > a for a, b in zip(clock.times, clock.times[1:]))
+    assert clock.losses != logged.losses  # they are not the running means Keras logs
+
+
 def test_compile_cost_counts_what_the_refresh_adds(monkeypatch):
     import keras
 
@@ -52,7 +88,18 @@ def test_compile_cost_counts_what_the_refresh_adds(monkeypatch):
 
     monkeypatch.setattr(compile_cost, "mobilenet_v2", tiny)
     plain, no_refresh, full = (compile_cost.measure(kind) for kind in ["plain", "no refresh", "LocalFisher"])
-    assert (plain[5], no_refresh[5], full[5]) == (0, 2, 2)
-    assert plain[4] == no_refresh[4] == 0 < full[4]  # only the refresh adds branch and loop functions
-    assert plain[3] < no_refresh[3] <= full[3]
-    assert all(seconds > 0 for seconds in plain[:3] + full[:3])
+    assert (plain[6], no_refresh[6], full[6]) == (0, 2, 2)
+    assert plain[5] == no_refresh[5] == 0 < full[5]  # only the refresh adds branch and loop functions
+    assert plain[4] < no_refresh[4] <= full[4]
+    assert all(seconds > 0 for seconds in plain[:4] + full[:4])
+
+
+def _square_plus(x, y):
+    return x * x + y
+
+
+def test_run_fresh_runs_in_a_new_process():
+    from benchmarks.fresh_process import run_fresh
+
+    assert run_fresh(_square_plus, 3, y=1) == 10
+    assert run_fresh(os.getpid) != os.getpid()
