@@ -5,6 +5,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_sngd.compiled import shared
 from keras_sngd.consumers import NO_CONSUMER
 from keras_sngd.handoff import without_carriers
 from keras_sngd.low_rank import AUTO as AUTO_RANK
@@ -48,6 +49,10 @@ def statistics_period(statistics_every, input_shape):
     if statistics_every != AUTO:
         return statistics_every
     return _WIDE_PERIOD if len(input_shape) == 2 and input_shape[-1] >= _WIDE_FEATURES else 1
+# The pure refresh computations, compiled once per shape and shared by the layers (`keras_sngd.compiled`).
+_low_rank_refresh = shared(low_rank_refresh)
+_warm_refresh = shared(warm_refresh)
+_whitening_drift = shared(whitening_drift)
 # Where a conditional branch may assign variables (not JAX, whose traced branches would leak), the new U
 # is written inside the refresh branch, so that steps without a refresh do not rewrite the (d, d) state.
 _ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
@@ -304,7 +309,7 @@ class FisherLayer(keras.layers.Layer):
         (or for its `G`, `fisher`, when given)."""
         if fisher is None:
             fisher = self._local_fisher(moving)
-        return whitening_drift(fisher, self.inverse_root.value, self.damping)
+        return _whitening_drift(fisher, self.inverse_root.value, self.damping)
 
     def _refresh(self, moving, bindings, write, fisher=None):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with
@@ -317,14 +322,14 @@ class FisherLayer(keras.layers.Layer):
             # From the random start before the first accepted refresh, from the previous basis after it.
             iterations = ops.where(ops.equal(self.refresh_count.value, 0), SUBSPACE_ITERATIONS,
                                    WARM_SUBSPACE_ITERATIONS)
-            accepted, inverse_root, mixing, root = low_rank_refresh(
+            accepted, inverse_root, mixing, root = _low_rank_refresh(
                 fisher, old_inverse_root, old_root.basis, self.damping, iterations, self.refresh_dtype
             )
             root = LowRankRoot(*(ops.where(accepted, new, old) for new, old in zip(root, old_root)))
             result = RefreshResult(inverse_root, mixing, ops.zeros_like(self.mean.value), accepted,
                                    ops.cast(iterations, "int32"), root)
         else:
-            result = warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
+            result = _warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
         if self.center:
             mean = moving.mean / ops.maximum(moving.weight, 1e-30)
             result = result._replace(shift=ops.where(result.accepted, mean, old_shift))

@@ -1,0 +1,80 @@
+"""`keras_sngd.compiled.shared`: one compiled refresh per shape, called (not inlined) from the train step."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sngd
+from keras_sngd.compiled import shared
+from keras_sngd.refresh import warm_refresh
+from tests.reference import spd_matrix
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+
+
+def test_shared_gives_the_function_s_results():
+    fisher = spd_matrix(12, 1e3, seed=0).astype("float32")
+    old = np.eye(12, dtype="float32")
+    expected = warm_refresh(fisher, old, 0.01)
+    result = shared(warm_refresh)(fisher, old, 0.01)
+    assert type(result) is type(expected)
+    for got, want in zip(result, expected):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), rtol=1e-6,
+                                   atol=1e-6)
+
+
+@pytest.mark.skipif(TENSORFLOW, reason="off TensorFlow, shared returns the function itself")
+def test_shared_is_the_identity_off_tensorflow():
+    assert shared(warm_refresh) is warm_refresh
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="the compiled, shared refresh is TensorFlow's")
+def test_layers_of_one_width_call_one_traced_refresh():
+    import tensorflow as tf
+
+    def count(function):
+        library = function.graph.as_graph_def().library.function
+        return sum("warm_refresh" in entry.signature.name for entry in library)
+
+    compiled = shared(warm_refresh)
+    fisher = tf.constant(spd_matrix(6, 10.0, seed=1).astype("float32"))
+
+    @tf.function
+    def two_calls(first, second):
+        return compiled(first, tf.eye(6), 0.01).inverse_root + compiled(second, tf.eye(6), 0.01).inverse_root
+
+    traced = two_calls.get_concrete_function(fisher, fisher)
+    operations = [op.type for op in traced.graph.get_operations()]
+    # Called twice, traced once, and not inlined: two call operations of one function in the library.
+    assert operations.count("PartitionedCall") + operations.count("StatefulPartitionedCall") == 2
+    assert count(traced) == 1
+    assert compiled.experimental_get_tracing_count() == 1
+    # Another width is another trace.
+    other = tf.constant(spd_matrix(4, 10.0, seed=2).astype("float32"))
+    compiled(other, tf.eye(4), 0.01)
+    assert compiled.experimental_get_tracing_count() == 2
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="the compiled, shared refresh is TensorFlow's")
+def test_the_train_step_calls_the_shared_refresh_and_refreshes():
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, activation="relu"),
+                              keras.layers.Dense(6, activation="relu"), keras.layers.Dense(2)])
+    model = keras_sngd.reconstruct(plain, local_fisher_arguments={"update_every": 2})
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    fishers = [layer for layer in model.layers if isinstance(layer, keras_sngd.LocalFisher)]
+    assert [int(layer.refresh_count.numpy()) >= 1 for layer in fishers] == [True] * 3
+    assert all(int(layer.failed_refresh_count.numpy()) == 0 for layer in fishers)
+    # The three 6-wide layers' refreshes are two functions in the traced step's library, not three copies:
+    # one for the layer on the raw input (damping 1.0, `fixed_feature_damping`), one for the two others.
+    assert sorted(layer.damping for layer in fishers) == [0.01, 0.01, 1.0]
+    specs = (tf.TensorSpec((8, 6), "float32"), tf.TensorSpec((8,), "int32"))
+    graph = tf.function(model.train_step).get_concrete_function(specs).graph
+    names = [function.signature.name for function in graph.as_graph_def().library.function]
+    assert sum("warm_refresh" in name for name in names) == 2
+    assert sum("whitening_drift" in name for name in names) == 2
