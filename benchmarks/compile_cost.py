@@ -9,13 +9,16 @@ switched off (`benchmarks/overhead.py`'s `NoRefresh`: statistics and counters on
 one as `reconstruct` makes it:
 
 - the seconds to trace `train_step` into a graph (`tf.function(...).get_concrete_function`);
-- the seconds of its first call (TensorFlow's graph optimization and one step) and of its second;
+- the seconds of its first call (TensorFlow's graph optimization and one step), of its second, and of
+  its first due call (step `update_every`, where the LocalFishers first refresh: the shared compiled
+  refresh of `keras_sngd.compiled` is instantiated there), and the sum of trace, first and due call;
 - the operations of the traced step: its top-level graph + the functions it calls (the branches of
   conditionals, the bodies of loops), and the operations created per LocalFisher while tracing.
 
-Each figure is the median of `--repeats` rounds, the three models in turn.
+Each figure is the median of `--repeats` rounds, the three models in turn, each measurement in a new
+process (`benchmarks/fresh_process.py`: a later model of a process reuses the compiled refresh).
 
-    python benchmarks/compile_cost.py                  # about 3 minutes on 2 cores
+    python benchmarks/compile_cost.py                  # about 5 minutes on 2 cores
 """
 
 import argparse
