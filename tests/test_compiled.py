@@ -23,8 +23,9 @@ def test_shared_gives_the_function_s_results():
                                    atol=1e-6)
 
 
-@pytest.mark.skipif(TENSORFLOW, reason="off TensorFlow, shared returns the function itself")
-def test_shared_is_the_identity_off_tensorflow():
+@pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
+def test_shared_is_the_identity_off_tensorflow(backend, monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
     assert shared(warm_refresh) is warm_refresh
 
 
