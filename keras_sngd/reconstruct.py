@@ -20,7 +20,10 @@ from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.layer_defaults import default_arguments
+from keras_sngd.layer_defaults import FEATURES_PER_DAMPING
+from keras_sngd.layer_defaults import class_default
 from keras_sngd.layer_defaults import fixed_feature_damping
+from keras_sngd.layer_defaults import width_damping
 from keras_sngd.local_fisher import LocalFisher
 
 logger = logging.getLogger("keras_sngd")
@@ -224,6 +227,14 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
         if damping != arguments.get("damping"):
             arguments["damping"] = damping
             note = f"damping {damping:g}: its input is fixed features (no trained layer before it)"
+    elif "damping" not in options["user_keys"] | set(own):
+        base = arguments.get("damping", class_default(options["layer_class"], "damping"))
+        if base is not None:
+            damping = width_damping(layer, base, binding.features)
+            if damping != base:
+                arguments["damping"] = damping
+                note = (f"damping {damping:g}: {binding.features} input features (at most "
+                        f"{FEATURES_PER_DAMPING} per unit of damping, as the paper MLP's 80 at 0.01)")
     local_fisher = options["layer_class"](axis=binding.feature_axis, name=name, **arguments)
     report.inserted.append((path, kind, local_fisher.name, binding.features, binding.feature_axis))
     if note:

@@ -61,3 +61,31 @@ def test_sngd_beats_sgd_at_same_learning_rate_and_steps(fashion_mnist_subset):
             # The first due refresh always runs; later ones only when U drifted (refresh_tolerance).
             assert 1 <= int(layer.refresh_count.numpy()) <= steps // layer.update_every
             assert int(layer.failed_refresh_count.numpy()) == 0
+
+
+def train_wide(data, features_per_damping=None):
+    """A 784-512-512-512-10 ReLU MLP through `reconstruct`, SGD 0.1, 2 epochs; the losses."""
+    import keras_sngd
+
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((784,))] + [keras.layers.Dense(512, activation="relu") for _ in range(3)]
+    model = keras_sngd.reconstruct(keras.Sequential(layers + [keras.layers.Dense(10)]))
+    if features_per_damping is not None:
+        assert [layer.damping for layer in model.layers if isinstance(layer, LocalFisher)][1:] == [
+            512 / features_per_damping] * 3
+    model.compile(keras.optimizers.SGD(LEARNING_RATE), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+    return model.fit(*data, batch_size=BATCH_SIZE, epochs=2, shuffle=False, verbose=0).history["loss"]
+
+
+@pytest.mark.slow
+def test_reconstruct_damps_wide_dense_inputs_enough_to_train(fashion_mnist_subset, monkeypatch):
+    """With the paper MLP's damping (0.01) on 512-wide hidden inputs the loss went above chance; with
+    `width_damping` (512 / 8000 = 0.064) it trains. The negative control turns the rule off."""
+    from keras_sngd import layer_defaults
+
+    losses = train_wide(fashion_mnist_subset, features_per_damping=layer_defaults.FEATURES_PER_DAMPING)
+    assert np.isfinite(losses).all() and losses[-1] < 0.7, losses
+    monkeypatch.setattr(layer_defaults, "FEATURES_PER_DAMPING", 512 / 0.01)
+    undamped = train_wide(fashion_mnist_subset)
+    assert not (undamped[-1] < 0.7), undamped  # the control: without the rule it does not train
