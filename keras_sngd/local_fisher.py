@@ -80,7 +80,8 @@ class LocalFisher(FisherLayer):
     tolerance. The layer's own default stays 50: without those two guards, the paper's MLP built by hand
     with `LocalFisher()` everywhere (damping 0.01 on 784 raw pixels, SGD 0.1, batch 50) diverged with 10,
     whose first refresh whitens the pixels from 500 rows, on TensorFlow and JAX alike, and trained with 20
-    and 50.
+    and 50 (`python benchmarks/wide_mlp.py --cases 80:50:0.1 --hidden 2 --variants
+    by-hand-10,by-hand-20,by-hand-50`).
 
     The sums are taken over every replica of a data-parallel strategy before they are divided
     (`keras_sngd.distributed`), so every replica holds the same `U`. Masked positions (padding from

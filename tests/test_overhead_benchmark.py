@@ -103,3 +103,18 @@ def test_run_fresh_runs_in_a_new_process():
 
     assert run_fresh(_square_plus, 3, y=1) == 10
     assert run_fresh(os.getpid) != os.getpid()
+
+
+def test_wide_mlp_variants_are_what_their_names_say():
+    from benchmarks import wide_mlp
+
+    def dampings(model):
+        return [layer.damping for layer in fishers(model)]
+
+    assert dampings(wide_mlp.build(512, 2, "reconstruct")) == [1.0, 0.064, 0.064]
+    assert dampings(wide_mlp.build(512, 2, "no-width-rule")) == [1.0, 0.01, 0.01]
+    assert [layer.update_every for layer in fishers(wide_mlp.build(512, 2, "no-width-rule-50"))] == [50] * 3
+    by_hand = fishers(wide_mlp.build(80, 2, "by-hand-10"))
+    assert [(layer.damping, layer.update_every, layer.max_step) for layer in by_hand] == [(0.01, 10, None)] * 3
+    # The rule is back on after a no-width-rule model.
+    assert dampings(wide_mlp.build(512, 1, "reconstruct")) == [1.0, 0.064]
