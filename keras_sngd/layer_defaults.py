@@ -140,13 +140,18 @@ def default_arguments(model, layer_class=None):
     # (`keras_sngd.low_rank.resolve_rank`; each layer decides from its input and damping).
     arguments["rank"] = "auto"
     if layer_class is not None:
-        accepted = set()
-        for klass in inspect.getmro(layer_class):
-            if klass is keras.layers.Layer:
-                break
-            accepted.update(inspect.signature(klass.__init__).parameters)
+        accepted = {parameter.name for parameter in _constructor_parameters(layer_class)}
         arguments = {key: value for key, value in arguments.items() if key in accepted}
     return arguments
+
+
+def _constructor_parameters(layer_class):
+    """The parameters of the constructors of `layer_class` and its bases up to Keras's `Layer`, a
+    subclass's first."""
+    for klass in inspect.getmro(layer_class):
+        if klass is keras.layers.Layer:
+            break
+        yield from inspect.signature(klass.__init__).parameters.values()
 
 
 def fixed_feature_damping(layer, damping, features):
@@ -214,10 +219,5 @@ def width_damping(layer, damping, features):
 
 def class_default(layer_class, name):
     """The default of argument `name` in the constructors of `layer_class` and its bases (None if none)."""
-    for klass in inspect.getmro(layer_class):
-        if klass is keras.layers.Layer:
-            break
-        parameter = inspect.signature(klass.__init__).parameters.get(name)
-        if parameter is not None and parameter.default is not inspect.Parameter.empty:
-            return parameter.default
-    return None
+    return next((parameter.default for parameter in _constructor_parameters(layer_class)
+                 if parameter.name == name and parameter.default is not inspect.Parameter.empty), None)

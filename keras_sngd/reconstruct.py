@@ -222,12 +222,13 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     arguments = dict(options["arguments"], **own)
     name = f"{layer.name}_local_fisher"
     note = None
-    if "damping" not in options["user_keys"] | set(own) and reads_fixed():
+    user_damping = "damping" in options["user_keys"] | set(own)
+    if not user_damping and reads_fixed():
         damping = fixed_feature_damping(layer, arguments.get("damping", 0.0), binding.features)
         if damping != arguments.get("damping"):
             arguments["damping"] = damping
             note = f"damping {damping:g}: its input is fixed features (no trained layer before it)"
-    elif "damping" not in options["user_keys"] | set(own):
+    elif not user_damping:
         base = arguments.get("damping", class_default(options["layer_class"], "damping"))
         if base is not None:
             damping = width_damping(layer, base, binding.features)
