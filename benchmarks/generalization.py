@@ -15,6 +15,9 @@ the final training loss and the accuracy on the 10,000 test images of each run o
   before Dense layers only): every layer gets the network's damping, as before the rule existed;
 - `SNGD LR wd W`: with SGD's decoupled weight decay, `SGD(LR, weight_decay=W)`. It acts on the whitened
   kernel: `W' <- (1 - LR W) W'` shrinks the effective `W = U W'` by the same factor between refreshes;
+- `SNGD LR momentum M` (optionally `nesterov`): `SGD(LR, momentum=M)`. The velocity lives in the whitened
+  coordinates of `W'`; a refresh mixes `W'` (`W' <- A^(1/2) W'`, `A ~ I`) but not the velocity;
+- SNGD options combine, in any order: `SNGD 0.01 momentum 0.9 wd 0.001 update_every 20`;
 - `K-FAC LR`: `keras_sngd.optimizers.KFAC` at that learning rate on `prepare_kfac(model)` (its defaults:
   momentum 0.9, KL clip 1e-4), the Kronecker-factored natural gradient with the output side `S = E[g g^T]`
   that SNGD replaces by a scalar;
@@ -96,33 +99,48 @@ def parse_run(label):
     if name != "SNGD":
         raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR', 'K-FAC LR' or 'SNGD LR [...]'.")
 
-    def sgd(**options):
-        return lambda decay_steps=None: keras.optimizers.SGD(learning_rate(decay_steps), **options)
+    # The words after `SNGD LR` are options, in any order and combined: `wd W`, `momentum M`, `nesterov`,
+    # a LocalFisher argument `NAME V` for every layer, `fixed-feature damping D|none`.
+    sgd_options, local_fisher, fixed = {}, {}, None
+    bad = ValueError(f"Bad run {label!r}: after 'SNGD LR' expected options among 'wd W', 'momentum M', "
+                     "'nesterov', a LocalFisher argument ('damping D', 'update_every K', 'refresh_tolerance T', "
+                     "'max_step S') and 'fixed-feature damping D|none'.")
+    words = list(rest)
+    try:
+        while words:
+            word = words.pop(0)
+            if word == "wd":
+                sgd_options["weight_decay"] = float(words.pop(0))
+            elif word == "momentum":
+                sgd_options["momentum"] = float(words.pop(0))
+            elif word == "nesterov":
+                sgd_options["nesterov"] = True
+            elif word in _LOCAL_FISHER_OPTIONS:
+                local_fisher[word] = _LOCAL_FISHER_OPTIONS[word](words.pop(0))
+            elif word == "fixed-feature" and words.pop(0) == "damping":
+                fixed = words.pop(0)
+                fixed = fixed if fixed == "none" else float(fixed)
+            else:
+                raise bad
+    except (IndexError, ValueError):
+        raise bad from None
+    if sgd_options.get("nesterov") and not sgd_options.get("momentum"):
+        raise bad
 
-    if not rest:
-        return Run(sgd(), lambda model: {})
-    if rest[0] == "wd" and len(rest) == 2:
-        return Run(sgd(weight_decay=float(rest[1])), lambda model: {})
-    if rest[0] in _LOCAL_FISHER_OPTIONS and len(rest) == 2:
-        name = rest[0]
-        value = _LOCAL_FISHER_OPTIONS[name](rest[1])
-        return Run(sgd(), lambda model: {"local_fisher_arguments": {name: value}})
-    if rest[:2] == ["fixed-feature", "damping"] and len(rest) == 3:
-        value = rest[2]
-
-        def arguments(model):
-            if value == "none":
-                return {"local_fisher_arguments": {"damping": default_arguments(model).get("damping", 0.01)}}
+    def arguments(model):
+        result = {"local_fisher_arguments": dict(local_fisher)} if local_fisher else {}
+        if fixed == "none":
+            damping = local_fisher.get("damping", default_arguments(model).get("damping", 0.01))
+            result["local_fisher_arguments"] = dict(local_fisher, damping=damping)
+        elif fixed is not None:
             layers = {layer.name: layer for _, layer in walk_layers(model)}
-            _, report = keras_sngd.reconstruct(model, return_report=True)
+            _, report = keras_sngd.reconstruct(model, return_report=True, **result)
             names = [path.split("/")[-1] for path, _, _, _, _ in report.inserted]
-            fixed = [name for name in names if calls_read_fixed_features(layers[name])]
-            return {"per_layer_arguments": {name: {"damping": float(value)} for name in fixed}}
+            result["per_layer_arguments"] = {name: {"damping": fixed} for name in names
+                                             if calls_read_fixed_features(layers[name])}
+        return result
 
-        return Run(sgd(), arguments)
-    raise ValueError(f"Bad run {label!r}: after 'SNGD LR' expected nothing, 'wd W', 'damping D' (or "
-                     "another LocalFisher argument: update_every, refresh_tolerance, max_step) or "
-                     "'fixed-feature damping D|none'.")
+    return Run(lambda decay_steps=None: keras.optimizers.SGD(learning_rate(decay_steps), **sgd_options), arguments)
 
 
 def run(model_name, label, seed, train, test, epochs):

@@ -8,6 +8,8 @@ training losses, each LocalFisher's damping and refreshes. Variants (`--variants
   pixels, `layer_defaults.width_damping` before wider Dense inputs, the trust region, the 10-step check);
 - `no-width-rule`: the same with `width_damping` off (every hidden input at the layer's damping, 0.01);
 - `no-width-rule-50`: that, checking every 50 steps (the previous `reconstruct`);
+- `plain`: the MLP without LocalFisher, plain SGD at LR (the reference SNGD has to beat);
+- `adam`: the MLP without LocalFisher, `Adam(1e-3)` (LR ignored);
 - `by-hand-K`: `LocalFisher(update_every=K)` inserted by hand before each Dense layer (damping 0.01 on
   the pixels too, no trust region), e.g. `by-hand-10`, `by-hand-50`.
 
@@ -45,6 +47,8 @@ def build(width, hidden, variant):
         return keras.Sequential(layers)
     plain = keras.Sequential([keras.Input((784,))] + [keras.layers.Dense(width, activation="relu")
                                                       for _ in range(hidden)] + [keras.layers.Dense(10)])
+    if variant in ("plain", "adam"):
+        return plain
     if variant == "reconstruct":
         return keras_sngd.reconstruct(plain)
     if variant in ("no-width-rule", "no-width-rule-50"):
@@ -62,7 +66,8 @@ def run(case, variant, data, args):
     width, batch, rate = case.split(":")
     keras.utils.set_random_seed(0)
     model = build(int(width), args.hidden, variant)
-    model.compile(keras.optimizers.SGD(float(rate)), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    optimizer = keras.optimizers.Adam(1e-3) if variant == "adam" else keras.optimizers.SGD(float(rate))
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     losses = model.fit(*data, batch_size=int(batch), epochs=args.epochs, shuffle=False, verbose=0).history["loss"]
     fishers = [layer for layer in model.layers if isinstance(layer, LocalFisher)]
     return losses, [(layer.damping, int(layer.refresh_count.numpy())) for layer in fishers]

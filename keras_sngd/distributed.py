@@ -60,6 +60,13 @@ def sum_across_replicas(values):
     return list(context.all_reduce(tf.distribute.ReduceOp.SUM, values))
 
 
+def replicas_in_sync():
+    """How many replicas share the global batch: `num_replicas_in_sync` inside a `tf.distribute` replica
+    context, 1 everywhere else (one device, JAX `keras.distribution`, whose programs see the global batch)."""
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
 def in_replica_context():
     """Whether the code runs inside a `tf.distribute` replica context with more than one replica."""
     context = _replica_context()

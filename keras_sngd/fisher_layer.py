@@ -7,7 +7,10 @@ from keras import ops
 
 from keras_sngd.compiled import shared
 from keras_sngd.consumers import NO_CONSUMER
+from keras_sngd.distributed import replicas_in_sync
 from keras_sngd.handoff import without_carriers
+from keras_sngd.leverage import effective_features
+from keras_sngd.leverage import leverage_scale
 from keras_sngd.low_rank import AUTO as AUTO_RANK
 from keras_sngd.low_rank import SUBSPACE_ITERATIONS
 from keras_sngd.low_rank import WARM_SUBSPACE_ITERATIONS
@@ -119,6 +122,8 @@ class FisherLayer(keras.layers.Layer):
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
         # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
         self._refresh_outside_step = False
+        # The batch-leverage scale (`keras_sngd.leverage`); `LocalFisher` exposes it as an argument.
+        self.leverage_scaling = False
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -156,6 +161,10 @@ class FisherLayer(keras.layers.Layer):
                                         initializer=lambda shape, dtype=None: ops.convert_to_tensor(basis))
             self.low_rank_scales = state("low_rank_scales", (self._resolved_rank,))
             self.low_rank_identity_scale = state("low_rank_identity_scale", (), initializer="ones")
+        if self.leverage_scaling:
+            # The scale `c` that divides `U` (`keras_sngd.leverage`) and the rows of the last training batch.
+            self.leverage = state("leverage", (), initializer="ones")
+            self.batch_rows = state("batch_rows", ())
 
     def _low_rank(self):
         """Whether `U` is kept as low rank plus identity (`rank` below the input's size)."""
@@ -212,6 +221,10 @@ class FisherLayer(keras.layers.Layer):
         (`()` for a dense `U`) to use now."""
         step = self.step.value + 1
         moving = self._collect_statistics(inputs, mask, step)
+        if self.leverage_scaling:
+            # The global batch's rows (the optimizer's step averages over all replicas' shares).
+            rows = ops.cast(ops.size(inputs), "float32") * float(replicas_in_sync() / inputs.shape[self.axis])
+            self.batch_rows.assign(rows)
         old_inverse_root, old_shift, old_root = self.inverse_root.value, self._current_shift(), self._current_root()
         if self._refresh_outside_step:
             due = ops.convert_to_tensor(False)
@@ -309,6 +322,8 @@ class FisherLayer(keras.layers.Layer):
         (or for its `G`, `fisher`, when given)."""
         if fisher is None:
             fisher = self._local_fisher(moving)
+        if self.leverage_scaling:
+            fisher = fisher * self.leverage.value  # U whitens c G (`keras_sngd.leverage`)
         return _whitening_drift(fisher, self.inverse_root.value, self.damping)
 
     def _refresh(self, moving, bindings, write, fisher=None):
@@ -330,6 +345,8 @@ class FisherLayer(keras.layers.Layer):
                                    ops.cast(iterations, "int32"), root)
         else:
             result = _warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
+        if self.leverage_scaling:
+            result = self._scale_for_leverage(result, fisher)
         if self.center:
             mean = moving.mean / ops.maximum(moving.weight, 1e-30)
             result = result._replace(shift=ops.where(result.accepted, mean, old_shift))
@@ -339,9 +356,27 @@ class FisherLayer(keras.layers.Layer):
             self._assign_root(result)
         return result
 
+    def _scale_for_leverage(self, result, fisher):
+        """`result` with `U` divided by `sqrt(c)` and the mixing multiplied by it, `c` the batch-leverage
+        scale of the accepted `U_d` (`keras_sngd.leverage`), so that `U W'` is unchanged; a rejected
+        refresh keeps the old `U` and `c`."""
+        accepted = result.accepted
+        scale = leverage_scale(effective_features(fisher, result.inverse_root, self.damping),
+                               self.batch_rows.value)
+        scale = ops.where(accepted, scale, self.leverage.value)
+        factor = ops.where(accepted, 1.0 / ops.sqrt(scale), 1.0)
+        low_rank = result.low_rank
+        if low_rank:
+            low_rank = low_rank._replace(scales=low_rank.scales * factor,
+                                         identity_scale=low_rank.identity_scale * factor)
+        return result._replace(inverse_root=result.inverse_root * factor, mixing=result.mixing / factor,
+                               low_rank=low_rank, leverage=scale)
+
     def _assign_root(self, result):
-        """Write `U`, the shift and the low-rank factors of `result`."""
+        """Write `U`, the shift, the low-rank factors and the leverage scale of `result`."""
         self.inverse_root.assign(result.inverse_root)
+        if self.leverage_scaling:
+            self.leverage.assign(result.leverage)
         if self.center:
             self.shift.assign(result.shift)
         if self._low_rank():
@@ -358,6 +393,7 @@ class FisherLayer(keras.layers.Layer):
             accepted=ops.convert_to_tensor(False),
             iterations=ops.convert_to_tensor(0, "int32"),
             low_rank=root,
+            leverage=self.leverage.value if self.leverage_scaling else (),
         )
 
     def _write_state(self, moving, step, due, result):
@@ -426,6 +462,11 @@ class FisherLayer(keras.layers.Layer):
 
     def load_own_variables(self, store):
         variables = self._saved_variables()
+        if self.leverage_scaling and len(store.keys()) == len(variables) - 2:
+            # A file saved before the batch-leverage scale existed: its state is everything else (the scale
+            # and the batch's rows come last); they start from c = 1 and no rows, and the first due check
+            # measures them, keeping the function.
+            variables = variables[:-2]
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"{type(self).__name__} '{self.name}' expects {len(variables)} saved variables, the file has "

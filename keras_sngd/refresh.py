@@ -52,6 +52,8 @@ class RefreshResult(NamedTuple):
         iterations: int32 scalar, the Newton-Schulz iterations run.
         low_rank: `()` for a dense `U`; for a layer with `rank`, the `keras_sngd.low_rank.LowRankRoot`
             factors of the new `U` (the old ones when not accepted).
+        leverage: `()` without the batch-leverage scale; with it, the float32 scale `c` that divides the
+            new `U` (`keras_sngd.leverage`; the old one when not accepted).
     """
 
     inverse_root: object
@@ -60,6 +62,7 @@ class RefreshResult(NamedTuple):
     accepted: object
     iterations: object
     low_rank: tuple = ()
+    leverage: object = ()
 
 
 def warm_refresh(fisher, inverse_root, damping, iterations=None, dtype="float32"):

@@ -38,7 +38,16 @@ def test_run_labels():
 
     assert parse_run("SNGD 0.3 fixed-feature damping 1")[1](lstm_rows()) == {"per_layer_arguments": {"lstm": {"damping": 1.0}}}
     assert parse_run("SNGD 0.3 fixed-feature damping none")[1](lstm_rows()) == {"local_fisher_arguments": {"damping": 0.1}}
-    for bad in ["SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum 0.9", "Adam 0.1 wd 0.1", "cosine", "K-FAC 0.1 wd 1"]:
+    # SNGD options combine, in any order.
+    combined = parse_run("SNGD 0.01 momentum 0.9 nesterov wd 0.001 update_every 20 fixed-feature damping 3")
+    sgd = combined.optimizer()
+    assert (sgd.momentum, sgd.nesterov, sgd.weight_decay) == (pytest.approx(0.9), True, pytest.approx(0.001))
+    assert combined.reconstruct_arguments(model) == {"local_fisher_arguments": {"update_every": 20},
+                                                     "per_layer_arguments": {"dense_1": {"damping": 3.0}}}
+    assert parse_run("SNGD 0.1 damping 0.3 fixed-feature damping none")[1](model) == {
+        "local_fisher_arguments": {"damping": 0.3}}
+    for bad in ["SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum", "SNGD 0.1 nesterov", "SNGD 0.1 wd x",
+                "SNGD 0.1 fixed-feature rank 3", "SNGD 0.1 speed 2", "Adam 0.1 wd 0.1", "cosine", "K-FAC 0.1 wd 1"]:
         with pytest.raises(ValueError, match="Bad run"):
             parse_run(bad)
 

@@ -97,9 +97,10 @@ def test_trust_region_bounds_each_step_in_the_same_step(backend, jax_runs, tenso
     assert report["max_step"] == [0.05, 0.05]
     for case in ("reconstructed", "loaded", "by_hand_prepared"):
         assert all(0.04 < step <= 0.05 * (1 + 1e-4) for step in report[case]), (case, report[case])
-    # The carriers are not saved: a loaded layer has its 8 state variables plus what load recreates:
-    # the previous kernel and bias, and on JAX the pending flag and mixing.
-    assert report["loaded_weight_count"] == 8 + 2 + (2 if backend == "jax" else 0)
+    # The carriers are not saved: a loaded layer has its 8 state variables and the batch-leverage scale's 2
+    # (`leverage`, `batch_rows`), plus what load recreates: the previous kernel and bias, and on JAX the
+    # pending flag and mixing.
+    assert report["loaded_weight_count"] == 8 + 2 + 2 + (2 if backend == "jax" else 0)
     # Negative control: without max_step the same step is about 100 times larger.
     assert all(step > 1.0 for step in report["unbounded"])
     # Inserted by hand and not prepared: training goes on unbounded, and each layer says so.

@@ -230,7 +230,8 @@ def test_sequential_fit_with_sgd(jit_compile):
     for layer in (model.layers[0], model.layers[2]):
         assert int(layer.step.numpy()) == 24 and int(layer.refresh_count.numpy()) == 12
         assert inverse_fisher_error(layer) < 1e-3
-    assert model.layers[0].trainable_weights == [] and len(model.layers[0].non_trainable_weights) == 8
+    # The 8 state variables and the batch-leverage scale's 2 (`leverage`, `batch_rows`).
+    assert model.layers[0].trainable_weights == [] and len(model.layers[0].non_trainable_weights) == 10
 
 
 def test_save_load_is_bit_identical_and_continues_identically(tmp_path):
