@@ -2,7 +2,7 @@
 
 For each case `WIDTH:BATCH:LR`, a 784-WIDTH-WIDTH-WIDTH-10 ReLU MLP (`--hidden` hidden layers) on the first
 `--images` real Fashion-MNIST training images, SGD at LR, `--epochs` epochs, seed 0; the per-epoch
-training losses, each LocalFisher's damping and refreshes. Variants (`--variants`, comma-separated):
+training losses, each LocalFisher's damping, refreshes and batch-leverage scale (`keras_sngd.leverage`). Variants (`--variants`, comma-separated):
 
 - `reconstruct`: `keras_sngd.reconstruct(model)` as a user calls it (its damping rules: 1.0 on the raw
   pixels, `layer_defaults.width_damping` before wider Dense inputs, the trust region, the 10-step check);
@@ -70,7 +70,8 @@ def run(case, variant, data, args):
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     losses = model.fit(*data, batch_size=int(batch), epochs=args.epochs, shuffle=False, verbose=0).history["loss"]
     fishers = [layer for layer in model.layers if isinstance(layer, LocalFisher)]
-    return losses, [(layer.damping, int(layer.refresh_count.numpy())) for layer in fishers]
+    return losses, [(layer.damping, int(layer.refresh_count.numpy()),
+                     float(layer.leverage.numpy()) if layer.leverage_scaling else 1.0) for layer in fishers]
 
 
 def main(argv=None):
@@ -85,12 +86,13 @@ def main(argv=None):
     data = (images[: args.images].reshape(-1, 784).astype("float32") / 255.0, labels[: args.images])
     print(f"{args.hidden} hidden layers, {args.images} images, {args.epochs} epochs, SGD, seed 0; keras "
           f"{keras.__version__}, backend {keras.backend.backend()}")
-    print("| width:batch:lr | variant | loss per epoch | (damping, refreshes) per LocalFisher |\n|---|---|---|---|")
+    print("| width:batch:lr | variant | loss per epoch | (damping, refreshes, batch-leverage scale c) per LocalFisher |"
+          "\n|---|---|---|---|")
     for case in args.cases.split(","):
         for variant in args.variants.split(","):
             losses, fishers = run(case, variant, data, args)
             print(f"| {case} | {variant} | {' '.join(f'{x:.4f}' for x in losses)} | "
-                  f"{', '.join(f'({d:g}, {r})' for d, r in fishers)} |", flush=True)
+                  f"{', '.join(f'({d:g}, {r}, {c:.2f})' for d, r, c in fishers)} |", flush=True)
 
 
 if __name__ == "__main__":

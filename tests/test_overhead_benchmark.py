@@ -118,3 +118,6 @@ def test_wide_mlp_variants_are_what_their_names_say():
     assert [(layer.damping, layer.update_every, layer.max_step) for layer in by_hand] == [(0.01, 10, None)] * 3
     # The rule is back on after a no-width-rule model.
     assert dampings(wide_mlp.build(512, 1, "reconstruct")) == [1.0, 0.064]
+    # The references: the same MLP without LocalFisher.
+    assert fishers(wide_mlp.build(512, 2, "plain")) == [] and fishers(wide_mlp.build(512, 2, "adam")) == []
+    assert all(layer.leverage_scaling for layer in fishers(wide_mlp.build(512, 2, "reconstruct")))
