@@ -9,8 +9,7 @@ from keras_sngd.compiled import shared
 from keras_sngd.consumers import NO_CONSUMER
 from keras_sngd.distributed import replicas_in_sync
 from keras_sngd.handoff import without_carriers
-from keras_sngd.leverage import effective_features
-from keras_sngd.leverage import leverage_scale
+from keras_sngd.leverage import scale_refresh
 from keras_sngd.low_rank import AUTO as AUTO_RANK
 from keras_sngd.low_rank import SUBSPACE_ITERATIONS
 from keras_sngd.low_rank import WARM_SUBSPACE_ITERATIONS
@@ -56,6 +55,7 @@ def statistics_period(statistics_every, input_shape):
 _low_rank_refresh = shared(low_rank_refresh)
 _warm_refresh = shared(warm_refresh)
 _whitening_drift = shared(whitening_drift)
+_scale_refresh = shared(scale_refresh)
 # Where a conditional branch may assign variables (not JAX, whose traced branches would leak), the new U
 # is written inside the refresh branch, so that steps without a refresh do not rewrite the (d, d) state.
 _ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
@@ -221,10 +221,14 @@ class FisherLayer(keras.layers.Layer):
         (`()` for a dense `U`) to use now."""
         step = self.step.value + 1
         moving = self._collect_statistics(inputs, mask, step)
+        rows = None
         if self.leverage_scaling:
-            # The global batch's rows (the optimizer's step averages over all replicas' shares).
+            # The global batch's rows (the optimizer's step averages over all replicas' shares). Where
+            # branches may assign, it is recorded with the refresh that uses it; elsewhere (JAX, a refresh
+            # between steps) on every step.
             rows = ops.cast(ops.size(inputs), "float32") * float(replicas_in_sync() / inputs.shape[self.axis])
-            self.batch_rows.assign(rows)
+            if self._refresh_outside_step or not _ASSIGN_IN_BRANCH:
+                self.batch_rows.assign(rows)
         old_inverse_root, old_shift, old_root = self.inverse_root.value, self._current_shift(), self._current_root()
         if self._refresh_outside_step:
             due = ops.convert_to_tensor(False)
@@ -232,7 +236,7 @@ class FisherLayer(keras.layers.Layer):
         else:
             bindings, mode = self._refresh_plan(in_step=True)
             self._set_refresh_mode(mode)
-            *result, due = self._refresh_if_due(step, moving, bindings, old_inverse_root, old_shift, old_root)
+            *result, due = self._refresh_if_due(step, moving, bindings, old_inverse_root, old_shift, old_root, rows)
             # No gradient flows through a refresh: it is a change of coordinates, not part of the loss. (Only
             # what the forward pass reads needs the stop; `hand_over` stops the mixing and the flag itself.)
             result = RefreshResult(*result)
@@ -281,7 +285,7 @@ class FisherLayer(keras.layers.Layer):
         self.mean.assign(moving.mean)
         self.statistics_weight.assign(moving.weight)
 
-    def _refresh_if_due(self, step, moving, bindings, old_inverse_root, old_shift, old_root=()):
+    def _refresh_if_due(self, step, moving, bindings, old_inverse_root, old_shift, old_root=(), rows=None):
         """`(*RefreshResult, due)`: the refresh when due, else the unchanged state.
 
         Due: every `update_every` steps, if there was no refresh yet or `U` has drifted from whitening `G`
@@ -294,7 +298,7 @@ class FisherLayer(keras.layers.Layer):
             return (*self._unchanged(old_inverse_root, old_shift, old_root), ops.convert_to_tensor(False))
 
         def refreshed(fisher=None):
-            result = self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH, fisher=fisher)
+            result = self._refresh(moving, bindings, write=_ASSIGN_IN_BRANCH, fisher=fisher, rows=rows)
             if _ASSIGN_IN_BRANCH:
                 # The counters change only here: steps without a refresh do not rewrite them.
                 self._count_refresh(result.accepted, due=True)
@@ -326,9 +330,10 @@ class FisherLayer(keras.layers.Layer):
             fisher = fisher * self.leverage.value  # U whitens c G (`keras_sngd.leverage`)
         return _whitening_drift(fisher, self.inverse_root.value, self.damping)
 
-    def _refresh(self, moving, bindings, write, fisher=None):
+    def _refresh(self, moving, bindings, write, fisher=None, rows=None):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with
-        `write` also assigns the new `U` (and shift). `fisher`: `G` of `moving` when already computed."""
+        `write` also assigns the new `U` (and shift). `fisher`: `G` of `moving` when already computed;
+        `rows`: the training batch's rows for the batch-leverage scale (None: the recorded `batch_rows`)."""
         old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
         if fisher is None:
             fisher = self._local_fisher(moving)
@@ -346,7 +351,11 @@ class FisherLayer(keras.layers.Layer):
         else:
             result = _warm_refresh(fisher, old_inverse_root, self.damping, self.iterations, self.refresh_dtype)
         if self.leverage_scaling:
-            result = self._scale_for_leverage(result, fisher)
+            if rows is None:
+                rows = self.batch_rows.value
+            elif write:
+                self.batch_rows.assign(rows)
+            result = self._scale_for_leverage(result, fisher, rows)
         if self.center:
             mean = moving.mean / ops.maximum(moving.weight, 1e-30)
             result = result._replace(shift=ops.where(result.accepted, mean, old_shift))
@@ -356,21 +365,15 @@ class FisherLayer(keras.layers.Layer):
             self._assign_root(result)
         return result
 
-    def _scale_for_leverage(self, result, fisher):
+    def _scale_for_leverage(self, result, fisher, rows):
         """`result` with `U` divided by `sqrt(c)` and the mixing multiplied by it, `c` the batch-leverage
-        scale of the accepted `U_d` (`keras_sngd.leverage`), so that `U W'` is unchanged; a rejected
-        refresh keeps the old `U` and `c`."""
-        accepted = result.accepted
-        scale = leverage_scale(effective_features(fisher, result.inverse_root, self.damping),
-                               self.batch_rows.value)
-        scale = ops.where(accepted, scale, self.leverage.value)
-        factor = ops.where(accepted, 1.0 / ops.sqrt(scale), 1.0)
-        low_rank = result.low_rank
-        if low_rank:
-            low_rank = low_rank._replace(scales=low_rank.scales * factor,
-                                         identity_scale=low_rank.identity_scale * factor)
-        return result._replace(inverse_root=result.inverse_root * factor, mixing=result.mixing / factor,
-                               low_rank=low_rank, leverage=scale)
+        scale of the accepted `U_d` (`keras_sngd.leverage.scale_refresh`), so that `U W'` is unchanged; a
+        rejected refresh keeps the old `U` and `c`."""
+        inverse_root, mixing, low_rank, scale = _scale_refresh(
+            fisher, result.inverse_root, result.mixing, result.low_rank, result.accepted, rows,
+            self.leverage.value, self.damping,
+        )
+        return result._replace(inverse_root=inverse_root, mixing=mixing, low_rank=low_rank, leverage=scale)
 
     def _assign_root(self, result):
         """Write `U`, the shift, the low-rank factors and the leverage scale of `result`."""

@@ -77,3 +77,31 @@ def leverage_scale(effective, rows):
     ratio = ops.cast(effective, "float32") / ops.maximum(rows, 1.0)
     scale = ops.square((1.0 + ops.sqrt(ratio)) / (1.0 + REFERENCE_RATIO**0.5))
     return ops.where(rows > 0, ops.maximum(scale, 1.0), 1.0)
+
+
+def scale_refresh(fisher, inverse_root, mixing, low_rank, accepted, rows, old_scale, damping):
+    """A refresh's `U`, mixing and low-rank factors with the batch-leverage scale applied.
+
+    ```
+    c = leverage_scale(effective_features(G, U_d, damping), rows)   (the old c when not accepted)
+    U <- U_d / sqrt(c),   mixing <- sqrt(c) * mixing,   low-rank s, c_I <- s / sqrt(c), c_I / sqrt(c)
+    ```
+
+    so that `U_new mixing = U_old` still holds (the consumers' re-expression keeps the function). A
+    rejected refresh (`accepted` false) already carries the old `U` and the identity mixing: they and the
+    old scale are returned unchanged.
+
+    Args:
+        fisher: `(d, d)` `G`, undamped. inverse_root: `(d, d)` `U_d` of the refresh. mixing: `(d, d)`.
+        low_rank: `()` or a `keras_sngd.low_rank.LowRankRoot`. accepted: boolean scalar. rows: float32
+        scalar, the training batch's rows. old_scale: float32 scalar, the current `c`. damping: float.
+
+    Returns:
+        `(inverse_root, mixing, low_rank, scale)`.
+    """
+    scale = leverage_scale(effective_features(fisher, inverse_root, damping), rows)
+    scale = ops.where(accepted, scale, old_scale)
+    factor = ops.where(accepted, 1.0 / ops.sqrt(scale), 1.0)
+    if low_rank:
+        low_rank = low_rank._replace(scales=low_rank.scales * factor, identity_scale=low_rank.identity_scale * factor)
+    return inverse_root * factor, mixing / factor, low_rank, scale
