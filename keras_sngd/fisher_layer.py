@@ -226,9 +226,12 @@ class FisherLayer(keras.layers.Layer):
             # The global batch's rows (the optimizer's step averages over all replicas' shares). Where
             # branches may assign, it is recorded with the refresh that uses it; elsewhere (JAX, a refresh
             # between steps) on every step.
-            rows = ops.cast(ops.size(inputs), "float32") * float(replicas_in_sync() / inputs.shape[self.axis])
+            # A function of the batch, so that the step computes it inside the refresh branch only.
+            def rows():
+                return ops.cast(ops.size(inputs), "float32") * float(replicas_in_sync() / inputs.shape[self.axis])
+
             if self._refresh_outside_step or not _ASSIGN_IN_BRANCH:
-                self.batch_rows.assign(rows)
+                self.batch_rows.assign(rows())
         old_inverse_root, old_shift, old_root = self.inverse_root.value, self._current_shift(), self._current_root()
         if self._refresh_outside_step:
             due = ops.convert_to_tensor(False)
@@ -333,7 +336,8 @@ class FisherLayer(keras.layers.Layer):
     def _refresh(self, moving, bindings, write, fisher=None, rows=None):
         """The refresh computation and the consumers' re-expression; returns a `RefreshResult`, and with
         `write` also assigns the new `U` (and shift). `fisher`: `G` of `moving` when already computed;
-        `rows`: the training batch's rows for the batch-leverage scale (None: the recorded `batch_rows`)."""
+        `rows`: a function giving the training batch's rows for the batch-leverage scale (None: the
+        recorded `batch_rows`)."""
         old_inverse_root, old_shift = self.inverse_root.value, self._current_shift()
         if fisher is None:
             fisher = self._local_fisher(moving)
@@ -353,8 +357,10 @@ class FisherLayer(keras.layers.Layer):
         if self.leverage_scaling:
             if rows is None:
                 rows = self.batch_rows.value
-            elif write:
-                self.batch_rows.assign(rows)
+            else:
+                rows = rows()
+                if write:
+                    self.batch_rows.assign(rows)
             result = self._scale_for_leverage(result, fisher, rows)
         if self.center:
             mean = moving.mean / ops.maximum(moving.weight, 1e-30)
