@@ -524,4 +524,13 @@ class FisherLayer(keras.layers.Layer):
             f"({int(self.failed_refresh_count.numpy())} failed; checked every {self.update_every} steps"
             f"{'' if self.refresh_tolerance == 0 else f', refreshed above drift {self.refresh_tolerance:g}'}), "
             f"{int(self.skipped_batch_count.numpy())} non-finite batches skipped; refresh: {self.refresh_mode}"
+            + self._describe_leverage()
         )
+
+    def _describe_leverage(self):
+        if not self.leverage_scaling:
+            return ""
+        scale, rows = float(self.leverage.numpy()), float(self.batch_rows.numpy())
+        if scale == 1.0:
+            return "; batch-leverage scale 1"
+        return f"; batch-leverage scale {scale:.3g} (U divided by its root: more effective features than the {rows:g} rows)"

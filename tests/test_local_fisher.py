@@ -267,5 +267,14 @@ def test_describe():
     assert layer.describe() == (
         "LocalFisher 'lf': 3 features on axis -1, step 2, 1 refreshes (0 failed; checked every 2 steps, "
         "refreshed above drift 0.3), "
-        "0 non-finite batches skipped; refresh: replacing (no consumer layer in a model graph)"
+        "0 non-finite batches skipped; refresh: replacing (no consumer layer in a model graph); "
+        "batch-leverage scale 1"
     )
+    # More effective features than rows: the scale and the rows are named.
+    wide = LocalFisher(update_every=5, name="wide")
+    for seed in range(5):
+        wide(random_inputs((4, 16), seed), training=True)
+    assert wide.describe().endswith("; batch-leverage scale %.3g (U divided by its root: more effective features "
+                                    "than the 4 rows)" % float(wide.leverage.numpy()))
+    assert float(wide.leverage.numpy()) > 1.0
+    assert not LocalFisher(leverage_scaling=False).describe().endswith("scale 1")
