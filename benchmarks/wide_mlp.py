@@ -11,7 +11,8 @@ training losses, each LocalFisher's damping, refreshes and batch-leverage scale 
 - `plain`: the MLP without LocalFisher, plain SGD at LR (the reference SNGD has to beat);
 - `adam`: the MLP without LocalFisher, `Adam(1e-3)` (LR ignored);
 - `by-hand-K`: `LocalFisher(update_every=K)` inserted by hand before each Dense layer (damping 0.01 on
-  the pixels too, no trust region), e.g. `by-hand-10`, `by-hand-50`.
+  the pixels too, no trust region, no batch-leverage scale), e.g. `by-hand-10`, `by-hand-50`;
+- `by-hand-K-leverage`: the same with `leverage_scaling=True` (`keras_sngd.leverage`).
 
     python benchmarks/wide_mlp.py                                    # about 4 minutes on 2 cores
     python benchmarks/wide_mlp.py --cases 80:50:0.1 --hidden 2 --variants by-hand-10,by-hand-20,by-hand-50
@@ -39,10 +40,12 @@ DEFAULT_CASES = "512:64:0.1,512:64:0.3,512:16:0.1,1024:32:0.3,80:64:0.1"
 def build(width, hidden, variant):
     """The model for a variant (see the module docstring)."""
     if variant.startswith("by-hand-"):
-        every = int(variant[len("by-hand-"):])
+        every, _, leverage = variant[len("by-hand-"):].partition("-")
+        if leverage not in ("", "leverage"):
+            raise ValueError(f"Unknown variant {variant!r}.")
         layers = [keras.Input((784,))]
         for units in [width] * hidden + [10]:
-            layers += [LocalFisher(update_every=every),
+            layers += [LocalFisher(update_every=int(every), leverage_scaling=leverage == "leverage"),
                        keras.layers.Dense(units, activation="relu" if units != 10 else None)]
         return keras.Sequential(layers)
     plain = keras.Sequential([keras.Input((784,))] + [keras.layers.Dense(width, activation="relu")

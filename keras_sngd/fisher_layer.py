@@ -122,7 +122,8 @@ class FisherLayer(keras.layers.Layer):
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
         # Set by a callback that refreshes between steps (the JAX backend): the step then only collects.
         self._refresh_outside_step = False
-        # The batch-leverage scale (`keras_sngd.leverage`); `LocalFisher` exposes it as an argument.
+        # The batch-leverage scale (`keras_sngd.leverage`); `LocalFisher` exposes it as an argument (off by
+        # default; `reconstruct` turns it on).
         self.leverage_scaling = False
 
     def build(self, input_shape):

@@ -127,7 +127,8 @@ def default_arguments(model, layer_class=None):
     """The LocalFisher arguments `reconstruct` uses under the user's for every layer of `model`.
 
     Every network gets the drift check every `UPDATE_EVERY` steps, the trust region,
-    `max_step=trust_radius(model)`, and `rank="auto"` (a low-rank `U` before Dense layers with at least 256
+    `max_step=trust_radius(model)`, the batch-leverage scale (`leverage_scaling=True`,
+    `keras_sngd.leverage`), and `rank="auto"` (a low-rank `U` before Dense layers with at least 256
     input features and damping of at least 0.1: `keras_sngd.low_rank.resolve_rank`); a network with a
     convolution or a recurrent layer also gets `STABLE_ARGUMENTS`' damping. With `layer_class` (what
     `reconstruct` inserts), only the arguments its constructor takes: the statistics-only
@@ -139,6 +140,9 @@ def default_arguments(model, layer_class=None):
     # A low-rank U before wide Dense inputs whose damping flattens the floor of the spectrum
     # (`keras_sngd.low_rank.resolve_rank`; each layer decides from its input and damping).
     arguments["rank"] = "auto"
+    # The batch-leverage scale (`keras_sngd.leverage`): wide Dense inputs at small batches or large
+    # learning rates; 1 wherever the batch has at least as many rows as effective features.
+    arguments["leverage_scaling"] = True
     if layer_class is not None:
         accepted = {parameter.name for parameter in _constructor_parameters(layer_class)}
         arguments = {key: value for key, value in arguments.items() if key in accepted}
@@ -209,7 +213,7 @@ def width_damping(layer, damping, features):
     did not make every setting good: at learning rate 0.3 that MLP ended at 0.80, at batch 16 at 0.63, and
     a 1024-wide one at lr 0.3, batch 32, at 1.51 (without the rule all three diverged, to losses from 48
     to 5.7e7). Those are a second failure, the batch's leverage, which `LocalFisher`'s
-    `leverage_scaling` fixes (0.39, 0.24 and 0.37; `keras_sngd.leverage`, docs/leverage.md); the rule
+    `leverage_scaling`, which `reconstruct` turns on, fixes (0.39, 0.24 and 0.37; `keras_sngd.leverage`, docs/leverage.md); the rule
     is still needed with it (the 512-wide MLP at batch 64 does not train without it). The paper's
     widths (80) keep 0.01 (0.6715 0.3324 for three hidden layers of 80). Convolutions keep the network's damping (0.1 in networks with them); their
     Dense heads with more than 800 features get more.

@@ -138,7 +138,8 @@ class LocalFisher(FisherLayer):
     convolutional networks, damped by 0.1), and a dense `U` elsewhere; `None` is always dense, and exact.
     The refresh keeps the function as the dense one does (the mixing `U_new^-1 U_old` is exact).
 
-    **Batch leverage** (`leverage_scaling`, on by default): at a refresh, with `U_d U_d^T = G_d^-1`,
+    **Batch leverage** (`leverage_scaling`, which `reconstruct` turns on; off by default, so that a layer
+    inserted by hand holds `U U^T = G_d^-1` exactly): at a refresh, with `U_d U_d^T = G_d^-1`,
 
     ```
     d_eff = trace(G G_d^-1)                       # effective features; d - damping * mean * ||U_d||_F^2
@@ -156,9 +157,10 @@ class LocalFisher(FisherLayer):
     Measured with `python benchmarks/wide_mlp.py` (10,000 real Fashion-MNIST images, 2 epochs, loss after
     each): a 784-512-512-512-10 MLP through `reconstruct` at batch 16, SGD 0.1, went from 1.96 / 0.63 to
     0.66 / 0.24 (plain SGD 0.75 / 0.50, Adam 0.68 / 0.47); at batch 64, SGD 0.3, from 1.10 / 0.80 to
-    0.95 / 0.39 (plain SGD 0.98 / 0.59); the paper MLP built by hand with `update_every=10`, which gave NaN,
-    now trains (0.72 / 0.28). `c` and the batch's rows are saved with the layer's state (a file saved
-    before they existed loads with `c = 1`, and its first due check measures `c`, keeping the function).
+    0.95 / 0.39 (plain SGD 0.98 / 0.59); the paper MLP built by hand with `update_every=10`, which gives
+    NaN, trains with it (0.72 / 0.28; the `by-hand-10-leverage` variant). `c` and the batch's rows are
+    saved with the layer's state (a file saved before they existed loads with `c = 1`, and its first due
+    check measures `c`, keeping the function).
 
     **During inference** (`training=False`), and in training when the layer is frozen
     (`trainable=False`, also through a frozen enclosing model, as for `BatchNormalization`): `y = x U`,
@@ -214,7 +216,8 @@ class LocalFisher(FisherLayer):
             convolutional and recurrent networks (`keras_sngd.layer_defaults`).
         leverage_scaling: bool; scale each refreshed `U` by `1 / sqrt(c)`, with `c >= 1` growing with the
             ratio of the input's effective features to the training batch's rows (see **Batch leverage**
-            above). Defaults to `True`.
+            above). Defaults to `False` (the layer holds `U` with `U U^T = G_d^-1` exactly);
+            `reconstruct` passes `True`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -241,7 +244,7 @@ class LocalFisher(FisherLayer):
         Gradient Descent" (local Fisher layers, Proposition 1, Eq. 15).
     """
 
-    def __init__(self, *args, max_step=None, leverage_scaling=True, **kwargs):
+    def __init__(self, *args, max_step=None, leverage_scaling=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_step = check_float("max_step", max_step, minimum=0.0, exclusive_minimum=True, allow_none=True)
         self.leverage_scaling = check_bool("leverage_scaling", leverage_scaling)

@@ -96,8 +96,9 @@ def test_many_rows_leave_the_scale_at_one():
 
 
 def test_config_save_and_load(tmp_path):
-    assert LocalFisher().get_config()["leverage_scaling"] is True
-    assert LocalFisher.from_config(LocalFisher(leverage_scaling=False).get_config()).leverage_scaling is False
+    # Off by default (a layer inserted by hand holds U U^T = G_d^-1 exactly); `reconstruct` turns it on.
+    assert LocalFisher().get_config()["leverage_scaling"] is False
+    assert LocalFisher.from_config(LocalFisher(leverage_scaling=True).get_config()).leverage_scaling is True
     with pytest.raises(ValueError, match="leverage_scaling"):
         LocalFisher(leverage_scaling="yes")
     model, fisher, data = few_rows_model(True)
@@ -138,13 +139,17 @@ def test_state_saved_before_the_scale_existed_loads_and_is_measured_at_the_first
 
 
 def train_wide_small_batch(data, leverage_scaling=None):
-    """A 784-512-512-512-10 ReLU MLP at batch 16, SGD 0.1, 2 epochs; plain (None) or through `reconstruct`."""
+    """A 784-512-512-512-10 ReLU MLP at batch 16, SGD 0.1, 2 epochs: plain (None), through `reconstruct`
+    with its defaults (`"default"`), or with `leverage_scaling` set (a bool)."""
     import keras_sngd
 
     keras.utils.set_random_seed(0)
     layers = [keras.Input((784,))] + [keras.layers.Dense(512, activation="relu") for _ in range(3)]
     model = keras.Sequential(layers + [keras.layers.Dense(10)])
-    if leverage_scaling is not None:
+    if leverage_scaling == "default":
+        model = keras_sngd.reconstruct(model)
+        assert all(layer.leverage_scaling for layer in model.layers if isinstance(layer, LocalFisher))
+    elif leverage_scaling is not None:
         model = keras_sngd.reconstruct(model, local_fisher_arguments={"leverage_scaling": leverage_scaling})
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=True)
@@ -160,7 +165,7 @@ def test_wide_mlp_at_batch_16_beats_sgd_only_with_the_leverage_scale(fashion_mni
     images, labels = load_idx_directory(fashion_mnist_directory, "train")
     data = images[:2048].reshape(2048, 784).astype("float32") / 255.0, labels[:2048].astype("int32")
     sgd = train_wide_small_batch(data)
-    sngd = train_wide_small_batch(data, leverage_scaling=True)
+    sngd = train_wide_small_batch(data, leverage_scaling="default")
     assert np.isfinite(sngd).all() and sngd[-1] < 0.75 * sgd[-1], (sngd, sgd)
     unscaled = train_wide_small_batch(data, leverage_scaling=False)
     assert not (unscaled[-1] < sgd[-1]), unscaled  # the control: without the scale SNGD loses to SGD

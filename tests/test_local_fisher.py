@@ -230,8 +230,8 @@ def test_sequential_fit_with_sgd(jit_compile):
     for layer in (model.layers[0], model.layers[2]):
         assert int(layer.step.numpy()) == 24 and int(layer.refresh_count.numpy()) == 12
         assert inverse_fisher_error(layer) < 1e-3
-    # The 8 state variables and the batch-leverage scale's 2 (`leverage`, `batch_rows`).
-    assert model.layers[0].trainable_weights == [] and len(model.layers[0].non_trainable_weights) == 10
+    # The 8 state variables (the batch-leverage scale, off by default, would add 2).
+    assert model.layers[0].trainable_weights == [] and len(model.layers[0].non_trainable_weights) == 8
 
 
 def test_save_load_is_bit_identical_and_continues_identically(tmp_path):
@@ -267,14 +267,15 @@ def test_describe():
     assert layer.describe() == (
         "LocalFisher 'lf': 3 features on axis -1, step 2, 1 refreshes (0 failed; checked every 2 steps, "
         "refreshed above drift 0.3), "
-        "0 non-finite batches skipped; refresh: replacing (no consumer layer in a model graph); "
-        "batch-leverage scale 1"
+        "0 non-finite batches skipped; refresh: replacing (no consumer layer in a model graph)"
     )
     # More effective features than rows: the scale and the rows are named.
-    wide = LocalFisher(update_every=5, name="wide")
+    wide = LocalFisher(update_every=5, leverage_scaling=True, name="wide")
     for seed in range(5):
         wide(random_inputs((4, 16), seed), training=True)
     assert wide.describe().endswith("; batch-leverage scale %.3g (U divided by its root: more effective features "
                                     "than the 4 rows)" % float(wide.leverage.numpy()))
     assert float(wide.leverage.numpy()) > 1.0
-    assert not LocalFisher(leverage_scaling=False).describe().endswith("scale 1")
+    narrow = LocalFisher(update_every=1, leverage_scaling=True)
+    narrow(random_inputs((8, 2)), training=True)
+    assert narrow.describe().endswith("; batch-leverage scale 1")

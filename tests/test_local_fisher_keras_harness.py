@@ -8,7 +8,7 @@ from keras.src import testing
 from keras_sngd import LocalFisher
 
 # second_moment, mean, statistics_weight, inverse_root and four int32 counters; `shift` when centered;
-# `leverage` and `batch_rows` with `leverage_scaling` (the default).
+# `leverage` and `batch_rows` with `leverage_scaling=True`.
 STATE_VARIABLES = 8
 
 CASES = [
@@ -17,7 +17,7 @@ CASES = [
     ((3, 5, 4), {"update_every": 1}),
     ((2, 4, 4, 3), {"update_every": 1, "center": True}),
     ((2, 3, 4, 4), {"axis": 1, "update_every": 1}),
-    ((4, 6), {"update_every": 1, "leverage_scaling": False}),
+    ((4, 6), {"update_every": 1, "leverage_scaling": True}),
 ]
 
 
@@ -32,7 +32,7 @@ class Harness(testing.TestCase):
             expected_output_shape=input_shape,
             expected_num_trainable_weights=0,
             expected_num_non_trainable_weights=(STATE_VARIABLES + int(arguments.get("center", False))
-                                                + 2 * int(arguments.get("leverage_scaling", True))),
+                                                + 2 * int(arguments.get("leverage_scaling", False))),
             expected_num_seed_generators=0,
             expected_num_losses=0,
             supports_masking=True,

@@ -115,7 +115,11 @@ def test_wide_mlp_variants_are_what_their_names_say():
     assert dampings(wide_mlp.build(512, 2, "no-width-rule")) == [1.0, 0.01, 0.01]
     assert [layer.update_every for layer in fishers(wide_mlp.build(512, 2, "no-width-rule-50"))] == [50] * 3
     by_hand = fishers(wide_mlp.build(80, 2, "by-hand-10"))
-    assert [(layer.damping, layer.update_every, layer.max_step) for layer in by_hand] == [(0.01, 10, None)] * 3
+    assert [(layer.damping, layer.update_every, layer.max_step, layer.leverage_scaling) for layer in by_hand] == [
+        (0.01, 10, None, False)] * 3
+    assert all(layer.leverage_scaling for layer in fishers(wide_mlp.build(80, 2, "by-hand-10-leverage")))
+    with pytest.raises(ValueError, match="Unknown variant"):
+        wide_mlp.build(80, 2, "by-hand-10-fast")
     # The rule is back on after a no-width-rule model.
     assert dampings(wide_mlp.build(512, 1, "reconstruct")) == [1.0, 0.064]
     # The references: the same MLP without LocalFisher.
