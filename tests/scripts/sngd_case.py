@@ -12,9 +12,11 @@ def build(update_every):
     keras.utils.set_random_seed(0)
     return keras.Sequential([
         keras.Input((6,)),
-        LocalFisher(refresh_tolerance=0, update_every=update_every),
+        # The batch-leverage scale on: every replica must use the global batch's rows (`batch_rows`, among
+        # the weights compared).
+        LocalFisher(refresh_tolerance=0, update_every=update_every, leverage_scaling=True),
         keras.layers.Dense(8, activation="relu"),
-        LocalFisher(refresh_tolerance=0, update_every=update_every),
+        LocalFisher(refresh_tolerance=0, update_every=update_every, leverage_scaling=True),
         keras.layers.Dense(2),
     ])
 
