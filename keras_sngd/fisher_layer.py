@@ -224,10 +224,9 @@ class FisherLayer(keras.layers.Layer):
         moving = self._collect_statistics(inputs, mask, step)
         rows = None
         if self.leverage_scaling:
-            # The global batch's rows (the optimizer's step averages over all replicas' shares). Where
-            # branches may assign, it is recorded with the refresh that uses it; elsewhere (JAX, a refresh
-            # between steps) on every step.
-            # A function of the batch, so that the step computes it inside the refresh branch only.
+            # The global batch's rows (the optimizer's step averages over all replicas' shares), as a
+            # function of the batch: where branches may assign, the refresh branch computes and records it;
+            # elsewhere (JAX, a refresh between steps) every step does.
             def rows():
                 return ops.cast(ops.size(inputs), "float32") * float(replicas_in_sync() / inputs.shape[self.axis])
 

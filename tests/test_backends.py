@@ -45,6 +45,9 @@ def test_training_and_refresh_on_backend(backend):
     assert all(loss == loss for loss in report["sngd_losses"]) and report["sngd_losses"][-1] < report["sngd_losses"][0]
     assert not report["folded_has_local_fisher"] and report["fold_error"] < 1e-4
     assert report["load_error"] == 0.0 and report["loaded_state_equal"]
+    # The batch-leverage scale ran (c > 1 with 8-row batches) with the function kept (lr0_change above),
+    # and it is saved.
+    assert max(report["sngd_leverage"]) > 1.0 and report["loaded_leverage"] == report["sngd_leverage"]
     if backend == "jax":
         # JAX without jax_enable_x64 has no float64: asking for it is an error, not a silent float32.
         assert report["float64_error"] is not None and "jax_enable_x64" in report["float64_error"]

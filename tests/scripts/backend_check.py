@@ -102,6 +102,9 @@ def reconstruct_fit_fold_save():
         "sngd_losses": [float(loss) for loss in losses],
         "sngd_refresh_counts": [int(layer.refresh_count.numpy()) for layer in fishers],
         "sngd_refresh_modes": [str(layer.refresh_mode) for layer in fishers],
+        # reconstruct turns the batch-leverage scale on; 8-row batches of 12 and 16 features make it > 1.
+        "sngd_leverage": [float(layer.leverage.numpy()) for layer in fishers],
+        "loaded_leverage": [float(layer.leverage.numpy()) for layer in loaded_fishers],
         "fold_error": fold_error,
         "folded_has_local_fisher": bool(keras_sngd.callbacks.local_fishers(folded)),
         "load_error": load_error,
