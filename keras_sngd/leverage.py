@@ -22,8 +22,9 @@ number of features from the few directions of large variance that plain SGD's st
 `d_eff`. So wide Dense inputs at small batches diverge, or fall behind plain SGD at the same learning
 rate, where the paper's MLP (80 features, batch 50 to 64: `r` about 1) does not.
 
-The scale `c` divides that layer's local Fisher matrix, `G <- c G` (as the paper's `E(v_f)` does), so
-that the worst direction's step is the one the paper MLP takes:
+The scale `c` multiplies that layer's local Fisher matrix, `G <- c G` (as the paper's `E(v_f)` does), and
+so divides its effective learning rate by `c`, so that the worst direction's step is the one the paper MLP
+takes:
 
 ```
 c = max(1, ((1 + sqrt(r)) / (1 + sqrt(r_ref)))^2),   r_ref = REFERENCE_RATIO = 1
@@ -36,8 +37,8 @@ or a recurrent layer every pixel or time step is a row, so there it stays 1. For
 `U` the same formula gives the estimate for its flattened spectrum.
 
 Measured with `python benchmarks/wide_mlp.py` (`benchmarks/results/wide_mlp.txt`; 784-W-W-W-10 ReLU
-MLPs through `reconstruct`, 10,000 real Fashion-MNIST images, 2 epochs): see `LEVERAGE_EVIDENCE` in the
-results file and the `LocalFisher` docstring.
+MLPs through `reconstruct`, 10,000 real Fashion-MNIST images, 2 epochs): docs/leverage.md and the
+`LocalFisher` docstring ("Batch leverage").
 """
 
 from keras import ops
