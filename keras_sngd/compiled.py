@@ -18,17 +18,33 @@ Measured (`python benchmarks/compile_cost.py`, MobileNetV2 with 35 LocalFishers;
 `python benchmarks/overhead.py`'s first-fit table for the paper's MLP): see the README's speed section.
 The numerics are those of the function itself: the same operations run, only their graph is shared.
 
-On JAX and PyTorch `shared` returns the function unchanged: JAX traces the step into one XLA program,
-whose compilation does not follow TensorFlow's graph sizes (the MLP's first fit did not change when the
-graph shrank by a quarter), and PyTorch runs eagerly.
+On JAX and PyTorch there is nothing to share: JAX traces the step into one XLA program, whose
+compilation does not follow TensorFlow's graph sizes (the MLP's first fit did not change when the graph
+shrank by a quarter), and PyTorch runs eagerly.
+
+**Full float32 products.** On GPUs with tensor cores, JAX's default precision for float32 matrix products
+is TensorFloat-32 (a 10-bit mantissa, relative rounding about 5e-4), and PyTorch uses it where the user
+allowed it (`torch.set_float32_matmul_precision("high")`). That is harmless for the network's own layers
+but not for the refresh: the Newton-Schulz iteration must drive `||A^(-1/2) A A^(-1/2) - I||` below 1e-4 and
+a refresh is accepted only below 1e-3, which products rounded at 5e-4 cannot reach for wide layers (a
+rejected refresh keeps the old `U`; training would silently stop adapting it). So on those backends
+`shared` runs the function with full float32 products: under `jax.default_matmul_precision("highest")`
+(a trace-time setting: the products traced inside carry `Precision.HIGHEST`, the rest of the step keeps
+the user's precision), and on PyTorch under `torch.set_float32_matmul_precision("highest")`, restored on
+return. TensorFlow has only a process-wide switch (`tf.config.experimental.enable_tensor_float_32_execution`,
+on by default on Ampere and later GPUs): there, call `enable_tensor_float_32_execution(False)` before
+training if refreshes are rejected (`LocalFisher.describe()` counts them).
 """
+
+import contextlib
+import functools
 
 import keras
 
 
 def shared(function):
     """`function` compiled once per input signature and called from the train step (TensorFlow), else
-    `function` itself.
+    `function` run with full float32 matrix products (JAX, PyTorch).
 
     Args:
         function: a pure function of tensors and Python values (no variables read or written), returning
@@ -37,8 +53,42 @@ def shared(function):
     Returns:
         A callable with `function`'s signature and results.
     """
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend in ("jax", "torch"):
+
+        @functools.wraps(function)
+        def full_precision(*args, **kwargs):
+            with full_float32_products():
+                return function(*args, **kwargs)
+
+        return full_precision
+    if backend != "tensorflow":
         return function
     import tensorflow as tf
 
     return tf.function(function, autograph=False, experimental_attributes={"_noinline": True})
+
+
+@contextlib.contextmanager
+def full_float32_products():
+    """Matrix products traced (JAX) or run (PyTorch) inside are full float32, not TensorFloat-32.
+
+    A no-op on other backends and on processors without TensorFloat-32.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        with jax.default_matmul_precision("highest"):
+            yield
+    elif backend == "torch":
+        import torch
+
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(previous)
+    else:
+        yield

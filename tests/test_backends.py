@@ -49,6 +49,9 @@ def test_training_and_refresh_on_backend(backend):
     # and it is saved.
     assert max(report["sngd_leverage"]) > 1.0 and report["loaded_leverage"] == report["sngd_leverage"]
     if backend == "jax":
+        # Every product of the refresh is traced in full float32 (not TensorFloat-32 on a GPU).
+        assert report["refresh_products"] > 0
+        assert report["refresh_highest_products"] == report["refresh_products"]
         # JAX without jax_enable_x64 has no float64: asking for it is an error, not a silent float32.
         assert report["float64_error"] is not None and "jax_enable_x64" in report["float64_error"]
     else:

@@ -23,10 +23,46 @@ def test_shared_gives_the_function_s_results():
                                    atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
-def test_shared_is_the_identity_off_tensorflow(backend, monkeypatch):
-    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+def test_shared_is_the_identity_on_numpy(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
     assert shared(warm_refresh) is warm_refresh
+
+
+def test_shared_traces_full_float32_products_on_jax(monkeypatch):
+    """On JAX the refresh's products carry Precision.HIGHEST (not TensorFloat-32 on GPUs), only inside it."""
+    jax = pytest.importorskip("jax")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    import jax.numpy as jnp
+
+    def products(a, b):
+        return jnp.matmul(a, b)
+
+    matrix = np.eye(4, dtype="float32")
+    inside = str(jax.make_jaxpr(shared(products))(matrix, matrix))
+    outside = str(jax.make_jaxpr(products)(matrix, matrix))
+    assert "HIGHEST" in inside
+    assert "HIGHEST" not in outside
+
+
+def test_shared_runs_full_float32_products_on_torch_and_restores_the_setting(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    seen = []
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        shared(lambda: seen.append(torch.get_float32_matmul_precision()))()
+        assert seen == ["highest"]
+        assert torch.get_float32_matmul_precision() == "high"
+
+        def failing():
+            raise RuntimeError("refresh failed")
+
+        with pytest.raises(RuntimeError):
+            shared(failing)()
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @pytest.mark.skipif(not TENSORFLOW, reason="the compiled, shared refresh is TensorFlow's")

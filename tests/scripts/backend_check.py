@@ -50,6 +50,7 @@ def main():
     report = reconstruct_fit_fold_save()
     print(json.dumps({
         **report,
+        **refresh_precision(damped.astype("float32")),
         "backend": keras.backend.backend(),
         "losses": [float(loss) for loss in losses],
         "step": int(layer.step.numpy()),
@@ -61,6 +62,21 @@ def main():
         "float64_error": float64_error,
         "refresh_mode": str(layer.refresh_mode),
     }))
+
+
+def refresh_precision(fisher):
+    """On JAX, the matrix products of the layer's refresh and drift check, as traced: all full float32
+    (`keras_sngd.compiled.shared`), so that TensorFloat-32 on a GPU cannot stall the Newton-Schulz residual."""
+    if keras.backend.backend() != "jax":
+        return {}
+    import jax
+
+    from keras_sngd import fisher_layer
+
+    identity = np.eye(fisher.shape[0], dtype="float32")
+    traced = str(jax.make_jaxpr(lambda g, u: fisher_layer._warm_refresh(g, u, 0.01).inverse_root)(fisher, identity))
+    traced += str(jax.make_jaxpr(lambda g, u: fisher_layer._whitening_drift(g, u, 0.01))(fisher, identity))
+    return {"refresh_products": traced.count("dot_general"), "refresh_highest_products": traced.count("precision=(Precision.HIGHEST, Precision.HIGHEST)")}
 
 
 def reconstruct_fit_fold_save():
