@@ -24,7 +24,10 @@ convolutional networks a refresh check every 10 steps, so refreshes are inside t
 backend's default matrix precision (what a user gets). Each step's end is awaited (the loss read back),
 the first `--warmup` steps (compilation) are left out, and the mean seconds per step over the rest is
 reported, refreshes included, with the median (a step without a refresh) and the first step's time
-(compilation). Prints a table and one JSON line. Exits 1 if a check fails.
+(compilation). `--variants` adds reconstructions with other LocalFisher arguments (no trust region,
+statistics every 8th batch) to split an SNGD step's cost. Last (JAX, with the checks), the cost of a
+`lax.cond` whose predicate is false, as every LocalFisher's refresh check is on most steps
+(`conditional_cost`). Prints a table and one JSON line. Exits 1 if a check fails.
 """
 
 import argparse
@@ -154,6 +157,49 @@ def check_refresh_precision(damping=0.01):
     return rows
 
 
+def conditional_cost(layers=21, repeats=50):
+    """Seconds per call of a jitted chain of `layers` whitenings `x U_i` (x: 128 x 16 x 16 x 64), without
+    and with one `lax.cond` per layer whose predicate is false (as on a step without a refresh), and with the
+    same branches as a `where` (both computed). On GPUs XLA reads a conditional's predicate on the host, so
+    each conditional may stall the stream: this measures what one costs. JAX only; `None` elsewhere."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    inputs = jnp.asarray(rng.standard_normal((128, 16, 16, 64)), jnp.float32)
+    roots = jnp.asarray(np.eye(64) + 0.01 * rng.standard_normal((layers, 64, 64)), jnp.float32)
+    step = jnp.asarray(3, jnp.int32)
+
+    def heavy(root):
+        for _ in range(6):
+            root = 1.5 * root - 0.5 * root @ root @ root
+        return root
+
+    def chain(x, roots, step, mode):
+        for i in range(layers):
+            root = roots[i]
+            if mode == "cond":
+                root = jax.lax.cond(step % 10 == 0, heavy, lambda r: r, root)
+            elif mode == "where":
+                root = jnp.where(step % 10 == 0, heavy(root), root)
+            x = jnp.tanh(x @ root)
+        return jnp.sum(x)
+
+    timings = {}
+    for mode in ("none", "cond", "where"):
+        function = jax.jit(lambda x, r, s, mode=mode: chain(x, r, s, mode))
+        function(inputs, roots, step).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            function(inputs, roots, step).block_until_ready()
+            times.append(time.perf_counter() - start)
+        timings[mode] = float(np.median(times))
+    return timings
+
+
 def time_fit(model, images, labels, batch):
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -248,8 +294,14 @@ def main():
                   f"{sngd_times[0]:.1f} s; {len(layers)} LocalFishers, {refresh_count} refreshes, {failed} failed; "
                   f"final loss SGD {sgd_loss:.3f}, SNGD {sngd_loss:.3f}", flush=True)
     print(f"check 3, finite training, no failed refresh: {'ok' if finite else 'FAILED'}")
+    conditionals = conditional_cost() if args.checks else None
+    if conditionals:
+        print(f"conditional cost, 21 whitenings per call: no conditional {conditionals['none'] * 1e3:.3f} ms, "
+              f"one false lax.cond per layer {conditionals['cond'] * 1e3:.3f} ms, both branches and where "
+              f"{conditionals['where'] * 1e3:.3f} ms", flush=True)
     print(json.dumps({"backend": keras.backend.backend(), "device": device, "function_preserved": preserved,
-                      "refresh_precision": precision_rows, "finite": finite, "rows": rows}))
+                      "refresh_precision": precision_rows, "finite": finite, "rows": rows,
+                      "conditional_cost_s": conditionals}))
     return 0 if preserved and precise and finite else 1
 
 
