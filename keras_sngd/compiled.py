@@ -32,14 +32,23 @@ rejected refresh keeps the old `U`; training would silently stop adapting it). S
 (a trace-time setting: the products traced inside carry `Precision.HIGHEST`, the rest of the step keeps
 the user's precision), and on PyTorch under `torch.set_float32_matmul_precision("highest")`, restored on
 return. TensorFlow has only a process-wide switch (`tf.config.experimental.enable_tensor_float_32_execution`,
-on by default on Ampere and later GPUs): there, call `enable_tensor_float_32_execution(False)` before
-training if refreshes are rejected (`LocalFisher.describe()` counts them).
+on by default on Ampere and later GPUs), so a LocalFisher built there with a GPU visible and that switch
+on warns once (`warn_if_tensor_float_32`) and names the two ways out: that switch off, or
+`refresh_dtype="float64"` (the iteration in float64, which TensorFloat-32 does not touch).
+
+Measured on an NVIDIA H200 with JAX (`bash benchmarks/gpu.sh`, `benchmarks/results/gpu/README.md`): the
+warm-started refresh at TensorFloat-32 had errors of `U U^T` against `G_d^-1` of 2e-3 (condition 1e2) to
+1.8e-2 (1e4), still accepted, and cold refreshes at condition 1e4 were rejected after 33 iterations; with
+full float32 products, 1.4e-6 to 3.6e-5, as on a CPU.
 """
 
 import contextlib
 import functools
+import warnings
 
 import keras
+
+_TENSOR_FLOAT_32_WARNED = []
 
 
 def shared(function):
@@ -92,3 +101,27 @@ def full_float32_products():
             torch.set_float32_matmul_precision(previous)
     else:
         yield
+
+
+def warn_if_tensor_float_32(layer_name, refresh_dtype):
+    """Warn once per process when TensorFlow would run a float32 refresh's products in TensorFloat-32.
+
+    True when it warned (TensorFlow, a GPU visible, TensorFloat-32 execution on, `refresh_dtype` float32).
+    """
+    if keras.backend.backend() != "tensorflow" or refresh_dtype != "float32" or _TENSOR_FLOAT_32_WARNED:
+        return False
+    import tensorflow as tf
+
+    if not (tf.config.list_logical_devices("GPU") and tf.config.experimental.tensor_float_32_execution_enabled()):
+        return False
+    _TENSOR_FLOAT_32_WARNED.append(layer_name)
+    warnings.warn(
+        f"LocalFisher '{layer_name}': TensorFlow runs float32 matrix products on this GPU in TensorFloat-32 "
+        "(10-bit mantissa), too coarse for the Newton-Schulz refresh of G^(-1/2) (errors up to 1e-2, and "
+        "rejected refreshes, on ill-conditioned statistics). Call "
+        "tf.config.experimental.enable_tensor_float_32_execution(False) before training, or pass "
+        "refresh_dtype='float64' to the LocalFishers (reconstruct(..., local_fisher_arguments="
+        "{'refresh_dtype': 'float64'})).",
+        stacklevel=3,
+    )
+    return True

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_sngd.compiled import shared
+from keras_sngd.compiled import warn_if_tensor_float_32
 from keras_sngd.consumers import NO_CONSUMER
 from keras_sngd.distributed import replicas_in_sync
 from keras_sngd.handoff import without_carriers
@@ -138,6 +139,7 @@ class FisherLayer(keras.layers.Layer):
             )
         self.input_spec = keras.InputSpec(ndim=rank, axes={self.axis: dim})
         self._statistics_period = statistics_period(self.statistics_every, input_shape)
+        warn_if_tensor_float_32(self.name, self.refresh_dtype)
 
         def state(name, shape, initializer="zeros", dtype="float32"):
             return self.add_weight(

@@ -192,6 +192,10 @@ class LocalFisher(FisherLayer):
         iterations: int >= 1 or None; Newton-Schulz iterations per refresh, None for the residual stopping
             rule of `newton_schulz`. Defaults to `None`.
         refresh_dtype: `"float32"` or `"float64"`, the dtype of the iteration. Defaults to `"float32"`.
+            The refresh's float32 products are full float32 on every backend where that can be asked
+            per operation (JAX, PyTorch: `keras_sngd.compiled`); TensorFlow on a GPU with TensorFloat-32
+            on (its default) would round them to 10 bits, and the layer warns there: turn TensorFloat-32
+            off or use `"float64"`.
         preserve_function: bool; re-express the consumers' weights at each refresh so that the model's
             function is unchanged, where they can be. Defaults to `True`.
         refresh_tolerance: float >= 0; a due refresh runs only when the estimated whitening drift

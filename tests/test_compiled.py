@@ -115,3 +115,37 @@ def test_the_train_step_calls_the_shared_refresh_and_refreshes():
     names = [function.signature.name for function in graph.as_graph_def().library.function]
     assert sum("warm_refresh" in name for name in names) == 2
     assert sum("whitening_drift" in name for name in names) == 2
+
+
+def _fake_tensorflow_gpu(monkeypatch, tensor_float_32):
+    import tensorflow as tf
+
+    from keras_sngd import compiled
+
+    monkeypatch.setattr(compiled, "_TENSOR_FLOAT_32_WARNED", [])
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["/GPU:0"] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "tensor_float_32_execution_enabled", lambda: tensor_float_32)
+    return compiled
+
+
+def test_tensorflow_with_tensor_float_32_on_a_gpu_warns_once_and_names_the_fixes(monkeypatch):
+    pytest.importorskip("tensorflow")
+    compiled = _fake_tensorflow_gpu(monkeypatch, tensor_float_32=True)
+    with pytest.warns(UserWarning, match="TensorFloat-32") as record:
+        keras_sngd.LocalFisher(name="lf").build((None, 6))
+    message = str(record[0].message)
+    assert "enable_tensor_float_32_execution(False)" in message and "refresh_dtype='float64'" in message
+    assert "'lf'" in message
+    # Once per process; not for a float64 refresh.
+    assert not compiled.warn_if_tensor_float_32("other", "float32")
+    monkeypatch.setattr(compiled, "_TENSOR_FLOAT_32_WARNED", [])
+    assert not compiled.warn_if_tensor_float_32("other", "float64")
+
+
+def test_no_tensor_float_32_warning_without_it(monkeypatch):
+    pytest.importorskip("tensorflow")
+    compiled = _fake_tensorflow_gpu(monkeypatch, tensor_float_32=False)
+    assert not compiled.warn_if_tensor_float_32("lf", "float32")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")  # JAX: the refresh is full float32 by itself
+    assert not compiled.warn_if_tensor_float_32("lf", "float32")
