@@ -27,7 +27,8 @@ reported, refreshes included, with the median (a step without a refresh) and the
 (compilation). `--variants` adds reconstructions with other LocalFisher arguments (no trust region,
 statistics every 8th batch) to split an SNGD step's cost. Last (JAX, with the checks), the cost of a
 `lax.cond` whose predicate is false, as every LocalFisher's refresh check is on most steps
-(`conditional_cost`). Prints a table and one JSON line. Exits 1 if a check fails.
+(`conditional_cost`); `--variants between-steps` times the same SNGD with the refresh between steps
+(`FunctionPreservingRefresh`), whose JAX train step has no conditional at all. Prints a table and one JSON line. Exits 1 if a check fails.
 """
 
 import argparse
@@ -54,6 +55,9 @@ VARIANTS = {
     "no-trust-region": {"max_step": None},
     "statistics-8": {"statistics_every": 8},
     "no-trust-region-statistics-8": {"max_step": None, "statistics_every": 8},
+    # reconstruct's defaults, refreshed between steps by `FunctionPreservingRefresh`: on JAX the train step
+    # then holds no conditional (no refresh check, no re-expression in the kernels' constraints).
+    "between-steps": {},
 }
 
 
@@ -200,11 +204,12 @@ def conditional_cost(layers=21, repeats=50):
     return timings
 
 
-def time_fit(model, images, labels, batch):
+def time_fit(model, images, labels, batch, between_steps=False):
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     timer = StepTimer()
-    history = model.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    callbacks = [timer] + ([keras_sngd.FunctionPreservingRefresh()] if between_steps else [])
+    history = model.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
     return timer.times, history.history["loss"][-1]
 
 
@@ -273,7 +278,7 @@ def main():
         for variant in args.variants.split(","):
             keras.utils.set_random_seed(0)
             sngd = keras_sngd.reconstruct(build(width=args.width), local_fisher_arguments=VARIANTS[variant] or None)
-            sngd_times, sngd_loss = time_fit(sngd, images, labels, args.batch)
+            sngd_times, sngd_loss = time_fit(sngd, images, labels, args.batch, between_steps=variant == "between-steps")
             layers = keras_sngd.callbacks.local_fishers(sngd)
             refresh_count = int(layers[0].refresh_count.numpy())
             failed = sum(int(layer.failed_refresh_count.numpy()) for layer in layers)

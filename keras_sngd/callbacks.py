@@ -27,7 +27,11 @@ class FunctionPreservingRefresh(keras.callbacks.Callback):
       re-expression of the consumers' kernels as in the train step, from the same statistics;
     - `on_train_end`: the layers refresh inside the train step again.
 
-    The sync runs only on batches where a refresh is due. The refresh takes effect from the step after
+    With the callback the JAX train step holds no conditional (without it, each LocalFisher adds two: the
+    refresh check and the re-expression of its consumer's kernel). XLA's GPU runtime reads a
+    conditional's predicate on the host, so on a GPU this path may be the faster one
+    (`bash benchmarks/gpu.sh --variants default,between-steps` measures it). The sync runs only on
+    batches where a refresh is due. The refresh takes effect from the step after
     the one that made it due (inside the TensorFlow step it takes effect in that step), so JAX and
     TensorFlow trajectories differ by that one step per refresh. With `steps_per_execution > 1`, a layer
     due anywhere in an execution refreshes once, after it.

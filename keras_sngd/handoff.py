@@ -134,8 +134,10 @@ class HandoffConstraint(keras.constraints.Constraint):
             bias_changed = bias is not None
         else:
             bias_changed = False
-        if fisher._hands_off():
-            # The refresh's re-expression (JAX; elsewhere it happened inside the forward pass).
+        if fisher._hands_off() and not fisher._refresh_outside_step:
+            # The refresh's re-expression (JAX; elsewhere it happened inside the forward pass). Not traced
+            # while `FunctionPreservingRefresh` refreshes between steps (no step refreshes then, and each
+            # train function is traced for one of the two): that step holds no conditional.
             flag = ops.convert_to_tensor(fisher.pending_flag) > 0.5
             mixing = ops.convert_to_tensor(fisher.pending_mixing)
             if fisher.center and bias is not None:

@@ -60,6 +60,11 @@ def test_lr0_fit_through_refreshes_keeps_outputs_on_jax(jax_runs, case):
     assert report["refresh_mode"].startswith("function-preserving")
     if case.endswith("_no_callback"):
         assert report["warnings"] == []
+        # The refresh check and the kernel's re-expression are conditionals of the step.
+        assert report["traced_conditionals"] > 0
+    else:
+        # Refreshed between steps, the step holds no conditional (on a GPU each is a host round trip).
+        assert report["traced_conditionals"] == 0
     # The tolerance of tests/test_function_preserving_refresh.py on TensorFlow.
     assert report["max_output_change"] <= 1e-4 * report["max_output"]
 

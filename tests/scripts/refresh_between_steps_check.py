@@ -67,7 +67,14 @@ def lr0(callbacks, steps_per_execution=1, center=False):
     model = small_model(center=center)
     model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=steps_per_execution)
     before = np.asarray(model.predict(inputs, verbose=0))
-    model.fit(inputs, targets, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    # The conditionals traced into the train step (each one a host round trip on a GPU for XLA).
+    traced_conditionals = []
+    cond = keras.ops.cond
+    keras.ops.cond = lambda *args, **kwargs: traced_conditionals.append(1) or cond(*args, **kwargs)
+    try:
+        model.fit(inputs, targets, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    finally:
+        keras.ops.cond = cond
     after = np.asarray(model.predict(inputs, verbose=0))
     fisher = model.layers[0]
     return {
@@ -78,6 +85,7 @@ def lr0(callbacks, steps_per_execution=1, center=False):
         "max_output_change": float(np.abs(after - before).max()),
         "max_output": float(np.abs(before).max()),
         "refresh_mode": str(fisher.refresh_mode),
+        "traced_conditionals": len(traced_conditionals),
     }
 
 
