@@ -32,8 +32,23 @@ def check_rewritable(model, what):
 
 def clone_layer(layer):
     """A fresh layer (or raw operation) with the same config (weights are copied once the new model is
-    built)."""
-    return layer.__class__.from_config(layer.get_config())
+    built).
+
+    Raises:
+        ValueError: the layer cannot be rebuilt from its own `get_config()` (a bug of that layer, which
+            `keras.models.clone_model` and `keras.saving.load_model` meet too); names the layer and keeps
+            the original error as the cause.
+    """
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception as error:
+        raise ValueError(
+            f"Cannot clone layer {getattr(layer, 'name', layer)!r} ({type(layer).__name__}): "
+            f"`{type(layer).__name__}.from_config(layer.get_config())` fails, so neither reconstruct nor "
+            "keras.models.clone_model can copy it (and a saved model holding it would not load). Fix or "
+            "override the layer's `get_config`/`from_config`, or insert `keras_sngd.LocalFisher` layers "
+            f"by hand. The error: {type(error).__name__}: {error}"
+        ) from error
 
 
 def sequential_input(model):

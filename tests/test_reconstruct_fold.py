@@ -160,6 +160,28 @@ def test_bad_arguments(kwargs, message):
         keras_sngd.reconstruct(CORPUS["mlp"](), **kwargs)
 
 
+def test_layer_that_cannot_be_rebuilt_from_its_config_gets_a_clear_error():
+    """A layer whose `get_config` holds keys its constructor refuses (as KerasHub 0.32's
+    ViTPatchingAndEmbedding does) cannot be cloned: the error names it, with the cause kept."""
+
+    class Scale(keras.layers.Layer):
+        def __init__(self, factor=2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, inputs):
+            return inputs * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor, "derived": 3}
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(Scale(name="scale")(inputs)))
+    with pytest.raises(ValueError, match=r"Cannot clone layer 'scale' \(Scale\).*from_config.*derived") as info:
+        keras_sngd.reconstruct(model)
+    assert isinstance(info.value.__cause__, TypeError)
+
+
 def test_unbuilt_sequential_gets_a_clear_error():
     with pytest.raises(ValueError, match="keras.Input"):
         keras_sngd.reconstruct(keras.Sequential([keras.layers.Dense(2)]))
