@@ -19,6 +19,7 @@ from keras_sngd.graph import sequential_input
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.handoff import HandoffConstraint
 from keras_sngd.layer_defaults import default_arguments
 from keras_sngd.layer_defaults import FEATURES_PER_DAMPING
 from keras_sngd.layer_defaults import class_default
@@ -97,7 +98,10 @@ def reconstruct(
     Supported layers: Dense, EinsumDense (one contracted input axis, the last), Conv1D/2D/3D,
     Conv1D/2D/3DTranspose and LSTM/GRU/SimpleRNN (their input kernel). Skipped, with the reason in the
     report: depthwise and separable convolutions and grouped convolutions (no kernel can absorb a mixing of
-    their input channels), LoRA-enabled or quantized layers, layers excluded by name or type, and
+    their input channels), LoRA-enabled or quantized layers, layers whose kernel has a constraint (a
+    `kernel_constraint` such as `MaxNorm` or `NonNeg` is meant for `W`; on the whitened `W'` it would be
+    another constraint, and the folded `W = U W'` would not satisfy it: naming the layer in
+    `per_layer_arguments` inserts a LocalFisher anyway), layers excluded by name or type, and
     composite layers (`MultiHeadAttention`, a KerasHub `TransformerEncoder`, ...) whose Dense/EinsumDense
     layers are called inside their own `call`, out of the graph's reach. Raw operations in the graph
     (`x + y`, `x[:, 0]`, `keras.ops.cast`) pass through unchanged.
@@ -192,6 +196,15 @@ def reconstruct(
     return (new_model, report) if return_report else new_model
 
 
+def user_kernel_constraint(kernel):
+    """The user's constraint on a consumer's kernel variable, or None; the constraint a LocalFisher
+    installs itself (`keras_sngd.handoff.HandoffConstraint`) is looked through to the one it wraps."""
+    constraint = getattr(kernel, "constraint", None)
+    while isinstance(constraint, HandoffConstraint):
+        constraint = constraint.previous
+    return constraint
+
+
 def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`.
     `reads_fixed`: a callable, whether the layer's input is fixed features (`reads_fixed_features`)."""
@@ -217,6 +230,15 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
         return None
     if already_whitened is not None:
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
+        return None
+    constraint = user_kernel_constraint(binding.kernel)
+    if constraint is not None and layer.name not in options["per_layer"]:
+        report.skipped.append((path, kind, (
+            f"its kernel has a constraint ({type(constraint).__name__}) meant for W; with a LocalFisher it "
+            "would act on the whitened kernel W' (W = U W') instead, and a refresh's re-expression could "
+            f"make it bind and change the function (name it in per_layer_arguments, e.g. {{{layer.name!r}: "
+            "{}}, to insert one anyway)"
+        )))
         return None
     own = options["per_layer"].get(layer.name, {})
     arguments = dict(options["arguments"], **own)
