@@ -223,3 +223,21 @@ def test_nested_model_called_on_other_inputs_is_not_absorbed():
     local_fisher.inverse_root.assign(np.diag(np.linspace(0.5, 2.0, 6)).astype("float32"))
     probe = sample_inputs(model)
     assert_outputs_close(keras_sngd.fold(model)(probe), model(probe))
+
+
+def test_lambda_layers_are_copied_from_the_live_function():
+    """A Lambda holding a Python lambda: Keras's safe mode refuses to deserialize it (and so does
+    `keras.models.clone_model`), but reconstruct and fold copy the user's in-memory model, so they rebuild
+    it from the function itself, with its arguments and name."""
+    inputs = keras.Input((6,))
+    scaled = keras.layers.Lambda(lambda t, factor: t * factor, arguments={"factor": 2.0}, name="scale")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(4, activation="tanh")(scaled)))
+    sngd = keras_sngd.reconstruct(model, local_fisher_arguments={"update_every": 1, "refresh_tolerance": 0.0})
+    x = sample_inputs(model, 8)
+    assert_outputs_close(sngd(x), model(x))
+    assert sngd.get_layer("scale") is not model.get_layer("scale")
+    assert sngd.get_layer("scale").arguments == {"factor": 2.0}
+    train_at_zero_learning_rate(sngd)
+    assert_outputs_close(sngd(x), model(x), rtol=1e-4)
+    folded = keras_sngd.fold(sngd)
+    assert_outputs_close(folded(x), sngd(x), rtol=1e-4)
