@@ -42,12 +42,8 @@ def clone_layer(layer):
     if type(layer) is keras.layers.Lambda:
         # The user's own function, in memory: no deserialization (which Keras's safe mode refuses for
         # Python lambdas, as `keras.models.clone_model` does). A Lambda holds no weights.
-        config = layer.get_config()
-        for key in ("function", "function_type", "output_shape", "output_shape_type", "mask", "mask_type",
-                    "arguments", "module", "output_shape_module", "mask_module"):
-            config.pop(key, None)
         return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
-                                   arguments=dict(layer.arguments), **config)
+                                   arguments=dict(layer.arguments), **keras.layers.Layer.get_config(layer))
     try:
         return layer.__class__.from_config(layer.get_config())
     except Exception as error:

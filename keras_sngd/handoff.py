@@ -106,6 +106,15 @@ def hand_over(outputs, carriers, values):
     return identity(outputs, *(ops.convert_to_tensor(variable) for variable in carriers))
 
 
+def user_constraint(variable):
+    """The user's own constraint on `variable`, or None: a `HandoffConstraint` (installed by a
+    LocalFisher) is looked through to the constraint it wraps."""
+    constraint = getattr(variable, "constraint", None)
+    while isinstance(constraint, HandoffConstraint):
+        constraint = constraint.previous
+    return constraint
+
+
 class HandoffConstraint(keras.constraints.Constraint):
     """The constraint a `LocalFisher` installs on a consumer's kernel (see the module docstring).
 

@@ -19,7 +19,7 @@ from keras_sngd.graph import sequential_input
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
-from keras_sngd.handoff import HandoffConstraint
+from keras_sngd.handoff import user_constraint
 from keras_sngd.layer_defaults import default_arguments
 from keras_sngd.layer_defaults import FEATURES_PER_DAMPING
 from keras_sngd.layer_defaults import class_default
@@ -196,15 +196,6 @@ def reconstruct(
     return (new_model, report) if return_report else new_model
 
 
-def user_kernel_constraint(kernel):
-    """The user's constraint on a consumer's kernel variable, or None; the constraint a LocalFisher
-    installs itself (`keras_sngd.handoff.HandoffConstraint`) is looked through to the one it wraps."""
-    constraint = getattr(kernel, "constraint", None)
-    while isinstance(constraint, HandoffConstraint):
-        constraint = constraint.previous
-    return constraint
-
-
 def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`.
     `reads_fixed`: a callable, whether the layer's input is fixed features (`reads_fixed_features`)."""
@@ -231,7 +222,7 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     if already_whitened is not None:
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
         return None
-    constraint = user_kernel_constraint(binding.kernel)
+    constraint = user_constraint(binding.kernel)
     if constraint is not None and layer.name not in options["per_layer"]:
         report.skipped.append((path, kind, (
             f"its kernel has a constraint ({type(constraint).__name__}) meant for W; with a LocalFisher it "

@@ -199,17 +199,17 @@ def test_layer_with_a_kernel_constraint_is_skipped_unless_named():
 
 def test_the_constraint_a_local_fisher_installs_is_not_the_user_s():
     from keras_sngd.handoff import HandoffConstraint
-    from keras_sngd.reconstruct import user_kernel_constraint
+    from keras_sngd.handoff import user_constraint
 
     class Variable:
         constraint = None
 
     kernel = Variable()
-    assert user_kernel_constraint(kernel) is None
+    assert user_constraint(kernel) is None
     kernel.constraint = HandoffConstraint(None, None, previous=None)
-    assert user_kernel_constraint(kernel) is None
+    assert user_constraint(kernel) is None
     kernel.constraint = HandoffConstraint(None, None, previous=keras.constraints.NonNeg())
-    assert isinstance(user_kernel_constraint(kernel), keras.constraints.NonNeg)
+    assert isinstance(user_constraint(kernel), keras.constraints.NonNeg)
     # A trained reconstruction (its kernels carry the installed constraint) reconstructs to the same layers.
     model = keras_sngd.reconstruct(CORPUS["mlp"]())
     model.compile(keras.optimizers.SGD(0.01), "mse")
