@@ -17,7 +17,10 @@ the final training loss and the accuracy on the 10,000 test images of each run o
   kernel: `W' <- (1 - LR W) W'` shrinks the effective `W = U W'` by the same factor between refreshes;
 - `SNGD LR momentum M` (optionally `nesterov`): `SGD(LR, momentum=M)`. The velocity lives in the whitened
   coordinates of `W'`; a refresh mixes `W'` (`W' <- A^(1/2) W'`, `A ~ I`) but not the velocity;
-- SNGD options combine, in any order: `SNGD 0.01 momentum 0.9 wd 0.001 update_every 20`;
+- `SNGD LR muon`: the reconstruction trained with `keras.optimizers.Muon(LR)` instead of SGD (Keras's
+  defaults otherwise): Muon orthogonalizes each whitened kernel's momentum, Adam steps the biases;
+- SNGD options combine, in any order: `SNGD 0.01 momentum 0.9 wd 0.001 update_every 20` (`muon` takes no
+  SGD option);
 - `K-FAC LR`: `keras_sngd.optimizers.KFAC` at that learning rate on `prepare_kfac(model)` (its defaults:
   momentum 0.9, KL clip 1e-4), the Kronecker-factored natural gradient with the output side `S = E[g g^T]`
   that SNGD replaces by a scalar;
@@ -101,10 +104,10 @@ def parse_run(label):
 
     # The words after `SNGD LR` are options, in any order and combined: `wd W`, `momentum M`, `nesterov`,
     # a LocalFisher argument `NAME V` for every layer, `fixed-feature damping D|none`.
-    sgd_options, local_fisher, fixed = {}, {}, None
+    sgd_options, local_fisher, fixed, base = {}, {}, None, "sgd"
     bad = ValueError(f"Bad run {label!r}: after 'SNGD LR' expected options among 'wd W', 'momentum M', "
-                     "'nesterov', a LocalFisher argument ('damping D', 'update_every K', 'refresh_tolerance T', "
-                     "'max_step S') and 'fixed-feature damping D|none'.")
+                     "'nesterov', 'muon', a LocalFisher argument ('damping D', 'update_every K', "
+                     "'refresh_tolerance T', 'max_step S') and 'fixed-feature damping D|none'.")
     words = list(rest)
     try:
         while words:
@@ -115,6 +118,8 @@ def parse_run(label):
                 sgd_options["momentum"] = float(words.pop(0))
             elif word == "nesterov":
                 sgd_options["nesterov"] = True
+            elif word == "muon":
+                base = "muon"
             elif word in _LOCAL_FISHER_OPTIONS:
                 local_fisher[word] = _LOCAL_FISHER_OPTIONS[word](words.pop(0))
             elif word == "fixed-feature" and words.pop(0) == "damping":
@@ -125,6 +130,8 @@ def parse_run(label):
     except (IndexError, ValueError):
         raise bad from None
     if sgd_options.get("nesterov") and not sgd_options.get("momentum"):
+        raise bad
+    if base == "muon" and sgd_options:
         raise bad
 
     def arguments(model):
@@ -140,6 +147,8 @@ def parse_run(label):
                                              if calls_read_fixed_features(layers[name])}
         return result
 
+    if base == "muon":
+        return Run(lambda decay_steps=None: keras.optimizers.Muon(learning_rate=learning_rate(decay_steps)), arguments)
     return Run(lambda decay_steps=None: keras.optimizers.SGD(learning_rate(decay_steps), **sgd_options), arguments)
 
 

@@ -70,10 +70,16 @@ class Binding:
 
     def mix(self, matrix, kernel=None):
         """`kernel` (default: the current one) with `matrix` applied on the input axis: `K <- M K`."""
+        return self.mix_with(lambda flat: ops.matmul(ops.cast(matrix, flat.dtype), flat), kernel)
+
+    def mix_with(self, function, kernel=None):
+        """`kernel` (default: the current one) with a linear map applied on the input axis: `K <- f(K)`,
+        `function` taking and returning the kernel as a `(features, -1)` matrix (e.g. `M K` given in
+        factored form, `keras_sngd.low_rank.low_rank_mixing`)."""
         kernel = ops.convert_to_tensor(self.kernel) if kernel is None else kernel
         moved = ops.moveaxis(kernel, self.input_axis, 0)
         rest = tuple(moved.shape[1:])
-        mixed = ops.matmul(ops.cast(matrix, kernel.dtype), ops.reshape(moved, (self.features, -1)))
+        mixed = function(ops.reshape(moved, (self.features, -1)))
         return ops.moveaxis(ops.reshape(mixed, (self.features,) + rest), 0, self.input_axis)
 
     def shift_response(self, kernel, shift):

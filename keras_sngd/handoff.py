@@ -17,6 +17,8 @@ inside its compiled update, on every backend:
   ```
   pending_flag    <- 1 if this step refreshed U, else 0                              (JAX only)
   pending_mixing  <- M = A^(1/2), the consumer's re-expression for this refresh (I without one)  (JAX)
+                     (a low-rank U hands over the factors of U_new and U_old instead, `pending_roots`,
+                     and the constraint applies M = U_new^-1 U_old from them: keras_sngd.low_rank)
   pending_shift   <- U_old^T (mu_old - mu_new)              (JAX, center=True only)
   previous_i      <- the consumer's (W', b) as this step's forward pass read them   (max_step only)
   ```
@@ -54,6 +56,9 @@ Not supported: `gradient_accumulation_steps` (an accumulating optimizer merges o
 import keras
 from keras import ops
 
+from keras_sngd.compiled import full_float32_products
+from keras_sngd.low_rank import LowRankRoot
+from keras_sngd.low_rank import low_rank_mixing
 from keras_sngd.trust_region import bounded_step
 
 
@@ -148,13 +153,26 @@ class HandoffConstraint(keras.constraints.Constraint):
             # while `FunctionPreservingRefresh` refreshes between steps (no step refreshes then, and each
             # train function is traced for one of the two): that step holds no conditional.
             flag = ops.convert_to_tensor(fisher.pending_flag) > 0.5
-            mixing = ops.convert_to_tensor(fisher.pending_mixing)
             if fisher.center and bias is not None:
                 shift = ops.convert_to_tensor(fisher.pending_shift)
                 bias = ops.where(flag, binding.shifted_bias(bias, kernel, shift), bias)
                 bias_changed = True
-            # Only refresh steps pay for the (d, d) x (d, outputs) product.
-            kernel = ops.cond(flag, lambda: binding.mix(mixing, kernel), lambda: kernel)
+            if fisher.pending_roots is None:
+                mixing = ops.convert_to_tensor(fisher.pending_mixing)
+
+                def mixed():
+                    return binding.mix(mixing, kernel)
+            else:
+                new_root, old_root = (LowRankRoot(*(ops.convert_to_tensor(v) for v in root))
+                                      for root in fisher.pending_roots)
+
+                def mixed():
+                    return binding.mix_with(lambda flat: low_rank_mixing(new_root, old_root, flat), kernel)
+
+            # Only refresh steps pay for the product; in full float32 (a TensorFloat-32 product would
+            # round the kernel's values, not only the mixing's).
+            with full_float32_products():
+                kernel = ops.cond(flag, mixed, lambda: kernel)
         if bias_changed:
             binding.bias.assign(ops.cast(bias, binding.bias.dtype))
         if self.previous is not None:

@@ -11,6 +11,7 @@ from keras_sngd.handoff import HandoffConstraint
 from keras_sngd.handoff import carrier
 from keras_sngd.handoff import hand_over
 from keras_sngd.handoff import without_carriers
+from keras_sngd.low_rank import LowRankRoot
 from keras_sngd.low_rank import apply_root
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
@@ -268,7 +269,20 @@ class LocalFisher(FisherLayer):
         if self._hands_off():
             dim = self.inverse_root.shape[0]
             self.pending_flag = carrier(self, "pending_flag", ())
-            self.pending_mixing = carrier(self, "pending_mixing", (dim, dim), "identity")
+            if self._low_rank():
+                # The mixing `U_new^-1 U_old` as the two roots' factors (`keras_sngd.low_rank.low_rank_mixing`):
+                # 2 (d r + r + 1) values handed over per step instead of a dense (d, d) matrix.
+                rank = self._resolved_rank
+                self.pending_mixing = None
+                self.pending_roots = tuple(
+                    LowRankRoot(carrier(self, f"pending_{when}_basis", (dim, rank)),
+                                carrier(self, f"pending_{when}_scales", (rank,)),
+                                carrier(self, f"pending_{when}_identity_scale", (), "ones"))
+                    for when in ("new", "old")
+                )
+            else:
+                self.pending_mixing = carrier(self, "pending_mixing", (dim, dim), "identity")
+                self.pending_roots = None
             self.pending_shift = carrier(self, "pending_shift", (dim,)) if self.center else None
 
     # The carriers (`keras_sngd.handoff`) are trainable only so that the optimizer overwrites them: they are
@@ -400,8 +414,15 @@ class LocalFisher(FisherLayer):
         if not self._hands_off() or not bindings:
             return super()._step_output(result, old_inverse_root, old_shift, old_root)
         object.__setattr__(self, "_handoff_bindings", None)
-        carriers = [self.pending_flag, self.pending_mixing]
-        values = [ops.cast(result.accepted, "float32"), result.mixing]
+        carriers, values = [self.pending_flag], [ops.cast(result.accepted, "float32")]
+        if self.pending_roots is None:
+            carriers.append(self.pending_mixing)
+            values.append(result.mixing)
+        else:
+            # The refreshed and the current factors: the optimizer's constraint applies `U_new^-1 U_old`.
+            for pending, root in zip(self.pending_roots, (result.low_rank, old_root)):
+                carriers.extend(pending)
+                values.extend(root)
         if self.center:
             carriers.append(self.pending_shift)
             values.append(ops.matmul(old_shift - result.shift, old_inverse_root))  # U_old^T (mu_old - mu_new)

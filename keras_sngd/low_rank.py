@@ -115,6 +115,41 @@ def apply_root(features, root):
     return ops.cast(root.identity_scale, dtype) * features + ops.matmul(projected, ops.transpose(basis))
 
 
+def low_rank_mixing(new_root, old_root, matrix):
+    """`M matrix` with `M = U_new^-1 U_old`, the function-preserving mixing of a refresh, from the factors.
+
+    ```
+    U_old K    = c_o K + V_o diag(s_o) V_o^T K
+    U_new^-1 Y = Y / c_n + V_n diag(1 / (c_n + s_n) - 1 / c_n) V_n^T Y     # V_n orthonormal
+    ```
+
+    `O(d r k)` for a `(d, k)` `matrix`, against `O(d^2 k)` with the dense `(d, d)` mixing that
+    `low_rank_refresh` also returns (the same matrix: both use `V_n`'s orthonormality). Before the first
+    refresh `U_old = I` (`s_o = 0`, `c_o = 1`), whatever its basis. On JAX a refresh hands the factors to
+    the optimizer instead of the dense mixing (`keras_sngd.handoff`).
+
+    Args:
+        new_root, old_root: `LowRankRoot`s of `U_new` and `U_old`.
+        matrix: `(d, k)`, e.g. a consumer's kernel with its input axis first.
+
+    Returns:
+        `(d, k)`, in `matrix`'s dtype.
+    """
+    dtype = matrix.dtype
+
+    def apply(root, value, inverse):
+        basis = ops.cast(root.basis, dtype)
+        identity_scale = ops.cast(root.identity_scale, dtype)
+        scales = ops.cast(root.scales, dtype)
+        if inverse:
+            scales = 1.0 / (identity_scale + scales) - 1.0 / identity_scale
+            identity_scale = 1.0 / identity_scale
+        projected = ops.matmul(ops.transpose(basis), value) * scales[:, None]
+        return identity_scale * value + ops.matmul(basis, projected)
+
+    return apply(new_root, apply(old_root, matrix, inverse=False), inverse=True)
+
+
 def dense_root(root, dim):
     """`U = c I + V diag(s) V^T` as a `(dim, dim)` float32 matrix."""
     return root.identity_scale * ops.eye(dim, dtype="float32") + ops.matmul(

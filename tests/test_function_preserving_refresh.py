@@ -126,3 +126,29 @@ def test_shared_local_fisher_feeding_two_layers():
     assert "'dense'" in local_fisher.refresh_mode.reason and "'dense_1'" in local_fisher.refresh_mode.reason
     for old, new in zip(before, model(probe)):
         np.testing.assert_allclose(np.asarray(new), old, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["Muon", "Adam"])
+def test_other_keras_optimizers_train_the_reconstruction_through_refreshes(optimizer):
+    # The reconstruction is an ordinary Keras model: at learning rate 0 a refresh keeps its function whatever
+    # optimizer steps the whitened kernels (Muon orthogonalizes their momentum, Adam steps the biases).
+    import keras_sngd
+    from keras_sngd.models import paper_mlp
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 784)).astype("float32")
+    y = rng.integers(0, 10, 256)
+    model = keras_sngd.reconstruct(paper_mlp(input_shape=(784,)),
+                                   local_fisher_arguments={"update_every": 4, "refresh_tolerance": 0.0})
+    model.compile(getattr(keras.optimizers, optimizer)(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = model.predict(x, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    fishers = [layer for layer in model.layers if isinstance(layer, LocalFisher)]
+    assert [int(layer.refresh_count.numpy()) for layer in fishers] == [2, 2, 2]
+    change = np.abs(model.predict(x, verbose=0) - before).max() / np.abs(before).max()
+    assert change < 1e-4, change
+    # And at a learning rate it trains.
+    model.compile(getattr(keras.optimizers, optimizer)(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    losses = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]

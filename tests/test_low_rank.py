@@ -11,7 +11,9 @@ import pytest
 
 import keras_sngd
 from keras_sngd.low_rank import dense_root
+from keras_sngd.low_rank import LowRankRoot
 from keras_sngd.low_rank import initial_basis
+from keras_sngd.low_rank import low_rank_mixing
 from keras_sngd.low_rank import low_rank_refresh
 from keras_sngd.low_rank import resolve_rank
 from keras_sngd.models import paper_mlp
@@ -77,6 +79,26 @@ def test_mixing_keeps_the_effective_weights():
     accepted, inverse_root, mixing, _ = refresh(fisher, old, rank, damping=0.5)
     assert accepted
     assert np.abs(inverse_root @ mixing - old).max() < 1e-4
+
+
+def test_factored_mixing_matches_the_dense_mixing():
+    # `low_rank_mixing(new, old, K)` = `M K` with the refresh's dense `M = U_new^-1 U_old`: from the start
+    # (U_old = I, whose factors hold the random initial basis with zero scales) and from a previous refresh.
+    dim, rank = 96, 8
+    rng = np.random.default_rng(5)
+    kernel = rng.standard_normal((dim, 7)).astype("float32")
+    fisher = spiked(dim, np.linspace(200.0, 20.0, rank), np.linspace(1.0, 0.1, dim - rank))
+    start = LowRankRoot(initial_basis(dim, rank), np.zeros(rank, "float32"), np.float32(1.0))
+    _, first, mixing, root = refresh(fisher, np.eye(dim), rank, damping=1.0)
+    factored = np.asarray(low_rank_mixing(root, start, kernel), "float64")
+    np.testing.assert_allclose(factored, mixing @ kernel, atol=1e-5 * np.abs(mixing @ kernel).max())
+    moved = fisher * 1.3 + 0.2 * np.eye(dim)
+    accepted, second, mixing, new_root = refresh(moved, first, rank, damping=1.0, basis=np.asarray(root.basis))
+    assert accepted
+    factored = np.asarray(low_rank_mixing(new_root, root, kernel), "float64")
+    np.testing.assert_allclose(factored, mixing @ kernel, atol=1e-5 * np.abs(mixing @ kernel).max())
+    # And it keeps the function: U_new (M K) = U_old K.
+    np.testing.assert_allclose(second @ factored, first @ kernel, atol=1e-4 * np.abs(first @ kernel).max())
 
 
 def test_warm_start_converges_on_the_top_directions():
@@ -188,6 +210,11 @@ def test_low_rank_training_on_backend(backend):
     assert report["refresh_count"] == 4 and report["failed_refresh_count"] == 0
     assert report["lr0_change"] < 1e-4
     assert report["factors_error"] < 1e-6
+    if backend == "jax":
+        # The refresh's mixing goes to the optimizer as the factors of U_new and U_old, no (d, d) matrix.
+        assert report["carrier_shapes"] == [[], [], [], [16], [16], [300, 16], [300, 16]]
+    else:
+        assert report["carrier_shapes"] == []
     losses = report["losses"]
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
     assert report["trained_refreshes"] == 8

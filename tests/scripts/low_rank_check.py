@@ -50,6 +50,8 @@ def main():
     net.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)  # 16 steps: 4 refreshes
     after = np.asarray(net.predict(x, verbose=0))
     report["lr0_change"] = float(np.abs(after - before).max() / np.abs(before).max())
+    # What a step hands to the optimizer (JAX: `keras_sngd.handoff`): the carriers' shapes.
+    report["carrier_shapes"] = sorted(list(v.shape) for v in net.variables if getattr(v, "_keras_sngd_carrier", False))
     report["refresh_count"] = int(np.asarray(layer.refresh_count))
     report["failed_refresh_count"] = int(np.asarray(layer.failed_refresh_count))
     dense = np.asarray(dense_root(layer._current_root(), 300))
