@@ -74,7 +74,7 @@ def train_wide(data, features_per_damping=None):
         assert [layer.damping for layer in model.layers if isinstance(layer, LocalFisher)][1:] == [
             512 / features_per_damping] * 3
     model.compile(keras.optimizers.SGD(LEARNING_RATE), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=True)
+                  jit_compile=False)
     return model.fit(*data, batch_size=BATCH_SIZE, epochs=2, shuffle=False, verbose=0).history["loss"]
 
 
