@@ -125,3 +125,16 @@ def test_wide_mlp_variants_are_what_their_names_say():
     # The references: the same MLP without LocalFisher.
     assert fishers(wide_mlp.build(512, 2, "plain")) == [] and fishers(wide_mlp.build(512, 2, "adam")) == []
     assert all(layer.leverage_scaling for layer in fishers(wide_mlp.build(512, 2, "reconstruct")))
+
+
+def test_first_fit_parts_switch_off_what_they_say(fashion_mnist_directory):
+    # `benchmarks/first_fit_parts.py`: each variant's LocalFishers carry its arguments, and a fit runs.
+    import benchmarks.first_fit_parts as parts
+
+    bare = fishers(reconstruct(paper_mlp(input_shape=(784,)), local_fisher_arguments=dict(parts.VARIANTS["bare"])))
+    assert all(layer.max_step is None and layer.refresh_tolerance == 0.0 and layer.statistics_every == 1
+               and layer.update_every == parts.NEVER for layer in bare)
+    first, second = parts.first_fits("bare", fashion_mnist_directory, batches=2)
+    assert first > 0.0 and second > 0.0
+    with pytest.raises(SystemExit):
+        parts.main(["--variants", "SGD,fast"])
