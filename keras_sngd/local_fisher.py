@@ -4,6 +4,8 @@ import warnings
 
 import keras
 from keras import ops
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_sngd.consumers import consumer_bindings
 from keras_sngd.fisher_layer import FisherLayer
@@ -13,6 +15,9 @@ from keras_sngd.handoff import hand_over
 from keras_sngd.handoff import without_carriers
 from keras_sngd.low_rank import LowRankRoot
 from keras_sngd.low_rank import apply_root
+from keras_sngd.low_rank import root_times
+from keras_sngd.regularization import install_effective_regularizer
+from keras_sngd.regularization import stop
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
 from keras_sngd.refresh import RefreshMode
@@ -263,6 +268,7 @@ class LocalFisher(FisherLayer):
         object.__setattr__(self, "_pending", None)
         object.__setattr__(self, "_previous", {})
         object.__setattr__(self, "_warned_no_previous", False)
+        object.__setattr__(self, "_forward_root", None)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -319,6 +325,8 @@ class LocalFisher(FisherLayer):
         model is built; `keras_sngd.reconstruct`, `keras.saving.load_model` and
         `keras_sngd.FunctionPreservingRefresh` call it for you. Otherwise a no-op.
         """
+        if self.built and self.preserve_function:
+            self._install_regularizers()
         if not (self.built and self.preserve_function) or (self.max_step is None and not self._hands_off()):
             return
         for binding in self.consumer_bindings()[0]:
@@ -335,6 +343,25 @@ class LocalFisher(FisherLayer):
                     self._tracker.lock()
                 self._previous[id(binding.kernel)] = variables
 
+    def _install_regularizers(self):
+        """Keep each consumer's own kernel regularizer on its effective kernel `U W'`
+        (`keras_sngd.regularization`)."""
+        for binding in self.consumer_bindings()[0]:
+            install_effective_regularizer(self, binding)
+
+    def effective_kernel(self, binding, kernel):
+        """`U W'`: the consumer kernel value `kernel` (`W'`) with the `U` of this step's forward pass
+        applied on its input axis (no gradient into `U`); the effective kernel of the plain layer."""
+        forward = self._forward_root
+        if forward is not None and forward[0] is not None and in_stateless_scope() and get_stateless_scope() is forward[0]:
+            inverse_root, root = forward[1], forward[2]
+        else:
+            inverse_root, root = stop(self.inverse_root), tuple(stop(value) for value in self._current_root())
+        if root:
+            root = LowRankRoot(*root)
+            return binding.mix_with(lambda flat: root_times(root, flat), kernel)
+        return binding.mix(inverse_root, kernel)
+
     def _previous_carriers(self, binding):
         """The carriers of `binding`'s (W', b) as the forward pass read them, or None."""
         return self._previous.get(id(binding.kernel))
@@ -343,6 +370,13 @@ class LocalFisher(FisherLayer):
         super().load_own_variables(store)
         # The model's graph is complete when a saved model's state is loaded.
         self.prepare_handoff()
+
+    def _transform(self, inputs, inverse_root, shift, root=()):
+        # The U of this forward pass, for a consumer's regularizer evaluated in the same trace (JAX runs the
+        # forward pass and the loss in one stateless scope, and a refresh step's forward pass uses the old U).
+        scope = get_stateless_scope() if in_stateless_scope() else None
+        object.__setattr__(self, "_forward_root", (scope, stop(inverse_root), tuple(stop(value) for value in root)))
+        return self._whiten(inputs, inverse_root, shift, root)
 
     def call(self, inputs, training=None, mask=None):
         outputs = super().call(inputs, training=training, mask=mask)
@@ -369,6 +403,8 @@ class LocalFisher(FisherLayer):
         return consumer_bindings(self)
 
     def _train_step(self, inputs, mask):
+        if self.preserve_function:
+            self._install_regularizers()
         if self._hands_off():
             return self._train_step_handing_off(inputs, mask)
         bindings = self.consumer_bindings()[0] if self.max_step is not None else []
@@ -480,7 +516,7 @@ class LocalFisher(FisherLayer):
         state = self._step_bound_state
         return 0 if state is None else int(state["bounded_steps"].numpy())
 
-    def _transform(self, inputs, inverse_root, shift, root=()):
+    def _whiten(self, inputs, inverse_root, shift, root=()):
         features = ops.moveaxis(inputs, self.axis, -1)
         if shift is not None:
             features = features - ops.cast(shift, features.dtype)

@@ -135,19 +135,23 @@ def low_rank_mixing(new_root, old_root, matrix):
     Returns:
         `(d, k)`, in `matrix`'s dtype.
     """
+    return root_times(new_root, root_times(old_root, matrix), inverse=True)
+
+
+def root_times(root, matrix, inverse=False):
+    """`U matrix` (or `U^-1 matrix`) for `U = c I + V diag(s) V^T`, `matrix` `(d, k)`, in its dtype.
+
+    `U^-1 = c^-1 I + V diag(1 / (c + s) - 1 / c) V^T` needs `V` orthonormal (true after a refresh; before
+    the first one `s = 0` and `U = I` whatever `V`)."""
     dtype = matrix.dtype
-
-    def apply(root, value, inverse):
-        basis = ops.cast(root.basis, dtype)
-        identity_scale = ops.cast(root.identity_scale, dtype)
-        scales = ops.cast(root.scales, dtype)
-        if inverse:
-            scales = 1.0 / (identity_scale + scales) - 1.0 / identity_scale
-            identity_scale = 1.0 / identity_scale
-        projected = ops.matmul(ops.transpose(basis), value) * scales[:, None]
-        return identity_scale * value + ops.matmul(basis, projected)
-
-    return apply(new_root, apply(old_root, matrix, inverse=False), inverse=True)
+    basis = ops.cast(root.basis, dtype)
+    identity_scale = ops.cast(root.identity_scale, dtype)
+    scales = ops.cast(root.scales, dtype)
+    if inverse:
+        scales = 1.0 / (identity_scale + scales) - 1.0 / identity_scale
+        identity_scale = 1.0 / identity_scale
+    projected = ops.matmul(ops.transpose(basis), matrix) * scales[:, None]
+    return identity_scale * matrix + ops.matmul(basis, projected)
 
 
 def dense_root(root, dim):

@@ -20,6 +20,7 @@ from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.handoff import user_constraint
+from keras_sngd.regularization import user_regularizer
 from keras_sngd.layer_defaults import default_arguments
 from keras_sngd.layer_defaults import FEATURES_PER_DAMPING
 from keras_sngd.layer_defaults import class_default
@@ -249,6 +250,12 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
                 arguments["damping"] = damping
                 note = (f"damping {damping:g}: {binding.features} input features (at most "
                         f"{FEATURES_PER_DAMPING} per unit of damping, as the paper MLP's 80 at 0.01)")
+    regularizer = user_regularizer(binding.kernel)
+    if regularizer is not None:
+        # Kept on W = U W', not on W' (`keras_sngd.regularization`).
+        said = (f"its kernel regularizer ({type(regularizer).__name__}) acts on the effective kernel U W', "
+                "as on W before")
+        note = said if note is None else f"{note}; {said}"
     local_fisher = options["layer_class"](axis=binding.feature_axis, name=name, **arguments)
     report.inserted.append((path, kind, local_fisher.name, binding.features, binding.feature_axis))
     if note:

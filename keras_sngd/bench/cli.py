@@ -120,7 +120,8 @@ def build_parser():
                         + "; ".join(f"{name} " + ",".join(f"{x:g}" for x in spec.grid) for name, spec in OPTIMIZERS.items())
                         + "), or give rates every optimizer tries, e.g. 0.3,0.1,0.03,0.01")
     parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds; several give mean ± std")
-    parser.add_argument("--l2", type=float, default=0.0, help="L2 penalty on every kernel (the paper: 1e-3)")
+    parser.add_argument("--l2", type=float, default=0.0, help="L2 penalty on every kernel of the plain model (the paper: 1e-3); "
+                        "after reconstruct it acts on the effective kernels W = U W' (keras_sngd.regularization)")
     parser.add_argument("--samples", type=positive_int, default=None, help="use only the first N training examples")
     parser.add_argument("--test-samples", type=positive_int, default=None, help="use only the first N test examples")
     parser.add_argument("--sequence-length", type=positive_int, default=35, help="language model window length")
