@@ -374,8 +374,11 @@ class LocalFisher(FisherLayer):
     def _transform(self, inputs, inverse_root, shift, root=()):
         # The U of this forward pass, for a consumer's regularizer evaluated in the same trace (JAX runs the
         # forward pass and the loss in one stateless scope, and a refresh step's forward pass uses the old U).
-        scope = get_stateless_scope() if in_stateless_scope() else None
-        object.__setattr__(self, "_forward_root", (scope, stop(inverse_root), tuple(stop(value) for value in root)))
+        # Elsewhere (TensorFlow, PyTorch) the layer's state is what the forward pass used: nothing to keep.
+        forward = None
+        if in_stateless_scope():
+            forward = (get_stateless_scope(), stop(inverse_root), tuple(stop(value) for value in root))
+        object.__setattr__(self, "_forward_root", forward)
         return self._whiten(inputs, inverse_root, shift, root)
 
     def call(self, inputs, training=None, mask=None):
