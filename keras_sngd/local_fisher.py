@@ -17,7 +17,6 @@ from keras_sngd.low_rank import LowRankRoot
 from keras_sngd.low_rank import apply_root
 from keras_sngd.low_rank import root_times
 from keras_sngd.regularization import install_effective_regularizer
-from keras_sngd.regularization import stop
 from keras_sngd.refresh import FUNCTION_PRESERVING
 from keras_sngd.refresh import REPLACING
 from keras_sngd.refresh import RefreshMode
@@ -353,12 +352,11 @@ class LocalFisher(FisherLayer):
         """`U W'`: the consumer kernel value `kernel` (`W'`) with the `U` of this step's forward pass
         applied on its input axis (no gradient into `U`); the effective kernel of the plain layer."""
         forward = self._forward_root
-        if forward is not None and forward[0] is not None and in_stateless_scope() and get_stateless_scope() is forward[0]:
-            inverse_root, root = forward[1], forward[2]
+        if forward is not None and in_stateless_scope() and get_stateless_scope() is forward[0]:
+            inverse_root, root = forward[1:]
         else:
-            inverse_root, root = stop(self.inverse_root), tuple(stop(value) for value in self._current_root())
+            inverse_root, root = _frozen(self.inverse_root), keras.tree.map_structure(_frozen, self._current_root())
         if root:
-            root = LowRankRoot(*root)
             return binding.mix_with(lambda flat: root_times(root, flat), kernel)
         return binding.mix(inverse_root, kernel)
 
@@ -377,7 +375,7 @@ class LocalFisher(FisherLayer):
         # Elsewhere (TensorFlow, PyTorch) the layer's state is what the forward pass used: nothing to keep.
         forward = None
         if in_stateless_scope():
-            forward = (get_stateless_scope(), stop(inverse_root), tuple(stop(value) for value in root))
+            forward = (get_stateless_scope(), _frozen(inverse_root), keras.tree.map_structure(_frozen, root))
         object.__setattr__(self, "_forward_root", forward)
         return self._whiten(inputs, inverse_root, shift, root)
 

@@ -29,7 +29,6 @@ only, like the constraint of `keras_sngd.handoff`.
 """
 
 import keras
-from keras import ops
 
 
 class EffectiveKernelRegularizer(keras.regularizers.Regularizer):
@@ -73,8 +72,3 @@ def install_effective_regularizer(fisher, binding):
             return
         regularizer = user_regularizer(binding.kernel)
     binding.kernel.regularizer = EffectiveKernelRegularizer(fisher, binding, regularizer)
-
-
-def stop(value):
-    """`value` as a tensor with no gradient."""
-    return ops.stop_gradient(ops.convert_to_tensor(value))
