@@ -37,6 +37,10 @@ AUTO = "auto"
 # every `_WIDE_PERIOD`-th batch; every other input takes every batch.
 _WIDE_FEATURES = 256
 _WIDE_PERIOD = 4
+# `adaptive_statistics=True`: the period doubles after every drift check that finds `U` still whitening
+# `G`, up to this many times the base period, and is back at the base after every refresh
+# (`FisherLayer._next_statistics_period`).
+SETTLED_FACTOR = 16
 
 
 def statistics_period(statistics_every, input_shape):
@@ -52,6 +56,8 @@ def statistics_period(statistics_every, input_shape):
     if statistics_every != AUTO:
         return statistics_every
     return _WIDE_PERIOD if len(input_shape) == 2 and input_shape[-1] >= _WIDE_FEATURES else 1
+
+
 # The pure refresh computations, compiled once per shape and shared by the layers (`keras_sngd.compiled`).
 _low_rank_refresh = shared(low_rank_refresh)
 _warm_refresh = shared(warm_refresh)
@@ -94,6 +100,7 @@ class FisherLayer(keras.layers.Layer):
         refresh_tolerance=0.3,
         statistics_every="auto",
         rank=None,
+        adaptive_statistics=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,6 +122,7 @@ class FisherLayer(keras.layers.Layer):
             statistics_every if statistics_every == AUTO else check_int("statistics_every", statistics_every, minimum=1)
         )
         self._statistics_period = None  # set by `build`: `statistics_period(statistics_every, input_shape)`
+        self.adaptive_statistics = check_bool("adaptive_statistics", adaptive_statistics)
         if isinstance(rank, str) and rank != AUTO_RANK:
             raise ValueError(f"`rank` must be an int >= 1, None or 'auto'. Received: rank={rank!r}")
         self.rank = rank if rank == AUTO_RANK else check_int("rank", rank, minimum=1, allow_none=True)
@@ -156,6 +164,10 @@ class FisherLayer(keras.layers.Layer):
         self.refresh_count = state("refresh_count", (), dtype="int32")
         self.failed_refresh_count = state("failed_refresh_count", (), dtype="int32")
         self.skipped_batch_count = state("skipped_batch_count", (), dtype="int32")
+        if self.adaptive_statistics:
+            # The current period of the statistics (`adaptive_statistics`).
+            self.statistics_period = state("statistics_period", (), dtype="int32",
+                                           initializer=keras.initializers.Constant(self._statistics_period))
         self._resolved_rank = resolve_rank(self.rank, input_shape, self.axis, self.damping)
         if self._resolved_rank is not None:
             # The factors of U = c I + V diag(s) V^T (`keras_sngd.low_rank`); U = I before the first refresh.
@@ -210,11 +222,15 @@ class FisherLayer(keras.layers.Layer):
         moving = MovingMoments(self.second_moment.value, self.mean.value, self.statistics_weight.value, True)
         if only_if_drifted and self.refresh_tolerance > 0 and int(ops.convert_to_numpy(self.refresh_count.value)):
             if float(ops.convert_to_numpy(self._drift(moving))) <= self.refresh_tolerance:
+                if self.adaptive_statistics:
+                    self.statistics_period.assign(self._next_statistics_period(True, False))
                 return False
         bindings, mode = self._refresh_plan(in_step=False)
         self._set_refresh_mode(mode)
         result = self._refresh(moving, bindings, write=True)
         self._count_refresh(result.accepted, due=True)
+        if self.adaptive_statistics:
+            self.statistics_period.assign(self._next_statistics_period(False, True))
         return bool(ops.convert_to_numpy(result.accepted))
 
     # Steps of a training call.
@@ -250,8 +266,28 @@ class FisherLayer(keras.layers.Layer):
                 shift=ops.stop_gradient(result.shift),
                 low_rank=keras.tree.map_structure(ops.stop_gradient, result.low_rank),
             )
+            if self.adaptive_statistics:
+                self.statistics_period.assign(self._next_statistics_period(self._checks(step), due))
         self._write_state(moving, step, due, result)
         return self._step_output(result, old_inverse_root, old_shift, old_root)
+
+    def _checks(self, step):
+        """Whether `step` checks for a refresh: every `update_every` steps, or, while an adaptive statistics
+        period has grown past its base and `update_every`, every period (a check between two batches taken
+        in would find the same drift)."""
+        interval = self.update_every
+        if self.adaptive_statistics:
+            period = self.statistics_period.value
+            interval = ops.where(period > self._statistics_period, ops.maximum(period, interval), interval)
+        return ops.equal(step % interval, 0)
+
+    def _next_statistics_period(self, checked, refreshed):
+        """The statistics' period after a step (`adaptive_statistics`): the base after a refresh,
+        doubled (up to `SETTLED_FACTOR` times the base) after a drift check that found no drift."""
+        base = self._statistics_period
+        period = self.statistics_period.value
+        longer = ops.minimum(period * 2, base * SETTLED_FACTOR)
+        return ops.where(refreshed, base, ops.where(checked, longer, period))
 
     def _collect_statistics(self, inputs, mask, step):
         """The moving moments after this batch (`MovingMoments`); masked rows are left out. With a period
@@ -271,19 +307,21 @@ class FisherLayer(keras.layers.Layer):
             return tuple(moving)
 
         period = self._statistics_period
-        if period == 1:
+        if period == 1 and not self.adaptive_statistics:
             return MovingMoments(*collect())
 
         def keep():
             return (self.second_moment.value, self.mean.value, self.statistics_weight.value,
                     ops.convert_to_tensor(True))
 
+        if self.adaptive_statistics:
+            period = self.statistics_period.value
         # Every batch until the first refresh, so that it never rests on a few batches' rows.
         take = ops.equal(self.refresh_count.value, 0) | ops.equal((step - 1) % period, 0)
         return MovingMoments(*ops.cond(take, collect, keep))
 
     def _statistics_written_in_branch(self):
-        return self._statistics_period > 1 and _ASSIGN_IN_BRANCH
+        return (self._statistics_period > 1 or self.adaptive_statistics) and _ASSIGN_IN_BRANCH
 
     def _assign_moments(self, moving):
         self.second_moment.assign(moving.second_moment)
@@ -297,7 +335,7 @@ class FisherLayer(keras.layers.Layer):
         by more than `refresh_tolerance` (always, with tolerance 0). One conditional per step: the drift
         estimate and the refresh's own conditional run only on the steps that check.
         """
-        check = ops.equal(step % self.update_every, 0)
+        check = self._checks(step)
 
         def unchanged():
             return (*self._unchanged(old_inverse_root, old_shift, old_root), ops.convert_to_tensor(False))
@@ -510,6 +548,7 @@ class FisherLayer(keras.layers.Layer):
                 "preserve_function": self.preserve_function,
                 "refresh_tolerance": self.refresh_tolerance,
                 "statistics_every": self.statistics_every,
+                "adaptive_statistics": self.adaptive_statistics,
                 "rank": self.rank,
             }
         )

@@ -60,7 +60,8 @@ class LocalFisher(FisherLayer):
     S <- momentum * S + (1 - momentum) * sum(m x x^T) / sum(m)     # m: the Keras mask, 1 without one
     mu_s <- momentum * mu_s + (1 - momentum) * sum(m x) / sum(m)
     c <- momentum * c + (1 - momentum)                  # bias correction: E[x x^T] = S / c
-                                    # (these three on steps 1, k + 1, 2k + 1, ... with statistics_every=k)
+                                    # (these three on steps 1, k + 1, 2k + 1, ... with statistics_every=k;
+                                    #  adaptive_statistics doubles k while U still whitens G)
     step <- step + 1
     every `update_every` steps:
         G   = activation_factor * (S / c)               # minus (mu_s/c)(mu_s/c)^T when center=True
@@ -213,6 +214,16 @@ class LocalFisher(FisherLayer):
             input features (rank-2 inputs), 1 elsewhere (convolutions and recurrent layers get many rows per
             batch, and their product is small next to the layer's work); see
             `keras_sngd.fisher_layer.statistics_period`. Defaults to `"auto"`.
+        adaptive_statistics: bool; let the period of the statistics follow need: it doubles after every
+            drift check that finds `U` still whitening `G` (up to 16 times `statistics_every`'s period)
+            and is back at that period after every refresh, and the drift is checked every `update_every`
+            steps or every period, whichever is longer. For inputs whose statistics depend on the data
+            alone (raw or preprocessed inputs, a frozen backbone's output): once `U` whitens them their
+            statistics cost almost nothing, and a change of the data still shows within two periods. Not
+            for inputs that training moves (a hidden layer's): their statistics would follow the network
+            more slowly. The current period is the layer's `statistics_period` variable. `reconstruct`
+            passes `True` before a Dense layer that reads at least 256 fixed features
+            (`keras_sngd.layer_defaults.fixed_feature_statistics`). Defaults to `False`.
         rank: int >= 1, None or `"auto"`; keep `U` as a rank-`rank` correction of a scaled identity
             (see **Low rank** above; a rank of at least the input's size is dense). `"auto"`: `max(64, d // 16)`
             (twice that below damping 1) before a Dense layer with `d >= 256` input features and

@@ -25,6 +25,8 @@ from keras_sngd.layer_defaults import default_arguments
 from keras_sngd.layer_defaults import FEATURES_PER_DAMPING
 from keras_sngd.layer_defaults import class_default
 from keras_sngd.layer_defaults import fixed_feature_damping
+from keras_sngd.layer_defaults import constructor_parameters
+from keras_sngd.layer_defaults import fixed_feature_statistics
 from keras_sngd.layer_defaults import width_damping
 from keras_sngd.local_fisher import LocalFisher
 
@@ -182,6 +184,7 @@ def reconstruct(
         "arguments": dict(default_arguments(model, layer_class), **local_fisher_arguments),
         "per_layer": per_layer_arguments,
         "layer_class": layer_class,
+        "accepted": {parameter.name for parameter in constructor_parameters(layer_class)},
     }
     report = ReconstructionReport()
     new_model = _reconstruct(model, options, report, prefix="", inputs_are_fixed=True)
@@ -237,7 +240,9 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     name = f"{layer.name}_local_fisher"
     note = None
     user_damping = "damping" in options["user_keys"] | set(own)
-    if not user_damping and reads_fixed():
+    user_statistics = bool({"statistics_every", "adaptive_statistics"} & (options["user_keys"] | set(own)))
+    fixed = reads_fixed()
+    if not user_damping and fixed:
         damping = fixed_feature_damping(layer, arguments.get("damping", 0.0), binding.features)
         if damping != arguments.get("damping"):
             arguments["damping"] = damping
@@ -250,6 +255,13 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
                 arguments["damping"] = damping
                 note = (f"damping {damping:g}: {binding.features} input features (at most "
                         f"{FEATURES_PER_DAMPING} per unit of damping, as the paper MLP's 80 at 0.01)")
+    if (fixed and not user_statistics and fixed_feature_statistics(layer, binding.features)
+            and "adaptive_statistics" in options["accepted"]):
+        arguments["adaptive_statistics"] = True
+        statistics_note = ("adaptive statistics: taken in less often while U still whitens them (fixed "
+                           "features depend on the data alone)")
+    else:
+        statistics_note = None
     regularizer = user_regularizer(binding.kernel)
     if regularizer is not None:
         # Kept on W = U W', not on W' (`keras_sngd.regularization`).
@@ -258,8 +270,9 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
         note = said if note is None else f"{note}; {said}"
     local_fisher = options["layer_class"](axis=binding.feature_axis, name=name, **arguments)
     report.inserted.append((path, kind, local_fisher.name, binding.features, binding.feature_axis))
-    if note:
-        report.notes.append((local_fisher.name, note))
+    for said in (note, statistics_note):
+        if said:
+            report.notes.append((local_fisher.name, said))
     return local_fisher
 
 

@@ -39,7 +39,9 @@ def test_application_round_trip(name, tmp_path):
     sngd = keras.saving.load_model(path)
     np.testing.assert_array_equal(np.asarray(sngd(probe)), expected)
 
-    sngd.compile(keras.optimizers.SGD(0.01), "mse")
+    # MobileNetV2 eagerly: a compiled train step would spend about 12 s more tracing its 35 LocalFishers;
+    # VGG16 covers the compiled step on an application.
+    sngd.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=name == "MobileNetV2")
     targets = np.zeros_like(expected)
     sngd.train_on_batch(probe, targets)
     sngd.train_on_batch(probe, targets)  # step 2: every LocalFisher refreshes

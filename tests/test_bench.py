@@ -270,3 +270,28 @@ def test_every_finished_run_is_saved_when_a_later_one_fails(tmp_path, stand_in, 
     # The partial run can still be summarized.
     rows = bench.main(["--summarize", str(tmp_path), "--no-plot"])
     assert [row["optimizer"] for row in rows] == ["sgd", "adam", "sngd"] and rows[2]["status"].startswith("not run")
+
+
+def test_baseline_race_reads_each_baselines_target_and_fit_time():
+    """The second table: seconds to each first-order baseline's final loss (first epoch end at or below it,
+    on the seed-averaged curves) and the fraction of that baseline's own fit time; SNGD is no baseline."""
+    from keras_sngd.bench.report import baseline_race
+    from keras_sngd.bench.report import race_table
+
+    def run(name, seed, losses, ends):
+        return {"optimizer": name, "seed": seed, "learning_rate": 0.1, "losses": losses, "epoch_ends": ends}
+
+    results = [
+        run("adam", 0, [0.6, 0.5, 0.4], [2.0, 4.0, 6.0]), run("adam", 1, [0.6, 0.5, 0.4], [2.0, 4.0, 6.0]),
+        run("sgd", 0, [0.7, 0.6, 0.55], [1.0, 2.0, 3.0]),
+        run("sngd", 0, [0.5, 0.38, 0.3], [3.0, 4.5, 6.0]), run("sngd", 1, [0.5, 0.42, 0.3], [3.0, 4.5, 6.0]),
+    ]
+    baselines, rows = baseline_race(results, ["sgd", "adam", "sngd"])
+    assert [(name, round(target, 4), seconds) for name, target, seconds in baselines] == [
+        ("sgd", 0.55, 3.0), ("adam", 0.4, 6.0)]
+    reached = {row["optimizer"]: row["reached"] for row in rows}
+    assert reached["sngd"] == {"sgd": 3.0, "adam": 4.5}  # mean 0.40 at 4.5 s: reached
+    assert reached["sgd"] == {"sgd": 3.0, "adam": None}
+    table = race_table(results, ["sgd", "adam", "sngd"])
+    assert "4.5 s (0.75x)" in table and "not reached" in table
+    assert race_table([results[-1]], ["sngd"]) == ""  # no baseline ran: no table

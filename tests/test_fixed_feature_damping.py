@@ -34,6 +34,8 @@ def test_only_the_layer_on_the_raw_input_of_the_mlp_is_damped_and_the_report_say
         "dense_1_local_fisher": 1.0, "dense_2_local_fisher": 0.01, "logits_local_fisher": 0.01}
     assert report.notes == [
         ("dense_1_local_fisher", "damping 1: its input is fixed features (no trained layer before it)"),
+        ("dense_1_local_fisher", "adaptive statistics: taken in less often while U still whitens them (fixed "
+                                 "features depend on the data alone)"),
         # With damping 1 on 784 features, `rank="auto"` keeps a low-rank U there (keras_sngd.low_rank).
         ("dense_1_local_fisher", "U of rank 64 plus identity (rank='auto'; keras_sngd.low_rank)"),
     ]

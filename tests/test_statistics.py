@@ -200,3 +200,105 @@ def test_statistics_every_rejects_bad_values(value):
 
     with pytest.raises(ValueError, match="statistics_every"):
         LocalFisher(statistics_every=value)
+
+
+def _replay_adaptive_schedule(steps, update_every, refreshed_at, base=4, factor=16):
+    """The steps whose batch the statistics take in, and the period after `steps` steps, by the rule of
+    `adaptive_statistics`, given the steps that refreshed."""
+    period, taken, refreshes = base, [], 0
+    for step in range(1, steps + 1):
+        if refreshes == 0 or (step - 1) % period == 0:
+            taken.append(step)
+        if step in refreshed_at:
+            refreshes += 1
+            period = base
+        elif step % (max(update_every, period) if period > base else update_every) == 0:
+            period = min(2 * period, base * factor)  # a check: every update_every steps, or every grown period
+    return taken, period
+
+
+def test_adaptive_statistics_period_grows_while_settled_and_returns_at_a_refresh():
+    """`adaptive_statistics=True`: the period doubles after each drift check that finds no drift (up to 16
+    times the base, 4 here) and is back at the base after a refresh; the checks come every `update_every`
+    steps, or every period once it has grown past the base and is longer. Stationary inputs settle after the first refresh; inputs
+    scaled by 10 then drift, refresh, and reset the period. The moments taken in are exactly those of the
+    replayed schedule."""
+    import keras
+
+    from keras_sngd import LocalFisher
+
+    rng = np.random.default_rng(0)
+    dim, update_every, momentum = 256, 2, 0.9
+    layer = LocalFisher(update_every=update_every, momentum=momentum, damping=1.0, adaptive_statistics=True)
+    layer.build((None, dim))
+    assert int(layer.statistics_period.numpy()) == 4
+    batches = [rng.standard_normal((256, dim)).astype("float32") for _ in range(70)]
+    refreshed_at, periods = [], []
+    for step, batch in enumerate(batches, start=1):
+        before = int(layer.refresh_count.numpy())
+        layer(keras.ops.convert_to_tensor(batch), training=True)
+        if int(layer.refresh_count.numpy()) > before:
+            refreshed_at.append(step)
+        periods.append(int(layer.statistics_period.numpy()))
+    taken, period = _replay_adaptive_schedule(len(batches), update_every, refreshed_at)
+    assert refreshed_at == [2], refreshed_at  # stationary inputs: the first check's refresh only
+    assert int(layer.statistics_period.numpy()) == period == 64
+    assert periods[:8] == [4, 4, 4, 8, 8, 8, 8, 16]
+    weight = 1.0 - momentum ** len(taken)
+    np.testing.assert_allclose(float(layer.statistics_weight.numpy()), weight, rtol=1e-6)
+    # A shift of the inputs' scale: drift, a refresh, and the base period again. At the longest period
+    # the shift is taken in within 64 steps and seen by the next check, 64 later.
+    shifted = [10.0 * rng.standard_normal((256, dim)).astype("float32") for _ in range(125)]
+    after = []
+    for batch in shifted:
+        before = int(layer.refresh_count.numpy())
+        layer(keras.ops.convert_to_tensor(batch), training=True)
+        after.append((int(layer.refresh_count.numpy()) > before, int(layer.statistics_period.numpy())))
+    assert any(refreshed for refreshed, _ in after), "the shifted inputs never refreshed U"
+    assert all(period == 4 for refreshed, period in after if refreshed)
+
+
+def test_adaptive_statistics_with_a_period_of_one_and_in_config():
+    """A base period of 1 adapts too (1, 2, 4, ... 16); the argument is validated and kept in the config;
+    without it the layer has no period state."""
+    import keras
+
+    from keras_sngd import LocalFisher
+
+    layer = LocalFisher(update_every=2, damping=1.0, adaptive_statistics=True)
+    layer.build((None, 8))
+    batches = np.random.default_rng(1).standard_normal((40, 512, 8)).astype("float32")
+    for batch in batches:
+        layer(keras.ops.convert_to_tensor(batch), training=True)
+    assert int(layer.refresh_count.numpy()) == 1 and int(layer.statistics_period.numpy()) == 16
+    assert LocalFisher.from_config(layer.get_config()).adaptive_statistics is True
+    plain = LocalFisher()
+    plain.build((None, 300))
+    assert not plain.adaptive_statistics
+    assert not any(variable.path.endswith("statistics_period") for variable in plain.weights)
+    with pytest.raises(ValueError, match="adaptive_statistics"):
+        LocalFisher(adaptive_statistics="yes")
+
+
+def test_reconstruct_adapts_the_statistics_of_wide_fixed_features_only():
+    """`reconstruct`: the LocalFisher before a Dense layer reading >= 256 fixed features gets
+    `adaptive_statistics=True` (and the report says so); hidden layers, narrow inputs, and a user's own
+    `statistics_every` do not."""
+    import keras
+
+    import keras_sngd
+
+    inputs = keras.Input((300,))
+    hidden = keras.layers.Dense(300, activation="relu", name="wide_in")(inputs)
+    side = keras.Input((20,))
+    merged = keras.layers.Concatenate()([keras.layers.Dense(300, name="wide_hidden")(hidden),
+                                         keras.layers.Dense(4, name="narrow_in")(side)])
+    model = keras.Model([inputs, side], keras.layers.Dense(2, name="head")(merged))
+    sngd, report = keras_sngd.reconstruct(model, return_report=True)
+    adaptive = {layer.name: layer.adaptive_statistics for layer in sngd.layers
+                if isinstance(layer, keras_sngd.LocalFisher)}
+    assert adaptive == {"wide_in_local_fisher": True, "wide_hidden_local_fisher": False,
+                        "narrow_in_local_fisher": False, "head_local_fisher": False}
+    assert any(name == "wide_in_local_fisher" and "adaptive statistics" in note for name, note in report.notes)
+    mine = keras_sngd.reconstruct(model, local_fisher_arguments={"statistics_every": 2})
+    assert not any(layer.adaptive_statistics for layer in mine.layers if isinstance(layer, keras_sngd.LocalFisher))

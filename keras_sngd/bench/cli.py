@@ -217,6 +217,9 @@ def main(argv=None):
     rows = report.summarize(results, args.optimizers, grids)
     print()
     print(report.markdown_table(rows))
+    race = report.race_table(results, args.optimizers)
+    if race:
+        print(f"\n{report.RACE_CAPTION}\n{race}")
     report.write_outputs(args.output_dir, record(rows), plot=not args.no_plot)
     print(f"\nwrote {args.output_dir}/results.json, results.csv" + ("" if args.no_plot else ", curves.png"))
     return rows

@@ -11,6 +11,8 @@ import numpy as np
 from keras_sngd.bench.optimizers import OPTIMIZERS
 
 METRIC_KEYS = ("test_accuracy", "test_perplexity")
+RACE_CAPTION = ("Fit time (compilation included) until each optimizer's seed-averaged loss first reached each "
+                "first-order baseline's final loss at an epoch end, and its fraction of that baseline's fit time:")
 
 
 def _label(name):
@@ -85,6 +87,50 @@ def summarize(results, optimizers, grids=None):
         })
         rows.append(row)
     return rows
+
+
+def _first_reach(losses, ends, target):
+    """The first epoch end at which `losses` is at or below `target`, or None (the main table's rule)."""
+    return next((float(t) for loss, t in zip(losses, ends) if loss <= target * (1 + 1e-9)), None)
+
+
+def baseline_race(results, optimizers):
+    """Each trained optimizer's time to each first-order baseline's final loss, and that time as a fraction
+    of the baseline's own fit time: what a user comparing optimizers by wall-clock time reads.
+
+    On the seed-averaged curves, like the main table: a baseline's target is its mean final loss, and an
+    optimizer reaches it at the first epoch end whose mean loss is at or below it. Returns
+    `(baselines, rows)`: `baselines` lists `(name, target loss, fit seconds)`; each row is
+    `{"optimizer", "label", "reached": {baseline: seconds or None}}`.
+    """
+    curves = {}
+    for name in optimizers:
+        runs = [r for r in results if r["optimizer"] == name]
+        if runs:
+            curves[name] = (np.mean([r["losses"] for r in runs], axis=0), np.mean([r["epoch_ends"] for r in runs], axis=0))
+    baselines = [(name, float(curves[name][0][-1]), float(curves[name][1][-1])) for name in curves
+                 if name in OPTIMIZERS and OPTIMIZERS[name].baseline and math.isfinite(curves[name][0][-1])]
+    rows = [{"optimizer": name, "label": _label(name),
+             "reached": {base: _first_reach(losses, ends, target) for base, target, _ in baselines}}
+            for name, (losses, ends) in curves.items()]
+    return baselines, rows
+
+
+def race_table(results, optimizers):
+    """`baseline_race` as a Markdown table (empty string without a baseline): seconds to each baseline's
+    final loss, and the fraction of that baseline's fit time."""
+    baselines, rows = baseline_race(results, optimizers)
+    if not baselines:
+        return ""
+    header = " | ".join(f"to {_label(name)}'s {target:.4f} ({seconds:.1f} s)" for name, target, seconds in baselines)
+    lines = [f"| optimizer | {header} |", "|---|" + "---|" * len(baselines)]
+    for row in rows:
+        cells = []
+        for name, _, seconds in baselines:
+            reached = row["reached"][name]
+            cells.append("not reached" if reached is None else f"{reached:.1f} s ({reached / seconds:.2f}x)")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _format(cell, digits):
@@ -182,4 +228,7 @@ def resummarize(directory, plot=True):
     saved["summary"] = summarize(saved["runs"], optimizers, grids)
     write_outputs(directory, saved, plot=plot)
     print(markdown_table(saved["summary"]))
+    race = race_table(saved["runs"], optimizers)
+    if race:
+        print(f"\n{RACE_CAPTION}\n{race}")
     return saved["summary"]
