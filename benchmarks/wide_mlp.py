@@ -6,6 +6,9 @@ training losses, each LocalFisher's damping, refreshes and batch-leverage scale 
 
 - `reconstruct`: `keras_sngd.reconstruct(model)` as a user calls it (its damping rules: 1.0 on the raw
   pixels, `layer_defaults.width_damping` before wider Dense inputs, the trust region, the 10-step check);
+- `adaptive-everywhere`: `reconstruct` with `adaptive_statistics=True` on every LocalFisher, the hidden
+  inputs too (`reconstruct` passes it only before wide fixed features,
+  `layer_defaults.fixed_feature_statistics`);
 - `no-width-rule`: the same with `width_damping` off (every hidden input at the layer's damping, 0.01);
 - `no-width-rule-50`: that, checking every 50 steps (the previous `reconstruct`);
 - `plain`: the MLP without LocalFisher, plain SGD at LR (the reference SNGD has to beat);
@@ -54,6 +57,8 @@ def build(width, hidden, variant):
         return plain
     if variant == "reconstruct":
         return keras_sngd.reconstruct(plain)
+    if variant == "adaptive-everywhere":
+        return keras_sngd.reconstruct(plain, local_fisher_arguments={"adaptive_statistics": True})
     if variant in ("no-width-rule", "no-width-rule-50"):
         saved = layer_defaults.FEATURES_PER_DAMPING
         layer_defaults.FEATURES_PER_DAMPING = float("inf")

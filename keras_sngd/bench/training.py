@@ -57,7 +57,16 @@ class EpochClock(keras.callbacks.Callback):
 
 
 def run_one(name, learning_rate, seed, data, settings):
-    """Train optimizer `name` with one seed; a dict of per-epoch losses and end times, and the test metric."""
+    """Train optimizer `name` with one seed; a dict of per-epoch losses and end times, and the test metric.
+
+    It starts from a cleared Keras session with the earlier runs' models collected, so that no run carries
+    the state of the ones before it (`keras.backend.clear_session`). Left to the garbage collector, earlier
+    models made the first batch of some epochs (the data iterator's creation) take up to 2.7 s in a later
+    SNGD run (paper MLP, full Fashion-MNIST, the fourth to seventh model of a process). With the session
+    cleared such slow epoch starts still occur, more rarely and for every optimizer alike (the shared
+    machine), which is why the table reports medians of the epochs after the first.
+    """
+    keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
     plain = build_plain_model(settings.model, data, l2=settings.l2, lstm_layers=settings.lstm_layers)
     model, optimizer = OPTIMIZERS[name].build(plain, learning_rate, settings.local_fisher)
