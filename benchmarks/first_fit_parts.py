@@ -4,7 +4,8 @@ The time to Adam's loss counts the first `fit`'s tracing and graph compilation, 
 of its gap to Adam. This prints, for SGD, Adam and SNGD with parts of the LocalFisher switched off, the
 wall-clock time of the first `fit` (12 batches of 64 real Fashion-MNIST images, tracing, compilation and
 the first due refresh included) and of a second one (the steady cost of 12 batches), each model in a new
-process (`benchmarks.fresh_process`), medians of `--repeats`:
+process (`benchmarks.fresh_process`), medians of `--repeats`, with the time the first fit spent in Python's
+full (generation 2) garbage collections, which tracing's many new objects trigger:
 
 - `SNGD` (`reconstruct`'s defaults);
 - `no trust region`: `max_step=None` (no carriers handed to the optimizer, no constraint);
@@ -70,12 +71,28 @@ def first_fits(label, data_dir, batches=12):
                     if isinstance(layer, keras_sngd.LocalFisher):
                         object.__setattr__(layer, "_refresh_outside_step", True)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    import gc
+
+    collecting = []
+
+    def full_collections(phase, info):  # the time of Python's full (generation 2) garbage collections
+        if info["generation"] == 2:
+            collecting.append((phase, time.perf_counter()))
+
     times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        model.fit(images, labels, batch_size=64, epochs=1, verbose=0, shuffle=False)
-        times.append(time.perf_counter() - start)
-    return tuple(times)
+    gc.callbacks.append(full_collections)
+    try:
+        for _ in range(2):
+            start = time.perf_counter()
+            model.fit(images, labels, batch_size=64, epochs=1, verbose=0, shuffle=False)
+            times.append(time.perf_counter() - start)
+            if len(times) == 1:
+                first_collections = list(collecting)
+    finally:
+        gc.callbacks.remove(full_collections)
+    starts = [moment for phase, moment in first_collections if phase == "start"]
+    stops = [moment for phase, moment in first_collections if phase == "stop"]
+    return (*times, sum(stop - begin for begin, stop in zip(starts, stops)))
 
 
 def main(argv=None):
@@ -92,14 +109,15 @@ def main(argv=None):
 
     print(f"paper MLP, first fit of a new process (12 batches of 64), medians of {args.repeats}; keras "
           f"{keras.__version__}, backend {keras.backend.backend()}")
-    print("| run | LocalFisher arguments | first fit (s) | second fit (s) |")
-    print("|---|---|---|---|")
+    print("| run | LocalFisher arguments | first fit (s) | second fit (s) | full garbage collections in the first fit (s) |")
+    print("|---|---|---|---|---|")
     for label in labels:
         fits = [run_fresh(first_fits, label, args.data_dir) for _ in range(args.repeats)]
         first = statistics.median(fit[0] for fit in fits)
         second = statistics.median(fit[1] for fit in fits)
+        collections = statistics.median(fit[2] for fit in fits)
         arguments = "" if VARIANTS[label] is None else (repr(VARIANTS[label]) if VARIANTS[label] else "defaults")
-        print(f"| {label} | {arguments} | {first:.2f} | {second:.2f} |", flush=True)
+        print(f"| {label} | {arguments} | {first:.2f} | {second:.2f} | {collections:.2f} |", flush=True)
     return 0
 
 

@@ -134,7 +134,7 @@ def test_first_fit_parts_switch_off_what_they_say(fashion_mnist_directory):
     bare = fishers(reconstruct(paper_mlp(input_shape=(784,)), local_fisher_arguments=dict(parts.VARIANTS["bare"])))
     assert all(layer.max_step is None and layer.refresh_tolerance == 0.0 and layer.statistics_every == 1
                and layer.update_every == parts.NEVER for layer in bare)
-    first, second = parts.first_fits("bare", fashion_mnist_directory, batches=2)
-    assert first > 0.0 and second > 0.0
+    first, second, collections = parts.first_fits("bare", fashion_mnist_directory, batches=2)
+    assert first > 0.0 and second > 0.0 and 0.0 <= collections < first
     with pytest.raises(SystemExit):
         parts.main(["--variants", "SGD,fast"])
