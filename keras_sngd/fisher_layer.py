@@ -8,6 +8,7 @@ from keras import ops
 from keras_sngd.compiled import shared
 from keras_sngd.compiled import warn_if_tensor_float_32
 from keras_sngd.consumers import NO_CONSUMER
+from keras_sngd.distributed import in_replica_context
 from keras_sngd.distributed import replicas_in_sync
 from keras_sngd.handoff import without_carriers
 from keras_sngd.leverage import scale_refresh
@@ -307,7 +308,9 @@ class FisherLayer(keras.layers.Layer):
             return tuple(moving)
 
         period = self._statistics_period
-        if period == 1 and not self.adaptive_statistics:
+        if (period == 1 and not self.adaptive_statistics) or in_replica_context():
+            # Under `tf.distribute` with several replicas the statistics' all-reduce is a synchronization
+            # point, which TensorFlow cannot place inside a conditional: every batch is taken in there.
             return MovingMoments(*collect())
 
         def keep():

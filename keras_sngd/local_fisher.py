@@ -213,7 +213,9 @@ class LocalFisher(FisherLayer):
             steps (`momentum` applies per batch taken in). `"auto"`: 4 before a Dense layer with at least 256
             input features (rank-2 inputs), 1 elsewhere (convolutions and recurrent layers get many rows per
             batch, and their product is small next to the layer's work); see
-            `keras_sngd.fisher_layer.statistics_period`. Defaults to `"auto"`.
+            `keras_sngd.fisher_layer.statistics_period`. Under `tf.distribute` with several replicas
+            every batch is taken in (the statistics' all-reduce cannot sit inside a conditional).
+            Defaults to `"auto"`.
         adaptive_statistics: bool; let the period of the statistics follow need: it doubles after every
             drift check that finds `U` still whitening `G` (up to 16 times `statistics_every`'s period)
             and is back at that period after every refresh, and the drift is checked every `update_every`

@@ -14,7 +14,10 @@ def build(update_every):
         keras.Input((6,)),
         # The batch-leverage scale on: every replica must use the global batch's rows (`batch_rows`, among
         # the weights compared).
-        LocalFisher(refresh_tolerance=0, update_every=update_every, leverage_scaling=True),
+        # Adaptive statistics (a period of statistics, like `statistics_every="auto"` before a wide Dense
+        # input): under MirroredStrategy their all-reduce cannot sit in a conditional (it raised before
+        # every batch was taken in there); with tolerance 0 every check refreshes and the period stays 1.
+        LocalFisher(refresh_tolerance=0, update_every=update_every, leverage_scaling=True, adaptive_statistics=True),
         keras.layers.Dense(8, activation="relu"),
         LocalFisher(refresh_tolerance=0, update_every=update_every, leverage_scaling=True),
         keras.layers.Dense(2),
