@@ -302,3 +302,29 @@ def test_reconstruct_adapts_the_statistics_of_wide_fixed_features_only():
     assert any(name == "wide_in_local_fisher" and "adaptive statistics" in note for name, note in report.notes)
     mine = keras_sngd.reconstruct(model, local_fisher_arguments={"statistics_every": 2})
     assert not any(layer.adaptive_statistics for layer in mine.layers if isinstance(layer, keras_sngd.LocalFisher))
+
+
+def test_adaptive_statistics_period_survives_save_and_load(tmp_path):
+    """The grown period is state: a saved and loaded model keeps it and trains on identically."""
+    import keras
+
+    from keras_sngd import LocalFisher
+
+    rng = np.random.default_rng(2)
+    inputs = rng.standard_normal((1024, 300)).astype("float32")
+    targets = inputs[:, :3] @ rng.standard_normal((3, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((300,)), LocalFisher(update_every=2, damping=1.0, adaptive_statistics=True),
+                              keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.fit(inputs, targets, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    period = int(model.layers[0].statistics_period.numpy())
+    assert period > 4  # grown past the base of statistics_every="auto" before 300 features
+    path = str(tmp_path / "adaptive.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.layers[0].adaptive_statistics and int(loaded.layers[0].statistics_period.numpy()) == period
+    for trained in (model, loaded):
+        trained.fit(inputs, targets, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    for expected, actual in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(actual, expected)
