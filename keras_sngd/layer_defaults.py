@@ -203,12 +203,13 @@ def fixed_feature_statistics(layer, features):
     Fixed features' statistics depend on the data alone: once `U` whitens them, the drift checks find no
     drift and the adaptive period lets the statistics' `(d, d)` product run every 64th step instead of every
     4th (`statistics_every="auto"`'s period there), and the check itself every 64th; a change of the data
-    still shows within two periods. On the paper's MLP (784 pixels) that is 13% of SNGD's steady epoch
-    (0.85 s against 0.97 s, 20,000 images, batch 64, development machine), with the same losses to four
-    digits, since that layer's `U` is refreshed once and its statistics only feed the drift check. Not for
-    inputs that training moves: before the 512-wide hidden layers of a 784-512-512-512-10 MLP the adaptive
-    period cost 4% to 16% more training loss after 2 epochs (`python benchmarks/wide_mlp.py`), because their
-    statistics then followed the network more slowly. Narrower inputs (and convolutions, recurrent
+    still shows within two periods. On the paper's MLP (784 pixels) that is a fifth of SNGD's steady epoch
+    (1.02 s against 1.27 s, SGD 0.62 s; 20,000 images, batch 50; `python benchmarks/overhead.py`,
+    `benchmarks/results/overhead_adaptive_statistics.txt`), with the same losses to four digits, since
+    that layer's `U` is refreshed once and its statistics only feed the drift check. Not for inputs that
+    training moves: before the 512-wide hidden layers of a 784-512-512-512-10 MLP the adaptive period cost
+    4% to 16% more training loss after 2 epochs (`python benchmarks/wide_mlp.py --variants
+    reconstruct,adaptive-everywhere`), because their statistics then followed the network more slowly. Narrower inputs (and convolutions, recurrent
     layers) take every batch, where the product is cheap, and keep it.
     """
     return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)) and features >= WIDE_FIXED_FEATURES
