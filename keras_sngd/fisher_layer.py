@@ -258,7 +258,8 @@ class FisherLayer(keras.layers.Layer):
         else:
             bindings, mode = self._refresh_plan(in_step=True)
             self._set_refresh_mode(mode)
-            *result, due = self._refresh_if_due(step, moving, bindings, old_inverse_root, old_shift, old_root, rows)
+            check = self._checks(step)
+            *result, due = self._refresh_if_due(check, moving, bindings, old_inverse_root, old_shift, old_root, rows)
             # No gradient flows through a refresh: it is a change of coordinates, not part of the loss. (Only
             # what the forward pass reads needs the stop; `hand_over` stops the mixing and the flag itself.)
             result = RefreshResult(*result)
@@ -268,7 +269,7 @@ class FisherLayer(keras.layers.Layer):
                 low_rank=keras.tree.map_structure(ops.stop_gradient, result.low_rank),
             )
             if self.adaptive_statistics:
-                self.statistics_period.assign(self._next_statistics_period(self._checks(step), due))
+                self.statistics_period.assign(self._next_statistics_period(check, due))
         self._write_state(moving, step, due, result)
         return self._step_output(result, old_inverse_root, old_shift, old_root)
 
@@ -331,14 +332,13 @@ class FisherLayer(keras.layers.Layer):
         self.mean.assign(moving.mean)
         self.statistics_weight.assign(moving.weight)
 
-    def _refresh_if_due(self, step, moving, bindings, old_inverse_root, old_shift, old_root=(), rows=None):
+    def _refresh_if_due(self, check, moving, bindings, old_inverse_root, old_shift, old_root=(), rows=None):
         """`(*RefreshResult, due)`: the refresh when due, else the unchanged state.
 
-        Due: every `update_every` steps, if there was no refresh yet or `U` has drifted from whitening `G`
-        by more than `refresh_tolerance` (always, with tolerance 0). One conditional per step: the drift
-        estimate and the refresh's own conditional run only on the steps that check.
+        Due: on the steps that check (`check`, from `_checks`), if there was no refresh yet or `U` has drifted
+        from whitening `G` by more than `refresh_tolerance` (always, with tolerance 0). One conditional per
+        step: the drift estimate and the refresh's own conditional run only on the steps that check.
         """
-        check = self._checks(step)
 
         def unchanged():
             return (*self._unchanged(old_inverse_root, old_shift, old_root), ops.convert_to_tensor(False))

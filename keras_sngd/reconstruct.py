@@ -241,7 +241,8 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     note = None
     user_damping = "damping" in options["user_keys"] | set(own)
     user_statistics = bool({"statistics_every", "adaptive_statistics"} & (options["user_keys"] | set(own)))
-    fixed = reads_fixed()
+    # Whether the input is fixed features: a walk of the graph, done only when a rule needs it.
+    fixed = reads_fixed() if not (user_damping and user_statistics) else False
     if not user_damping and fixed:
         damping = fixed_feature_damping(layer, arguments.get("damping", 0.0), binding.features)
         if damping != arguments.get("damping"):
