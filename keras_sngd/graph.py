@@ -5,6 +5,8 @@ import keras
 from keras.src.models.functional import Functional
 from keras.src.ops.core import Cast
 
+from keras_sngd.handoff import without_carriers
+
 
 def check_rewritable(model, what):
     """Raise a ValueError unless `model` is a built Functional or Sequential model."""
@@ -77,7 +79,12 @@ def clone_functional(model, clone, rewrite_call):
     def call_function(layer, *args, **kwargs):
         return rewrite_call(originals.get(id(layer)), layer, args, kwargs)
 
-    return keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+    new_model = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+    if not model.trainable:
+        # A frozen model (a backbone) stays frozen: `clone_model` makes a trainable one, and layers added by
+        # the hooks (LocalFishers) would otherwise train inside it.
+        new_model.trainable = False
+    return new_model
 
 
 def copy_weights(pairs):
@@ -149,8 +156,9 @@ def reads_fixed_features(tensor, inputs_are_fixed=True):
     Such a tensor holds fixed features (raw data, preprocessed data, or the output of a frozen backbone):
     training cannot change them, and their second moments are a property of the data. Walks the graph
     back from `tensor`: an `InputLayer` gives `inputs_are_fixed` (False for a nested model called on
-    trained features), a layer or nested model with trainable weights gives False, and any other layer or
-    raw operation gives the answer for all of its inputs.
+    trained features), a layer or nested model with trainable weights (other than a LocalFisher's carriers,
+    `keras_sngd.handoff.carrier`) gives False, and any other layer or raw operation gives the answer for
+    all of its inputs.
     """
     # Over the operations `tensor` depends on, with a stack (no recursion: graphs can be thousands deep).
     pending, seen = [tensor], set()
@@ -165,7 +173,8 @@ def reads_fixed_features(tensor, inputs_are_fixed=True):
         if isinstance(operation, keras.layers.InputLayer):
             if not inputs_are_fixed:
                 return False
-        elif is_layer(operation) and operation.trainable_weights:
+        elif is_layer(operation) and without_carriers(operation.trainable_weights):
+            # (A LocalFisher's carriers are trainable only so that the optimizer writes them: no parameter.)
             return False
         else:
             pending.extend(operation._inbound_nodes[node_index].input_tensors)
