@@ -245,3 +245,21 @@ def test_power_estimate_of_a_zero_matrix_is_zero():
     module = importlib.import_module("keras_sngd.newton_schulz")
     tiny = np.float32(2.0**-126)  # the floor `_prescale` gives a zero matrix's norm
     assert float(module._power_estimate(tf.zeros((6, 6)), tf.constant(tiny))) == 0.0
+
+
+def test_power_estimate_finds_a_top_eigenvector_orthogonal_to_the_ones_vector():
+    """A dominant direction with no component along `(1, ..., 1)` (centered features): the all-ones start
+    alone would see only the bulk of the spectrum; the second, alternating start finds it."""
+    module = importlib.import_module("keras_sngd.newton_schulz")
+    dim = 16
+    direction = np.zeros(dim)
+    direction[:2] = [1.0, -1.0]
+    direction /= np.linalg.norm(direction)
+    matrix = (np.eye(dim) + 10.0 * np.outer(direction, direction)).astype("float32")
+    largest = float(np.linalg.eigvalsh(matrix.astype("float64"))[-1])
+    estimate = float(module._power_estimate(tf.constant(matrix), tf.constant(np.linalg.norm(matrix), "float32")))
+    assert 0.9 * largest < estimate <= largest * (1 + 1e-5)
+    # A batch of matrices: one estimate each.
+    batch = np.stack([matrix, 2.0 * matrix])
+    estimates = module._power_estimate(tf.constant(batch), tf.constant(np.linalg.norm(batch, axis=(1, 2)), "float32"))
+    np.testing.assert_allclose(np.asarray(estimates), [estimate, 2.0 * estimate], rtol=1e-5)
