@@ -84,7 +84,8 @@ class FisherLayer(keras.layers.Layer):
     - `_reexpress(bindings, result, old_inverse_root, old_shift)`: re-express them (default: nothing).
 
     `layer.trainable = False` (or a frozen enclosing model) makes `call` run in inference mode also
-    inside `fit`, like a frozen `BatchNormalization`: no statistics, no counters, no refresh.
+    inside `fit`, like a frozen `BatchNormalization`: no statistics, no counters, no refresh; so do frozen
+    consumers (`_consumers_frozen`).
     """
 
     def __init__(
@@ -194,7 +195,7 @@ class FisherLayer(keras.layers.Layer):
                            self.low_rank_identity_scale.value)
 
     def call(self, inputs, training=None, mask=None):
-        if training and self.trainable:
+        if training and self.trainable and not self._consumers_frozen():
             inverse_root, shift, root = self._train_step(inputs, mask)
         else:
             inverse_root, shift, root = self.inverse_root.value, self._current_shift(), self._current_root()
@@ -489,6 +490,11 @@ class FisherLayer(keras.layers.Layer):
         self.refresh_mode = mode
 
     # Hooks for subclasses.
+
+    def _consumers_frozen(self):
+        """Whether the layers this one feeds are all frozen, so that training has nothing to precondition
+        and the layer runs in inference mode (default: never)."""
+        return False
 
     def _transform(self, inputs, inverse_root, shift, root=()):
         """The output for `U` (dense `inverse_root`, or its `LowRankRoot` factors `root` when not `()`)."""

@@ -12,6 +12,7 @@ from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.handoff import HandoffConstraint
 from keras_sngd.handoff import carrier
 from keras_sngd.handoff import hand_over
+from keras_sngd.handoff import is_carrier
 from keras_sngd.handoff import without_carriers
 from keras_sngd.low_rank import LowRankRoot
 from keras_sngd.low_rank import apply_root
@@ -169,8 +170,10 @@ class LocalFisher(FisherLayer):
     check measures `c`, keeping the function).
 
     **During inference** (`training=False`), and in training when the layer is frozen
-    (`trainable=False`, also through a frozen enclosing model, as for `BatchNormalization`): `y = x U`,
-    and nothing is updated.
+    (`trainable=False`, also through a frozen enclosing model, as for `BatchNormalization`) or every
+    layer it feeds is (a frozen layer takes no gradient step, so there is nothing to precondition, and its
+    kernel must not be re-expressed): `y = x U`, and nothing is updated. Freezing or unfreezing takes
+    effect at the next `compile`, as for any Keras layer.
 
     State (non-trainable, float32 also under mixed precision, saved with the model): `second_moment`
     (`S`), `mean` (`mu_s`), `statistics_weight` (`c`), `inverse_root` (`U`, dense also with a low rank),
@@ -398,6 +401,14 @@ class LocalFisher(FisherLayer):
         if pending is not None:
             object.__setattr__(self, "_pending", None)
             outputs = hand_over(outputs, *pending)
+        elif training and self.trainable and self._consumers_frozen():
+            # At rest before frozen consumers: the carriers keep their values (and the flag says no
+            # refresh), so that the optimizer still finds a "gradient" for each.
+            carriers = [variable for variable in self.variables if is_carrier(variable) and variable.trainable]
+            if carriers:
+                values = [ops.zeros_like(variable.value) if variable is getattr(self, "pending_flag", None) else variable.value
+                          for variable in carriers]
+                outputs = hand_over(outputs, carriers, values)
         return outputs
 
     def get_config(self):
@@ -405,6 +416,11 @@ class LocalFisher(FisherLayer):
         config["max_step"] = self.max_step
         config["leverage_scaling"] = self.leverage_scaling
         return config
+
+    def _consumers_frozen(self):
+        bindings, _ = consumer_bindings(self)
+        return bool(bindings) and not any(binding.layer.trainable and binding.kernel.trainable
+                                          for binding in bindings)
 
     def consumer_bindings(self):
         """`(bindings, reason)`: how a refresh re-expresses the layers this one feeds.

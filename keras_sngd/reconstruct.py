@@ -32,6 +32,9 @@ from keras_sngd.local_fisher import LocalFisher
 
 logger = logging.getLogger("keras_sngd")
 
+FROZEN = ("frozen (trainable=False): it takes no gradient step, so there is nothing to precondition "
+          "(unfreeze it and call reconstruct again to whiten its input)")
+
 
 class ReconstructionReport:
     """What `reconstruct` did, layer by layer: `print(report)` for a table, `report.summary()` for one line.
@@ -100,7 +103,9 @@ def reconstruct(
 
     Supported layers: Dense, EinsumDense (one contracted input axis, the last), Conv1D/2D/3D,
     Conv1D/2D/3DTranspose and LSTM/GRU/SimpleRNN (their input kernel). Skipped, with the reason in the
-    report: depthwise and separable convolutions and grouped convolutions (no kernel can absorb a mixing of
+    report: frozen layers (`trainable=False`, also inside a frozen nested model: nothing to precondition;
+    reconstructing again after unfreezing whitens them, and a LocalFisher whose consumers are frozen after
+    `reconstruct` rests in inference mode), depthwise and separable convolutions and grouped convolutions (no kernel can absorb a mixing of
     their input channels), LoRA-enabled or quantized layers, layers whose kernel has a constraint (a
     `kernel_constraint` such as `MaxNorm` or `NonNeg` is meant for `W`; on the whitened `W'` it would be
     another constraint, and the folded `W = U W'` would not satisfy it: naming the layer in
@@ -225,6 +230,9 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
         return None
     if already_whitened is not None:
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
+        return None
+    if not (layer.trainable and binding.kernel.trainable):
+        report.skipped.append((path, kind, FROZEN))
         return None
     constraint = user_constraint(binding.kernel)
     if constraint is not None and layer.name not in options["per_layer"]:

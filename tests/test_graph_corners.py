@@ -246,8 +246,8 @@ def test_lambda_layers_are_copied_from_the_live_function():
 def _frozen_backbone_model():
     keras.utils.set_random_seed(0)
     image = keras.Input((8, 8, 3))
-    features = keras.layers.Dense(300, activation="relu")(
-        keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(image)))
+    features = keras.layers.Dense(300, activation="relu", name="dense")(
+        keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu", name="conv2d")(image)))
     backbone = keras.Model(image, features, name="backbone")
     backbone.trainable = False
     inputs = keras.Input((8, 8, 3))
@@ -257,17 +257,21 @@ def _frozen_backbone_model():
 
 def test_a_frozen_backbone_stays_frozen_and_its_output_stays_fixed_features():
     """`reconstruct` of a model with a frozen nested backbone: the clone is frozen too (before, `clone_model`
-    made it trainable and the LocalFishers inserted in it collected statistics and refreshed during `fit`),
+    made it trainable and the LocalFishers inserted in it collected statistics and refreshed during `fit`)
+    and its frozen layers get no LocalFisher,
     and the head reads fixed features (damping 1, adaptive statistics) also once the backbone's LocalFishers
     have carriers (`keras_sngd.handoff.carrier`: trainable only so that the optimizer writes them; on JAX
     they exist from the build, and the head was then judged to read trained features)."""
     from keras_sngd.graph import reads_fixed_features
 
+    from keras_sngd.reconstruct import FROZEN
+
     model = _frozen_backbone_model()
-    sngd = keras_sngd.reconstruct(model)
+    sngd, report = keras_sngd.reconstruct(model, return_report=True)
     backbone = sngd.get_layer("backbone")
-    inner = [layer for layer in backbone.layers if isinstance(layer, LocalFisher)]
-    assert inner and not backbone.trainable and not any(layer.trainable for layer in inner)
+    # Its layers are frozen: no LocalFisher inside, each skipped with the reason.
+    assert not backbone.trainable and not any(isinstance(layer, LocalFisher) for layer in backbone.layers)
+    assert sorted(path for path, _, reason in report.skipped if reason == FROZEN) == ["backbone/conv2d", "backbone/dense"]
     head = sngd.get_layer("head_local_fisher")
     assert head.damping == 1.0 and head.adaptive_statistics
     # A backbone whose layers are frozen one by one (the model itself trainable), whose only trainable
@@ -289,5 +293,5 @@ def test_a_frozen_backbone_stays_frozen_and_its_output_stays_fixed_features():
     sngd.compile(keras.optimizers.SGD(0.01), "mse")
     data = np.random.default_rng(0).random((32, 8, 8, 3)).astype("float32")
     sngd.fit(data, np.zeros((32, 3), "float32"), batch_size=8, epochs=1, verbose=0)
-    assert all(int(layer.step.numpy()) == 0 for layer in inner) and int(head.step.numpy()) == 4
+    assert int(head.step.numpy()) == 4
     assert not keras_sngd.fold(sngd).get_layer("backbone").trainable
