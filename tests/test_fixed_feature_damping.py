@@ -74,7 +74,8 @@ def test_what_counts_as_fixed_features():
     assert not reads_fixed_features(normalized) and not reads_fixed_features(trained)
     assert not reads_fixed_features(inputs, inputs_are_fixed=False)
     got = dampings(model)
-    assert got["frozen_local_fisher"] == got["trained_local_fisher"] == got["after_frozen_local_fisher"] == 1.0
+    assert "frozen_local_fisher" not in got  # a frozen layer gets no LocalFisher
+    assert got["trained_local_fisher"] == got["after_frozen_local_fisher"] == 1.0
     assert got["after_bn_local_fisher"] == got["after_trained_local_fisher"] == got["out_local_fisher"] == 0.01
 
 
