@@ -6,12 +6,15 @@ import numpy as np
 from keras_sngd.binding import binding_for
 from keras_sngd.consumers import consumer_bindings
 from keras_sngd.fisher_statistics import FisherStatistics
+from keras_sngd.graph import LayerCloneError
 from keras_sngd.graph import check_rewritable
 from keras_sngd.graph import clone_functional
 from keras_sngd.graph import clone_layer
+from keras_sngd.graph import clone_model_whole
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
 from keras_sngd.graph import sequential_input
+from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
 
 
@@ -68,7 +71,17 @@ def _fold(model, inherited=None):
     pairs, mixings = [], []
 
     def clone(layer):
-        new = _fold(layer, absorbs) if isinstance(layer, keras.Model) else clone_layer(layer)
+        if isinstance(layer, keras.Model):
+            try:
+                new = _fold(layer, absorbs)
+            except LayerCloneError:
+                # A model with nothing to fold inside (as `reconstruct` leaves a nested model it copied whole)
+                # is copied whole too.
+                if any(isinstance(inner, FisherLayer) or inner in absorbs for _, inner in walk_layers(layer)):
+                    raise
+                new = clone_model_whole(layer)
+        else:
+            new = clone_layer(layer)
         pairs.append((layer, new))
         return new
 

@@ -49,13 +49,52 @@ def clone_layer(layer):
     try:
         return layer.__class__.from_config(layer.get_config())
     except Exception as error:
-        raise ValueError(
-            f"Cannot clone layer {getattr(layer, 'name', layer)!r} ({type(layer).__name__}): "
-            f"`{type(layer).__name__}.from_config(layer.get_config())` fails, so neither reconstruct nor "
-            "keras.models.clone_model can copy it (and a saved model holding it would not load). Fix or "
-            "override the layer's `get_config`/`from_config`, or insert `keras_sngd.LocalFisher` layers "
-            f"by hand. The error: {type(error).__name__}: {error}"
-        ) from error
+        raise LayerCloneError(layer, error) from error
+
+
+class LayerCloneError(ValueError):
+    """A layer cannot be rebuilt from its own `get_config()` (a bug of that layer).
+
+    A nested model holding it may still be copied whole from the model's own config
+    (`clone_model_whole`), as `keras.models.clone_model` and `keras.saving.load_model` copy a KerasHub
+    backbone; `reconstruct` and `fold` do that where they have nothing to change inside it.
+
+    Attributes:
+        layer: the layer.
+        reason: a short sentence: which call fails, and its error.
+    """
+
+    def __init__(self, layer, error):
+        kind = type(layer).__name__
+        self.layer = layer
+        self.reason = (f"`{kind}.from_config(layer.get_config())` fails for layer {getattr(layer, 'name', layer)!r} "
+                       f"({type(error).__name__}: {error})")
+        super().__init__(
+            f"Cannot clone layer {getattr(layer, 'name', layer)!r} ({kind}): {self.reason}. Rebuilding the "
+            "graph layer by layer needs it; a saved model that holds this layer outside a model with its "
+            "own config would not load either. Fix or override the layer's `get_config`/`from_config`, or "
+            "insert `keras_sngd.LocalFisher` layers by hand."
+        )
+
+
+def clone_model_whole(model):
+    """A copy of the nested `model` rebuilt from the model's own config, as `keras.models.clone_model`
+    and `keras.saving.load_model` rebuild it (its class kept: a KerasHub backbone's config holds its
+    constructor's arguments, not its layers'), with `model`'s weights and every layer's `trainable` flag.
+
+    Raises:
+        ValueError: the copy does not hold the same weights (a model whose config does not rebuild it).
+    """
+    new = model.__class__.from_config(model.get_config())
+    old_layers, new_layers = list(model._flatten_layers()), list(new._flatten_layers())
+    shapes = [tuple(weight.shape) for weight in model.weights]
+    if len(old_layers) != len(new_layers) or shapes != [tuple(weight.shape) for weight in new.weights]:
+        raise ValueError(f"Copying model {model.name!r} from its config gave a different model.")
+    new.set_weights(model.get_weights())
+    # Parents before their layers (a parent's flag is set on its layers too, then each layer's own).
+    for old, copy in zip(old_layers, new_layers):
+        copy.trainable = old.trainable
+    return new
 
 
 def sequential_input(model):

@@ -10,7 +10,9 @@ from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import calls_read_fixed_features
 from keras_sngd.graph import check_rewritable
 from keras_sngd.graph import clone_functional
+from keras_sngd.graph import LayerCloneError
 from keras_sngd.graph import clone_layer
+from keras_sngd.graph import clone_model_whole
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
 from keras_sngd.graph import is_layer
@@ -49,6 +51,14 @@ class ReconstructionReport:
         self.inserted = []
         self.skipped = []
         self.notes = []
+
+    def mark(self):
+        """A position in the report, to `rollback` to."""
+        return len(self.inserted), len(self.skipped), len(self.notes)
+
+    def rollback(self, mark):
+        """Forget what was recorded after `mark`."""
+        del self.inserted[mark[0]:], self.skipped[mark[1]:], self.notes[mark[2]:]
 
     def summary(self):
         """One line: how many LocalFishers were inserted, and the skipped layers grouped by type and reason."""
@@ -285,6 +295,34 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     return local_fisher
 
 
+def _copied_whole(model, error, report, mark, prefix):
+    """The nested `model`, one of whose layers cannot be rebuilt from its config (`error`), copied whole
+    from the model's own config (`keras_sngd.graph.clone_model_whole`: how `keras.models.clone_model` and
+    `load_model` copy a KerasHub backbone) with no LocalFisher inside; the report says so for each layer
+    with weights inside. Raises `error` when the model cannot be copied that way either."""
+    try:
+        new = clone_model_whole(model)
+    except Exception:
+        new = None
+    if new is None:
+        raise error
+    report.rollback(mark)
+    reason = (f"inside nested model {model.name!r}, copied whole from its own config because it cannot be "
+              f"rebuilt layer by layer: {error.reason}")
+    for path, layer in _paths(model, prefix + model.name + "/"):
+        if is_layer(layer) and not isinstance(layer, keras.Model) and layer.weights:
+            report.skipped.append((path, type(layer).__name__, reason))
+    return new
+
+
+def _paths(model, prefix):
+    """`(path, layer)` for every layer of `model` and of the models nested in it, as the report names them."""
+    for layer in model.layers:
+        yield prefix + layer.name, layer
+        if isinstance(layer, keras.Model):
+            yield from _paths(layer, prefix + layer.name + "/")
+
+
 def _reconstruct(model, options, report, prefix, inputs_are_fixed):
     """`reconstruct` of `model`, whose inputs are fixed features if `inputs_are_fixed` (False for a nested
     model called on what a trained layer computed)."""
@@ -293,7 +331,11 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
     def clone(layer):
         if isinstance(layer, keras.Model):
             fixed = calls_read_fixed_features(layer, inputs_are_fixed)
-            new = _reconstruct(layer, options, report, prefix + layer.name + "/", fixed)
+            mark = report.mark()
+            try:
+                new = _reconstruct(layer, options, report, prefix + layer.name + "/", fixed)
+            except LayerCloneError as error:
+                new = _copied_whole(layer, error, report, mark, prefix)
         else:
             new = clone_layer(layer)
         pairs.append((layer, new))

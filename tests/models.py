@@ -159,10 +159,21 @@ def transformer_decoder():
     return keras.Model(inputs, keras.layers.Dense(4, name="head")(x[:, -1]), name="transformer_decoder")
 
 
+def vit_image_classifier():
+    """A KerasHub ViT classifier: its backbone's `ViTPatchingAndEmbedding` cannot be rebuilt from its own
+    config (keras-hub 0.32 puts derived values in it), so the backbone is copied whole."""
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=1, num_heads=2,
+                                            hidden_dim=8, mlp_dim=16)
+    return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+
+
 CONSTRUCTOR_CORPUS = {
     "MobileNetV3Small": (mobilenet_v3_small, image_inputs),
     "ConvNeXtTiny": (convnext_tiny, image_inputs),
     "BertBackbone": (bert_backbone, token_inputs),
     "BertTextClassifier": (bert_text_classifier, token_inputs),
     "TransformerDecoder": (transformer_decoder, sequence_inputs),
+    "ViTImageClassifier": (vit_image_classifier, image_inputs),
 }

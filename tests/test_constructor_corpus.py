@@ -40,6 +40,8 @@ EXPECTED_SKIPS = {
     "BertBackbone": ("TransformerEncoder", "composite layer with"),
     "BertTextClassifier": ("TransformerEncoder", "composite layer with"),
     "TransformerDecoder": ("TransformerDecoder", "composite layer with"),
+    # Whatever keras-hub version: copied whole where the patching layer's config is broken, else composite.
+    "ViTImageClassifier": ("ViTEncoder", ""),
 }
 
 
@@ -51,7 +53,7 @@ def keras_hub_installed():
 @pytest.mark.parametrize("name", sorted(CONSTRUCTOR_CORPUS))
 def test_constructor_corpus_reconstruct_and_fold(name, request):
     builder, make_inputs = CONSTRUCTOR_CORPUS[name]
-    if name.startswith(("Bert", "Transformer")):
+    if name.startswith(("Bert", "Transformer", "ViT")):
         request.getfixturevalue("keras_hub_installed")
     plain = builder()
     probe = make_inputs(plain)

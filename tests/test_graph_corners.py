@@ -295,3 +295,75 @@ def test_a_frozen_backbone_stays_frozen_and_its_output_stays_fixed_features():
     sngd.fit(data, np.zeros((32, 3), "float32"), batch_size=8, epochs=1, verbose=0)
     assert int(head.step.numpy()) == 4
     assert not keras_sngd.fold(sngd).get_layer("backbone").trainable
+
+
+@keras.saving.register_keras_serializable(package="test_graph_corners")
+class DerivedConfig(keras.layers.Layer):
+    """A layer whose `get_config` holds a derived value its constructor rejects (as KerasHub's
+    `ViTPatchingAndEmbedding` in keras-hub 0.32): `from_config(get_config())` fails."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = keras.layers.Dense(units)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "twice_the_units": 2 * self.units}
+
+
+@keras.saving.register_keras_serializable(package="test_graph_corners")
+class ConstructedBackbone(keras.Model):
+    """A Functional subclass whose config is its constructor's arguments, as a KerasHub backbone's."""
+
+    def __init__(self, units, **kwargs):
+        inputs = keras.Input((4,))
+        outputs = keras.layers.Dense(units, activation="relu", name="inner_dense")(DerivedConfig(units, name="derived")(inputs))
+        super().__init__(inputs, outputs, **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "units": self.units}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_a_nested_model_that_cannot_be_rebuilt_layer_by_layer_is_copied_whole(tmp_path):
+    """`keras.models.clone_model` and `load_model` rebuild a KerasHub-style backbone from its own config; so do
+    `reconstruct` and `fold` when one of its layers cannot be rebuilt from its config (before, they raised).
+    The copy keeps the class, the weights and the layers' trainable flags, and the report names every layer
+    with weights inside it."""
+    from keras_sngd.graph import LayerCloneError
+
+    keras.utils.set_random_seed(0)
+    backbone = ConstructedBackbone(6, name="backbone")
+    backbone.get_layer("inner_dense").trainable = False
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(backbone(inputs)))
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype("float32")
+    sngd, report = keras_sngd.reconstruct(model, return_report=True)
+    copy = sngd.get_layer("backbone")
+    assert type(copy) is ConstructedBackbone and copy is not backbone
+    assert not copy.get_layer("inner_dense").trainable and copy.get_layer("derived").trainable
+    assert [path for path, *_ in report.inserted] == ["head"]
+    skipped = {path: reason for path, _, reason in report.skipped}
+    assert set(skipped) == {"backbone/derived", "backbone/inner_dense"}
+    assert all("copied whole" in reason and "twice_the_units" in reason for reason in skipped.values())
+    assert_outputs_close(sngd(x), model(x), rtol=0.0)
+    sngd.compile(keras.optimizers.SGD(0.1), "mse")
+    sngd.fit(x, np.ones((16, 3), "float32"), batch_size=4, epochs=2, verbose=0)
+    assert not np.allclose(copy.get_layer("derived").dense.kernel.numpy(), backbone.get_layer("derived").dense.kernel.numpy())
+    folded = keras_sngd.fold(sngd)
+    assert type(folded.get_layer("backbone")) is ConstructedBackbone
+    assert_outputs_close(folded(x), sngd(x), rtol=1e-5)
+    sngd.save(tmp_path / "sngd.keras")
+    assert_outputs_close(keras.saving.load_model(tmp_path / "sngd.keras")(x), sngd(x), rtol=1e-6)
+    # A plain Functional model holding such a layer cannot be copied from its config either: the error names it.
+    plain_inner = keras.Model(inputs, DerivedConfig(3, name="derived")(inputs), name="plain_inner")
+    outer_inputs = keras.Input((4,))
+    with pytest.raises(LayerCloneError, match="Cannot clone layer 'derived'.*twice_the_units"):
+        keras_sngd.reconstruct(keras.Model(outer_inputs, keras.layers.Dense(2)(plain_inner(outer_inputs))))
