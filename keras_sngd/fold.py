@@ -44,7 +44,13 @@ def fold(model):
         A new model of the same class; `model` is not changed and shares no variables with it.
     """
     check_rewritable(model, "fold")
-    return _fold(model)
+    try:
+        return _fold(model)
+    except LayerCloneError:
+        # Nothing to fold (a model `reconstruct` copied whole): a copy made from the model's own config.
+        if any(isinstance(layer, FisherLayer) for _, layer in walk_layers(model)):
+            raise
+        return clone_model_whole(model)
 
 
 def _fold_plan(model):

@@ -1,6 +1,7 @@
 """`reconstruct(model)`: the SNGD network, a `LocalFisher` before every parameterized layer."""
 
 import logging
+import warnings
 
 import keras
 
@@ -202,7 +203,16 @@ def reconstruct(
         "accepted": {parameter.name for parameter in constructor_parameters(layer_class)},
     }
     report = ReconstructionReport()
-    new_model = _reconstruct(model, options, report, prefix="", inputs_are_fixed=True)
+    try:
+        new_model = _reconstruct(model, options, report, prefix="", inputs_are_fixed=True)
+    except LayerCloneError as error:
+        new_model = _copied_whole(model, error, report, (0, 0, 0), "")
+        warnings.warn(
+            f"reconstruct: model {model.name!r} cannot be rebuilt layer by layer ({error.reason}); it was "
+            "copied whole from its own config, with no LocalFisher. Call reconstruct on a model that holds "
+            "it as a nested model (e.g. a backbone under a head) to whiten the layers around it.",
+            stacklevel=2,
+        )
     for _, layer in walk_layers(new_model):
         if isinstance(layer, FisherLayer) and layer.built and layer._low_rank():
             report.notes.append((layer.name, f"U of rank {layer._resolved_rank} plus identity "
@@ -296,10 +306,11 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
 
 
 def _copied_whole(model, error, report, mark, prefix):
-    """The nested `model`, one of whose layers cannot be rebuilt from its config (`error`), copied whole
-    from the model's own config (`keras_sngd.graph.clone_model_whole`: how `keras.models.clone_model` and
-    `load_model` copy a KerasHub backbone) with no LocalFisher inside; the report says so for each layer
-    with weights inside. Raises `error` when the model cannot be copied that way either."""
+    """`model` (nested, or the one given to `reconstruct`), one of whose layers cannot be rebuilt from its
+    config (`error`), copied whole from the model's own config (`keras_sngd.graph.clone_model_whole`: how
+    `keras.models.clone_model` and `load_model` copy a KerasHub backbone) with no LocalFisher inside; the
+    report forgets what was recorded after `mark` and names each layer with weights inside, whose paths
+    start with `prefix`. Raises `error` when the model cannot be copied that way either."""
     try:
         new = clone_model_whole(model)
     except Exception:
@@ -307,9 +318,9 @@ def _copied_whole(model, error, report, mark, prefix):
     if new is None:
         raise error
     report.rollback(mark)
-    reason = (f"inside nested model {model.name!r}, copied whole from its own config because it cannot be "
+    reason = (f"inside model {model.name!r}, copied whole from its own config because it cannot be "
               f"rebuilt layer by layer: {error.reason}")
-    for path, layer in _paths(model, prefix + model.name + "/"):
+    for path, layer in _paths(model, prefix):
         if is_layer(layer) and not isinstance(layer, keras.Model) and layer.weights:
             report.skipped.append((path, type(layer).__name__, reason))
     return new
@@ -335,7 +346,7 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
             try:
                 new = _reconstruct(layer, options, report, prefix + layer.name + "/", fixed)
             except LayerCloneError as error:
-                new = _copied_whole(layer, error, report, mark, prefix)
+                new = _copied_whole(layer, error, report, mark, prefix + layer.name + "/")
         else:
             new = clone_layer(layer)
         pairs.append((layer, new))
