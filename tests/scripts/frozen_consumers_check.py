@@ -55,7 +55,7 @@ def main():
     report["resting_kernel_unchanged"] = bool(np.array_equal(kernel, sngd.get_layer("hidden").kernel.numpy()))
     report["out_steps"] = int(sngd.get_layer("out_local_fisher").step.numpy())
     folded = keras_sngd.fold(sngd)
-    report["fold_error"] = float(np.abs(np.asarray(folded(data[0])) - np.asarray(sngd(data[0]))).max())
+    report["fold_error"] = float(np.abs(keras.ops.convert_to_numpy(folded(data[0])) - keras.ops.convert_to_numpy(sngd(data[0]))).max())
 
     # Unfrozen again: it takes in statistics again (and checks for a refresh).
     sngd.get_layer("hidden").trainable = True
