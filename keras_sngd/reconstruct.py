@@ -115,8 +115,9 @@ def reconstruct(
     Supported layers: Dense, EinsumDense (one contracted input axis, the last), Conv1D/2D/3D,
     Conv1D/2D/3DTranspose and LSTM/GRU/SimpleRNN (their input kernel). Skipped, with the reason in the
     report: frozen layers (`trainable=False`, also inside a frozen nested model: nothing to precondition;
-    reconstructing again after unfreezing whitens them, and a LocalFisher whose consumers are frozen after
-    `reconstruct` rests in inference mode), depthwise and separable convolutions and grouped convolutions (no kernel can absorb a mixing of
+    reconstructing the trained copy again after unfreezing whitens them, the LocalFishers already there
+    keeping their state and arguments; a LocalFisher whose consumers are frozen after `reconstruct` rests
+    in inference mode), depthwise and separable convolutions and grouped convolutions (no kernel can absorb a mixing of
     their input channels), LoRA-enabled or quantized layers, layers whose kernel has a constraint (a
     `kernel_constraint` such as `MaxNorm` or `NonNeg` is meant for `W`; on the whitened `W'` it would be
     another constraint, and the folded `W = U W'` would not satisfy it: naming the layer in
