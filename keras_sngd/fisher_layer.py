@@ -71,6 +71,21 @@ _ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
 _WARNED_FOR_EVERY_LAYER = set()
 
 
+def _check_refresh_dtype(refresh_dtype):
+    """Raise a ValueError for `refresh_dtype="float64"` where the backend cannot compute in float64 (JAX
+    without `jax_enable_x64`), when the layer is built rather than at its first refresh, inside `fit`."""
+    if refresh_dtype != "float64" or keras.backend.backend() != "jax":
+        return
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        raise ValueError(
+            "`refresh_dtype='float64'` needs float64 arithmetic, which JAX computes only with "
+            "`jax.config.update('jax_enable_x64', True)` (set before building the model); use "
+            f"refresh_dtype='float32' otherwise. Received: refresh_dtype={refresh_dtype!r}"
+        )
+
+
 class FisherLayer(keras.layers.Layer):
     """Base of `LocalFisher` and `FisherStatistics`: the local Fisher statistics and the refresh of `U`.
 
@@ -150,6 +165,7 @@ class FisherLayer(keras.layers.Layer):
         self.input_spec = keras.InputSpec(ndim=rank, axes={self.axis: dim})
         self._statistics_period = statistics_period(self.statistics_every, input_shape)
         warn_if_tensor_float_32(self.name, self.refresh_dtype)
+        _check_refresh_dtype(self.refresh_dtype)
 
         def state(name, shape, initializer="zeros", dtype="float32"):
             return self.add_weight(

@@ -204,7 +204,8 @@ class LocalFisher(FisherLayer):
             The refresh's float32 products are full float32 on every backend where that can be asked
             per operation (JAX, PyTorch: `keras_sngd.compiled`); TensorFlow on a GPU with TensorFloat-32
             on (its default) would round them to 10 bits, and the layer warns there: turn TensorFloat-32
-            off or use `"float64"`.
+            off or use `"float64"`. On JAX `"float64"` needs `jax.config.update("jax_enable_x64", True)`:
+            without it the layer raises a ValueError when it is built.
         preserve_function: bool; re-express the consumers' weights at each refresh so that the model's
             function is unchanged, where they can be. Defaults to `True`.
         refresh_tolerance: float >= 0; a due refresh runs only when the estimated whitening drift

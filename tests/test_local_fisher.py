@@ -279,3 +279,18 @@ def test_describe():
     narrow = LocalFisher(update_every=1, leverage_scaling=True)
     narrow(random_inputs((8, 2)), training=True)
     assert narrow.describe().endswith("; batch-leverage scale 1")
+
+
+def test_float64_refresh_on_jax_needs_x64_and_says_so_when_built():
+    """On JAX without `jax_enable_x64` a float64 refresh is refused when the layer is built (before, the
+    first due step of `fit` failed inside a conditional); with it, the refresh runs in float64."""
+    import importlib.util
+    import os
+
+    from tests.test_backends import run_on
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    report = run_on("jax", os.path.join(os.path.dirname(__file__), "scripts", "jax_float64_check.py"))
+    assert "refresh_dtype='float64'" in report["without_x64"] and "jax_enable_x64" in report["without_x64"]
+    assert report["refreshes_with_x64"] == 1 and report["whitening_error"] < 1e-6
