@@ -68,6 +68,11 @@ class Binding:
     def features(self):
         return self.kernel.shape[self.input_axis]
 
+    @property
+    def trainable(self):
+        """Whether the consumer takes gradient steps on this kernel (it and its layer are not frozen)."""
+        return self.layer.trainable and self.kernel.trainable
+
     def mix(self, matrix, kernel=None):
         """`kernel` (default: the current one) with `matrix` applied on the input axis: `K <- M K`."""
         return self.mix_with(lambda flat: ops.matmul(ops.cast(matrix, flat.dtype), flat), kernel)

@@ -44,11 +44,18 @@ def fold(model):
         A new model of the same class; `model` is not changed and shares no variables with it.
     """
     check_rewritable(model, "fold")
+    return _fold_or_copy_whole(model)
+
+
+def _fold_or_copy_whole(model, inherited=None):
+    """`_fold(model, inherited)`; a model that cannot be rebuilt layer by layer and has nothing to fold
+    (no LocalFisher inside, no layer absorbing an outer one: as `reconstruct` leaves a model it copied
+    whole) is copied whole from its own config instead."""
     try:
-        return _fold(model)
+        return _fold(model, inherited)
     except LayerCloneError:
-        # Nothing to fold (a model `reconstruct` copied whole): a copy made from the model's own config.
-        if any(isinstance(layer, FisherLayer) for _, layer in walk_layers(model)):
+        absorbing = inherited or {}
+        if any(isinstance(layer, FisherLayer) or layer in absorbing for _, layer in walk_layers(model)):
             raise
         return clone_model_whole(model)
 
@@ -77,17 +84,7 @@ def _fold(model, inherited=None):
     pairs, mixings = [], []
 
     def clone(layer):
-        if isinstance(layer, keras.Model):
-            try:
-                new = _fold(layer, absorbs)
-            except LayerCloneError:
-                # A model with nothing to fold inside (as `reconstruct` leaves a nested model it copied whole)
-                # is copied whole too.
-                if any(isinstance(inner, FisherLayer) or inner in absorbs for _, inner in walk_layers(layer)):
-                    raise
-                new = clone_model_whole(layer)
-        else:
-            new = clone_layer(layer)
+        new = _fold_or_copy_whole(layer, absorbs) if isinstance(layer, keras.Model) else clone_layer(layer)
         pairs.append((layer, new))
         return new
 

@@ -78,7 +78,7 @@ class LayerCloneError(ValueError):
 
 
 def clone_model_whole(model):
-    """A copy of the nested `model` rebuilt from the model's own config, as `keras.models.clone_model`
+    """A copy of `model` rebuilt from the model's own config, as `keras.models.clone_model`
     and `keras.saving.load_model` rebuild it (its class kept: a KerasHub backbone's config holds its
     constructor's arguments, not its layers'), with `model`'s weights and every layer's `trainable` flag.
 

@@ -420,8 +420,7 @@ class LocalFisher(FisherLayer):
 
     def _consumers_frozen(self):
         bindings, _ = consumer_bindings(self)
-        return bool(bindings) and not any(binding.layer.trainable and binding.kernel.trainable
-                                          for binding in bindings)
+        return bool(bindings) and not any(binding.trainable for binding in bindings)
 
     def consumer_bindings(self):
         """`(bindings, reason)`: how a refresh re-expresses the layers this one feeds.
@@ -470,7 +469,7 @@ class LocalFisher(FisherLayer):
     def _train_step_handing_off(self, inputs, mask):
         """The JAX training step: consumer updates go to the optimizer (`keras_sngd.handoff`)."""
         bindings = self.consumer_bindings()[0]
-        handoff = bindings if all(binding.kernel.trainable for binding in bindings) else []
+        handoff = bindings if all(binding.trainable for binding in bindings) else []
         object.__setattr__(self, "_handoff_bindings", handoff)
         for binding in handoff:
             _install_constraint(self, binding)

@@ -252,7 +252,7 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     if already_whitened is not None:
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
         return None
-    if not (layer.trainable and binding.kernel.trainable):
+    if not binding.trainable:
         report.skipped.append((path, kind, FROZEN))
         return None
     constraint = user_constraint(binding.kernel)
