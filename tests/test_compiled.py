@@ -44,6 +44,38 @@ def test_shared_traces_full_float32_products_on_jax(monkeypatch):
     assert "HIGHEST" not in outside
 
 
+def test_shared_compiles_once_per_signature_outside_a_jax_trace(monkeypatch):
+    """On JAX, called with concrete arrays (a refresh between steps), the function runs as one `jax.jit`
+    program per signature: array shapes and dtypes, and the values of the Python arguments."""
+    jax = pytest.importorskip("jax")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    import jax.numpy as jnp
+
+    traces = []
+
+    def scaled_products(a, b, scale, pair=(None, None)):
+        traces.append(scale)
+        return scale * jnp.matmul(a, b), (pair[0], jnp.sum(a))
+
+    compiled = shared(scaled_products)
+    first = np.arange(16, dtype="float32").reshape(4, 4)
+    second = np.ones((4, 4), "float32")
+    product, (none, total) = compiled(first, second, 2.0)
+    np.testing.assert_allclose(np.asarray(product), 2.0 * first @ second, rtol=1e-6)
+    assert none is None and float(total) == float(first.sum())
+    compiled(second, first, 2.0)  # same signature: the same program, not traced again
+    compiled(jnp.asarray(first), jnp.asarray(second), 2.0)
+    assert len(compiled.programs) == 1 and traces == [2.0]
+    compiled(first, second, 3.0)  # another Python value: another program
+    compiled(np.ones((3, 3), "float32"), np.ones((3, 3), "float32"), 3.0)  # another shape: traced again
+    assert len(compiled.programs) == 2 and traces == [2.0, 3.0, 3.0]
+    compiled(first, second, 2.0, pair=(None, first))  # another structure
+    assert len(compiled.programs) == 3
+    # Under a trace (the train step) it is inlined with full float32 products, and compiles nothing.
+    jaxpr = str(jax.make_jaxpr(lambda a: compiled(a, a, 2.0)[0])(first))
+    assert "HIGHEST" in jaxpr and len(compiled.programs) == 3
+
+
 def test_shared_runs_full_float32_products_on_torch_and_restores_the_setting(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
