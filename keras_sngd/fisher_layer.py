@@ -5,9 +5,11 @@ import warnings
 import keras
 from keras import ops
 
+from keras_sngd import host_schedule
 from keras_sngd.compiled import shared
 from keras_sngd.compiled import warn_if_tensor_float_32
 from keras_sngd.consumers import NO_CONSUMER
+from keras_sngd.device_scalars import scalar
 from keras_sngd.distributed import in_replica_context
 from keras_sngd.distributed import replicas_in_sync
 from keras_sngd.handoff import without_carriers
@@ -151,6 +153,9 @@ class FisherLayer(keras.layers.Layer):
         # The batch-leverage scale (`keras_sngd.leverage`); `LocalFisher` exposes it as an argument (off by
         # default; `reconstruct` turns it on).
         self.leverage_scaling = False
+        # Python copies of the schedule's counters, so that eager steps decide without a device wait
+        # (`keras_sngd.host_schedule`; PyTorch only).
+        self._host = host_schedule.HostMirror()
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -257,7 +262,10 @@ class FisherLayer(keras.layers.Layer):
         """Statistics, counters and (when due) the refresh; returns the `U`, shift and low-rank factors
         (`()` for a dense `U`) to use now."""
         step = self.step.value + 1
-        moving = self._collect_statistics(inputs, mask, step)
+        # On an eager backend the schedule's decisions are Python bools from host copies of the counters
+        # (`keras_sngd.host_schedule`): a step that neither checks nor refreshes waits for nothing.
+        host_step = self._host.read(self.step) + 1 if host_schedule.active(self.step) else None
+        moving = self._collect_statistics(inputs, mask, step, host_step)
         rows = None
         if self.leverage_scaling:
             # The global batch's rows (the optimizer's step averages over all replicas' shares), as a
@@ -272,10 +280,15 @@ class FisherLayer(keras.layers.Layer):
         if self._refresh_outside_step:
             due = ops.convert_to_tensor(False)
             result = self._unchanged(old_inverse_root, old_shift, old_root)
+        elif host_step is not None and not self._checks(step, host_step):
+            # Known on the host: no check, so no refresh and no change of the adaptive period.
+            self._write_state(moving, step, False, None)
+            self._host.record(self.step, host_step)
+            return old_inverse_root, old_shift, old_root
         else:
             bindings, mode = self._refresh_plan(in_step=True)
             self._set_refresh_mode(mode)
-            check = self._checks(step)
+            check = self._checks(step, host_step)
             *result, due = self._refresh_if_due(check, moving, bindings, old_inverse_root, old_shift, old_root, rows)
             # No gradient flows through a refresh: it is a change of coordinates, not part of the loss. (Only
             # what the forward pass reads needs the stop; `hand_over` stops the mixing and the flag itself.)
@@ -288,13 +301,27 @@ class FisherLayer(keras.layers.Layer):
             if self.adaptive_statistics:
                 self.statistics_period.assign(self._next_statistics_period(check, due))
         self._write_state(moving, step, due, result)
+        if host_step is not None:
+            self._host.record(self.step, host_step)
+            # A check step has waited for the device already (the drift decides): read the counters it
+            # may have changed now, so that the steps until the next check wait for nothing.
+            self._host.read(self.refresh_count)
+            if self.adaptive_statistics:
+                self._host.read(self.statistics_period)
         return self._step_output(result, old_inverse_root, old_shift, old_root)
 
-    def _checks(self, step):
+    def _checks(self, step, host_step=None):
         """Whether `step` checks for a refresh: every `update_every` steps, or, while an adaptive statistics
         period has grown past its base and `update_every`, every period (a check between two batches taken
-        in would find the same drift)."""
+        in would find the same drift). A Python bool with `host_step` (the step read on the host,
+        `keras_sngd.host_schedule`), else a boolean tensor."""
         interval = self.update_every
+        if host_step is not None:
+            if self.adaptive_statistics:
+                period = self._host.read(self.statistics_period)
+                if period > self._statistics_period:
+                    interval = max(period, interval)
+            return host_step % interval == 0
         if self.adaptive_statistics:
             period = self.statistics_period.value
             interval = ops.where(period > self._statistics_period, ops.maximum(period, interval), interval)
@@ -308,11 +335,12 @@ class FisherLayer(keras.layers.Layer):
         longer = ops.minimum(period * 2, base * SETTLED_FACTOR)
         return ops.where(refreshed, base, ops.where(checked, longer, period))
 
-    def _collect_statistics(self, inputs, mask, step):
+    def _collect_statistics(self, inputs, mask, step, host_step=None):
         """The moving moments after this batch (`MovingMoments`); masked rows are left out. With a period
         `k > 1` (`statistics_every`) every batch is taken in until the first accepted refresh, and after it
         only those of steps 1, k + 1, 2k + 1, ...; the others keep the moments (and, where branches may
-        assign, do not rewrite them)."""
+        assign, do not rewrite them). With `host_step` the choice is made on the host
+        (`keras_sngd.host_schedule`)."""
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
             mask = None  # not a mask over the non-feature axes: nothing to leave out
 
@@ -332,12 +360,16 @@ class FisherLayer(keras.layers.Layer):
             return MovingMoments(*collect())
 
         def keep():
-            return (self.second_moment.value, self.mean.value, self.statistics_weight.value,
-                    ops.convert_to_tensor(True))
+            return (self.second_moment.value, self.mean.value, self.statistics_weight.value, scalar(True, "bool"))
 
+        # Every batch until the first refresh, so that it never rests on a few batches' rows.
+        if host_step is not None:
+            if self.adaptive_statistics:
+                period = self._host.read(self.statistics_period)
+            take = self._host.read(self.refresh_count) == 0 or (host_step - 1) % period == 0
+            return MovingMoments(*(collect() if take else keep()))
         if self.adaptive_statistics:
             period = self.statistics_period.value
-        # Every batch until the first refresh, so that it never rests on a few batches' rows.
         take = ops.equal(self.refresh_count.value, 0) | ops.equal((step - 1) % period, 0)
         return MovingMoments(*ops.cond(take, collect, keep))
 

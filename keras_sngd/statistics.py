@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from keras import ops
 
+from keras_sngd.device_scalars import scalar
 from keras_sngd.distributed import sum_across_replicas
 from keras_sngd.linear_algebra import trace
 
@@ -84,10 +85,12 @@ def _rows(inputs, axis, mask):
     features = ops.moveaxis(ops.stop_gradient(inputs), axis, -1)
     rows = ops.cast(ops.reshape(features, (-1, features.shape[-1])), "float32")
     if mask is None:
-        return rows, ops.cast(ops.shape(rows)[0], "float32")
+        count = ops.shape(rows)[0]
+        # A static row count is a Python int: made on the device (`keras_sngd.device_scalars`).
+        return rows, scalar(float(count)) if isinstance(count, int) else ops.cast(count, "float32")
     keep = ops.reshape(ops.cast(mask, "bool"), (-1,))
     # `where`, not a product: a padded row may hold anything, even NaN, and must not reach the sums.
-    return ops.where(keep[:, None], rows, 0.0), ops.sum(ops.cast(keep, "float32"))
+    return ops.where(keep[:, None], rows, scalar(0.0)), ops.sum(ops.cast(keep, "float32"))
 
 
 def update_moving_moments(moving_second_moment, moving_mean, weight, second_moment, mean, momentum, count=None):
@@ -155,6 +158,8 @@ def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, moment
     """
     rows, count = _rows(inputs, axis, mask)
     keep_fraction = 1.0 - momentum
+    # The numbers as device scalars (`keras_sngd.device_scalars`): no host copy on PyTorch.
+    zero, one = scalar(0.0), scalar(1.0)
     if _matrix_major(inputs.shape, axis):
         # Many rows per feature (convolutions, sequences): passes over the rows cost more than passes over
         # the small (d, d) matrix, so the rows are read by the product and the sum only.
@@ -162,23 +167,23 @@ def accumulate_moments(moving_second_moment, moving_mean, weight, inputs, moment
             [ops.matmul(ops.transpose(rows), rows), ops.sum(rows, axis=0), count]
         )
         accepted = ops.isfinite(trace(outer_sum)) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
-        factor = keep_fraction / ops.maximum(count, 1.0)
-        outer = ops.where(accepted, outer_sum * factor, 0.0)
+        factor = keep_fraction / ops.maximum(count, one)
+        outer = ops.where(accepted, outer_sum * factor, zero)
     else:
         # Few rows (Dense layers): the rows are scaled instead of the wide (d, d) result.
         row_sum = ops.sum(rows, axis=0)
         square_sum = ops.sum(ops.square(rows))
         row_sum, square_sum, count = sum_across_replicas([row_sum, square_sum, count])
         accepted = ops.isfinite(square_sum) & ops.isfinite(ops.sum(row_sum)) & (count > 0)
-        factor = keep_fraction / ops.maximum(count, 1.0)
+        factor = keep_fraction / ops.maximum(count, one)
         # `where`, not only a zero scale: a rejected batch may hold NaN, and 0 * NaN is NaN.
-        scaled = ops.where(accepted, rows, 0.0) * ops.where(accepted, ops.sqrt(factor), 0.0)
+        scaled = ops.where(accepted, rows, zero) * ops.where(accepted, ops.sqrt(factor), zero)
         (outer,) = sum_across_replicas([ops.matmul(ops.transpose(scaled), scaled)])
-    decay = ops.where(accepted, momentum, 1.0)
+    decay = ops.where(accepted, scalar(float(momentum)), one)
     return MovingMoments(
         decay * moving_second_moment + outer,
-        decay * moving_mean + ops.where(accepted, row_sum * factor, 0.0),
-        decay * weight + ops.where(accepted, keep_fraction, 0.0),
+        decay * moving_mean + ops.where(accepted, row_sum * factor, zero),
+        decay * weight + ops.where(accepted, scalar(float(keep_fraction)), zero),
         accepted,
     )
 

@@ -15,6 +15,8 @@ LARS's trust ratio (You et al. 2017), and independent of the learning rate.
 
 from keras import ops
 
+from keras_sngd.device_scalars import scalar
+
 # Below this RMS per output unit, (W', b) counts as this size, so that zero-initialized weights can move.
 _SMALLEST_SIZE = 1e-3
 _TINY = 2.0**-126  # float32's smallest normal
@@ -45,9 +47,11 @@ def bounded_step(values, previous, radius, outputs):
     olds = [ops.cast(old, "float32") for old in previous]
     steps = [ops.cast(value, "float32") - old for value, old in zip(values, olds)]
     norm_squared = _sum_of_squares(steps)
-    limit_squared = float(radius) ** 2 * ops.maximum(_sum_of_squares(olds), _SMALLEST_SIZE**2 * float(outputs))
+    # Python numbers as device scalars (`keras_sngd.device_scalars`): no host copy on PyTorch.
+    smallest = scalar(_SMALLEST_SIZE**2 * float(outputs))
+    limit_squared = float(radius) ** 2 * ops.maximum(_sum_of_squares(olds), smallest)
     shorten = ops.isfinite(norm_squared) & (norm_squared > limit_squared)
-    scale = ops.where(shorten, ops.sqrt(limit_squared / ops.maximum(norm_squared, _TINY)), 1.0)
+    scale = ops.where(shorten, ops.sqrt(limit_squared / ops.maximum(norm_squared, scalar(_TINY))), scalar(1.0))
     bounded = [ops.cast(old + scale * step, value.dtype) for value, old, step in zip(values, olds, steps)]
     return bounded, scale
 
