@@ -4,6 +4,7 @@ import warnings
 
 import keras
 from keras import ops
+from keras.src.backend.common.variables import AutocastScope
 
 from keras_sngd import host_schedule
 from keras_sngd.compiled import shared
@@ -217,7 +218,12 @@ class FisherLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None, mask=None):
         if training and self.trainable and not self._consumers_frozen():
-            inverse_root, shift, root = self._train_step(inputs, mask)
+            # The consumers' weights in their own dtype: under a mixed precision policy Keras reads float
+            # variables inside a layer's call as casts to the compute dtype, so the refresh's re-expression
+            # (and the trust region's bound) would read a bfloat16 copy, and on PyTorch assign to that
+            # temporary copy, losing the write (`W' <- M W'` dropped while `U` changed: the function lost).
+            with AutocastScope(None):
+                inverse_root, shift, root = self._train_step(inputs, mask)
         else:
             inverse_root, shift, root = self.inverse_root.value, self._current_shift(), self._current_root()
         return self._transform(inputs, inverse_root, shift, root)
