@@ -4,6 +4,8 @@ import warnings
 
 import keras
 from keras import ops
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.backend.common.variables import AutocastScope
 
 from keras_sngd import host_schedule
@@ -157,6 +159,9 @@ class FisherLayer(keras.layers.Layer):
         # Python copies of the schedule's counters, so that eager steps decide without a device wait
         # (`keras_sngd.host_schedule`; PyTorch only).
         self._host = host_schedule.HostMirror()
+        # `(call context, (U, shift, low-rank factors))` of the last training step's first call: a later
+        # call within the same forward pass (the same Keras call context) is not a new step.
+        object.__setattr__(self, "_step_context", None)
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -223,7 +228,17 @@ class FisherLayer(keras.layers.Layer):
             # (and the trust region's bound) would read a bfloat16 copy, and on PyTorch assign to that
             # temporary copy, losing the write (`W' <- M W'` dropped while `U` changed: the function lost).
             with AutocastScope(None):
-                inverse_root, shift, root = self._train_step(inputs, mask)
+                context = self._forward_pass()
+                if self._step_context is not None and self._step_context[0] is context:
+                    # A later call of the same forward pass (a layer shared by several call sites, or a
+                    # nested model called twice): its batch joins the statistics, and it whitens with
+                    # the `U` the step's first call used. The step count, the refresh and the trust
+                    # region's hand-over happen once per step, at the first call.
+                    inverse_root, shift, root = self._step_context[1]
+                    self._later_call_statistics(inputs, mask)
+                else:
+                    inverse_root, shift, root = self._train_step(inputs, mask)
+                    object.__setattr__(self, "_step_context", (context, (inverse_root, shift, root)))
         else:
             inverse_root, shift, root = self.inverse_root.value, self._current_shift(), self._current_root()
         return self._transform(inputs, inverse_root, shift, root)
@@ -315,6 +330,23 @@ class FisherLayer(keras.layers.Layer):
             if self.adaptive_statistics:
                 self._host.read(self.statistics_period)
         return self._step_output(result, old_inverse_root, old_shift, old_root)
+
+    def _forward_pass(self):
+        """An object that identifies the current forward pass: the stateless scope that the JAX trainer runs
+        it in (it calls the model's `call` inside one, so that every layer call is an entry of its own), else
+        Keras's call context, which the outermost `__call__` opens and closes."""
+        if in_stateless_scope():
+            return get_stateless_scope()
+        return self._get_call_context()
+
+    def _later_call_statistics(self, inputs, mask):
+        """A later call of the step's forward pass (`call`): its rows join the moving statistics, with the
+        step's decision whether to take the batch; no count, no refresh."""
+        host_step = self._host.read(self.step) if host_schedule.active(self.step) else None
+        moving = self._collect_statistics(inputs, mask, self.step.value, host_step)
+        if not self._statistics_written_in_branch():
+            self._assign_moments(moving)
+        self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~moving.accepted, "int32"))
 
     def _checks(self, step, host_step=None):
         """Whether `step` checks for a refresh: every `update_every` steps, or, while an adaptive statistics

@@ -108,7 +108,9 @@ def reconstruct(
 
     Works on Functional and Sequential models (also loaded from `.keras`), recursively on nested models,
     with residual connections, several inputs and outputs, and shared layers (a layer called at several
-    places gets one LocalFisher shared by those calls; its `step` then counts calls, not batches). The
+    places gets one LocalFisher shared by those calls, since one `U` must serve the one shared kernel: every
+    call's batch joins its statistics, and its step count, refresh and trust region run once per training
+    step, at the first call of the forward pass, whose `U` the later calls use). The
     original model is neither changed nor shares any variable with the copy. A layer whose input already
     comes from a `LocalFisher` gets no second one, so reconstructing twice inserts nothing new.
 
