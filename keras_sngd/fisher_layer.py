@@ -76,6 +76,24 @@ _ASSIGN_IN_BRANCH = keras.backend.backend() != "jax"
 _WARNED_FOR_EVERY_LAYER = set()
 
 
+def _eager_under_torch_compile(function):
+    """`function`, run eagerly when `torch.compile` traces it (Keras's `jit_compile=True` on PyTorch); a
+    decorator, applied once when the module is imported.
+
+    A training call's bookkeeping branches on its counters and iterates Newton-Schulz until convergence:
+    traced by `torch.compile` it recompiled at every new counter value until Dynamo's recompile limit (a
+    reconstructed MLP's first two steps took 61 s against 18 s for the plain model, and its later steps
+    40 times the plain model's). Excluded from the compiled graph (`torch.compiler.disable`, a graph break)
+    it runs eagerly, with the schedule read on the host (`keras_sngd.host_schedule`), and the rest of the
+    model stays compiled. Elsewhere `function` itself.
+    """
+    if keras.backend.backend() != "torch":
+        return function
+    import torch
+
+    return torch.compiler.disable(function, recursive=True)
+
+
 def _check_refresh_dtype(refresh_dtype):
     """Raise a ValueError for `refresh_dtype="float64"` where the backend cannot compute in float64 (JAX
     without `jax_enable_x64`), when the layer is built rather than at its first refresh, inside `fit`."""
@@ -223,25 +241,31 @@ class FisherLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None, mask=None):
         if training and self.trainable and not self._consumers_frozen():
-            # The consumers' weights in their own dtype: under a mixed precision policy Keras reads float
-            # variables inside a layer's call as casts to the compute dtype, so the refresh's re-expression
-            # (and the trust region's bound) would read a bfloat16 copy, and on PyTorch assign to that
-            # temporary copy, losing the write (`W' <- M W'` dropped while `U` changed: the function lost).
-            with AutocastScope(None):
-                context = self._forward_pass()
-                if self._step_context is not None and self._step_context[0] is context:
-                    # A later call of the same forward pass (a layer shared by several call sites, or a
-                    # nested model called twice): its batch joins the statistics, and it whitens with
-                    # the `U` the step's first call used. The step count, the refresh and the trust
-                    # region's hand-over happen once per step, at the first call.
-                    inverse_root, shift, root = self._step_context[1]
-                    self._later_call_statistics(inputs, mask)
-                else:
-                    inverse_root, shift, root = self._train_step(inputs, mask)
-                    object.__setattr__(self, "_step_context", (context, (inverse_root, shift, root)))
+            inverse_root, shift, root = self._training_call(inputs, mask)
         else:
             inverse_root, shift, root = self.inverse_root.value, self._current_shift(), self._current_root()
         return self._transform(inputs, inverse_root, shift, root)
+
+    @_eager_under_torch_compile
+    def _training_call(self, inputs, mask):
+        """The statistics, counters and refresh of a training call; returns the `U`, shift and low-rank
+        factors its output uses."""
+        # The consumers' weights in their own dtype: under a mixed precision policy Keras reads float
+        # variables inside a layer's call as casts to the compute dtype, so the refresh's re-expression
+        # (and the trust region's bound) would read a bfloat16 copy, and on PyTorch assign to that
+        # temporary copy, losing the write (`W' <- M W'` dropped while `U` changed: the function lost).
+        with AutocastScope(None):
+            context = self._forward_pass()
+            if self._step_context is not None and self._step_context[0] is context:
+                # A later call of the same forward pass (a layer shared by several call sites, or a nested
+                # model called twice): its batch joins the statistics, and it whitens with the `U` the
+                # step's first call used. The step count, the refresh and the trust region's hand-over
+                # happen once per step, at the first call.
+                self._later_call_statistics(inputs, mask)
+                return self._step_context[1]
+            state = self._train_step(inputs, mask)
+            object.__setattr__(self, "_step_context", (context, state))
+            return state
 
     def refresh(self, only_if_drifted=False):
         """Refresh `U` now, eagerly, from the current moving statistics; returns whether it was accepted.
