@@ -1,6 +1,7 @@
 """`FisherLayer`: the statistics and the refresh of `U` shared by `LocalFisher` and `FisherStatistics`."""
 
 import warnings
+import weakref
 
 import keras
 from keras import ops
@@ -177,8 +178,8 @@ class FisherLayer(keras.layers.Layer):
         # Python copies of the schedule's counters, so that eager steps decide without a device wait
         # (`keras_sngd.host_schedule`; PyTorch only).
         self._host = host_schedule.HostMirror()
-        # `(call context, (U, shift, low-rank factors))` of the last training step's first call: a later
-        # call within the same forward pass (the same Keras call context) is not a new step.
+        # `(weak reference to the forward pass, (U, shift, low-rank factors))` of the last training step's
+        # first call: a later call within the same forward pass is not a new step (`_forward_pass`).
         object.__setattr__(self, "_step_context", None)
 
     def build(self, input_shape):
@@ -256,7 +257,7 @@ class FisherLayer(keras.layers.Layer):
         # temporary copy, losing the write (`W' <- M W'` dropped while `U` changed: the function lost).
         with AutocastScope(None):
             context = self._forward_pass()
-            if self._step_context is not None and self._step_context[0] is context:
+            if self._step_context is not None and self._step_context[0]() is context:
                 # A later call of the same forward pass (a layer shared by several call sites, or a nested
                 # model called twice): its batch joins the statistics, and it whitens with the `U` the
                 # step's first call used. The step count, the refresh and the trust region's hand-over
@@ -264,7 +265,8 @@ class FisherLayer(keras.layers.Layer):
                 self._later_call_statistics(inputs, mask)
                 return self._step_context[1]
             state = self._train_step(inputs, mask)
-            object.__setattr__(self, "_step_context", (context, state))
+            # A weak reference: the context (on JAX the trace's stateless scope) is not kept alive.
+            object.__setattr__(self, "_step_context", (weakref.ref(context), state))
             return state
 
     def refresh(self, only_if_drifted=False):
