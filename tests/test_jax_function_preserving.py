@@ -69,6 +69,13 @@ def test_lr0_fit_through_refreshes_keeps_outputs_on_jax(jax_runs, case):
     assert report["max_output_change"] <= 1e-4 * report["max_output"]
 
 
+def test_the_refresh_between_steps_runs_compiled_programs_on_jax(jax_runs):
+    """The callback's refreshes (outside any trace) ran as `jax.jit` programs (`keras_sngd.compiled`), not
+    op by op: the warm refresh compiled (a program exists only for calls outside a trace)."""
+    programs = jax_runs["jitted_refresh_programs"]
+    assert programs["_warm_refresh"] >= 1, programs
+
+
 def test_steps_per_execution_refreshes_after_the_execution_on_jax(jax_runs):
     """12 steps in executions of 3, a refresh due at steps 4, 8 and 12: one after each such execution."""
     report = jax_runs["lr0_steps_per_execution"]

@@ -238,6 +238,13 @@ def main():
         case = arguments.pop(0)
         argument = arguments.pop(0) if case.startswith("mlp") or case == "trust_region" else None
         report[case] = run(case, argument)
+    if keras.backend.backend() == "jax":
+        # The refreshes between steps ran as compiled programs (`keras_sngd.compiled`), one per signature.
+        from keras_sngd import fisher_layer
+
+        report["jitted_refresh_programs"] = {
+            name: len(getattr(fisher_layer, name).programs) for name in ("_warm_refresh", "_whitening_drift")
+        }
     print(json.dumps(report))
 
 
