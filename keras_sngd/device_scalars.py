@@ -31,10 +31,9 @@ def scalar(value, dtype="float32"):
     from keras.src.backend.torch.core import to_torch_dtype
 
     device = get_device()
+    if torch.compiler.is_compiling():  # a constant of the compiled graph: nothing to keep
+        return torch.full((), value, dtype=to_torch_dtype(dtype), device=device)
     key = (type(value), value, dtype, str(device))
-    tensor = _CACHE.get(key)
-    if tensor is None or torch.compiler.is_compiling():
-        tensor = torch.full((), value, dtype=to_torch_dtype(dtype), device=device)
-        if not torch.compiler.is_compiling():
-            _CACHE[key] = tensor
-    return tensor
+    if key not in _CACHE:
+        _CACHE[key] = torch.full((), value, dtype=to_torch_dtype(dtype), device=device)
+    return _CACHE[key]

@@ -83,8 +83,8 @@ def _eager_under_torch_compile(function):
 
     A training call's bookkeeping branches on its counters and iterates Newton-Schulz until convergence:
     traced by `torch.compile` it recompiled at every new counter value until Dynamo's recompile limit (a
-    reconstructed MLP's first two steps took 61 s against 18 s for the plain model, and its later steps
-    40 times the plain model's). Excluded from the compiled graph (`torch.compiler.disable`, a graph break)
+    small reconstructed MLP's first two steps took 78 s against 18 s for the plain model, and its later
+    steps 100 times the plain model's; `benchmarks/torch_compile.py`). Excluded from the compiled graph (`torch.compiler.disable`, a graph break)
     it runs eagerly, with the schedule read on the host (`keras_sngd.host_schedule`), and the rest of the
     model stays compiled. Elsewhere `function` itself.
     """
@@ -372,6 +372,10 @@ class FisherLayer(keras.layers.Layer):
         moving = self._collect_statistics(inputs, mask, self.step.value, host_step)
         if not self._statistics_written_in_branch():
             self._assign_moments(moving)
+        self._count_skipped(moving)
+
+    def _count_skipped(self, moving):
+        """Count the batch in `skipped_batch_count` when the statistics rejected it (not finite)."""
         self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~moving.accepted, "int32"))
 
     def _checks(self, step, host_step=None):
@@ -571,7 +575,7 @@ class FisherLayer(keras.layers.Layer):
             # (Where branches may assign, the refresh branch counts; a step with the refresh outside it
             # never refreshes, so nothing is counted there.)
             self._count_refresh(result.accepted, due)
-        self.skipped_batch_count.assign(self.skipped_batch_count.value + ops.cast(~moving.accepted, "int32"))
+        self._count_skipped(moving)
 
     def _count_refresh(self, accepted, due):
         """Count a refresh: accepted in `refresh_count`, due but rejected in `failed_refresh_count`."""

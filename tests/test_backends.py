@@ -23,6 +23,15 @@ def run_on(backend, script=SCRIPT):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def run_on_installed(backend, script=SCRIPT):
+    """`run_on(backend, script)`, skipped with how to install the backend when it is missing (torch is not
+    among the test extras: its default wheel brings GBs of CUDA libraries)."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (torch: pip install torch --index-url "
+                    "https://download.pytorch.org/whl/cpu, or KERAS_SNGD_TORCH=1 bash .ci/run)")
+    return run_on(backend, script)
+
+
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_training_and_refresh_on_backend(backend):
     if importlib.util.find_spec(backend) is None:

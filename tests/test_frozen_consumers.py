@@ -1,22 +1,18 @@
 """Frozen layers: `reconstruct` gives them no LocalFisher, and a LocalFisher whose consumers are frozen
 after `reconstruct` rests in `fit` (TensorFlow, JAX and PyTorch, in subprocesses: `scripts/frozen_consumers_check.py`)."""
 
-import importlib.util
 import os
 
 import pytest
 
-from tests.test_backends import run_on
+from tests.test_backends import run_on_installed
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "frozen_consumers_check.py")
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_frozen_consumers(backend):
-    if importlib.util.find_spec(backend) is None:
-        # torch is not among the test extras (a large download); the same check runs wherever it is installed.
-        pytest.skip(f"{backend} is not installed (pip install torch to run this check on the PyTorch backend)")
-    report = run_on(backend, SCRIPT)
+    report = run_on_installed(backend, SCRIPT)
     assert report["backend"] == backend
     # The frozen layer is skipped with its reason; the layer after it reads fixed features (damping 1).
     assert report["skipped"] == [["frozen", True]]

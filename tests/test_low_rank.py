@@ -1,7 +1,6 @@
 """The low-rank-plus-identity `U` (`keras_sngd.low_rank`, `LocalFisher(rank=...)`): numerics against float64
 `eigh`, the `"auto"` rule, the guards, and training, fold and save/load on every backend."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from keras_sngd.low_rank import low_rank_refresh
 from keras_sngd.low_rank import resolve_rank
 from keras_sngd.models import paper_mlp
 from tests.reference import damped
-from tests.test_backends import run_on
+from tests.test_backends import run_on_installed
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "low_rank_check.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,10 +200,7 @@ def test_inference_uses_the_factors():
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_low_rank_training_on_backend(backend):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (torch: pip install torch --index-url "
-                    "https://download.pytorch.org/whl/cpu, or KERAS_SNGD_TORCH=1 bash .ci/run)")
-    report = run_on(backend, SCRIPT)
+    report = run_on_installed(backend, SCRIPT)
     assert report["backend"] == backend and report["low_rank"]
     # Function-preserving refreshes with the low-rank U: lr 0 keeps the outputs.
     assert report["refresh_count"] == 4 and report["failed_refresh_count"] == 0

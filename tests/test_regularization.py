@@ -2,13 +2,12 @@
 regularization loss equals the folded model's, a refresh leaves the loss unchanged at learning rate 0, and
 saving keeps the user's regularizer; on TensorFlow in-process, on JAX and PyTorch in subprocesses."""
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
-from tests.test_backends import run_on
+from tests.test_backends import run_on_installed
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "regularizer_check.py")
 
@@ -54,9 +53,6 @@ def test_the_check_fails_with_the_regularizers_left_on_the_whitened_kernel(monke
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_regularizers_act_on_the_effective_kernel_on_backend(backend):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (torch: pip install torch --index-url "
-                    "https://download.pytorch.org/whl/cpu, or KERAS_SNGD_TORCH=1 bash .ci/run)")
-    report = run_on(backend, SCRIPT)
+    report = run_on_installed(backend, SCRIPT)
     assert report["backend"] == backend
     check(report)

@@ -6,22 +6,18 @@ optimizer once per call (summed by autodiff: the bound measured against `2 W'`, 
 doubled every step at SGD 1e-3), and on PyTorch a refresh at the second call rewrote tensors the first
 call had saved for backward (a RuntimeError in `fit`)."""
 
-import importlib.util
 import os
 
 import pytest
 
-from tests.test_backends import run_on
+from tests.test_backends import run_on_installed
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "shared_layers_check.py")
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_shared_layers(backend):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (pip install torch --index-url "
-                    "https://download.pytorch.org/whl/cpu to run this check on the PyTorch backend)")
-    report = run_on(backend, SCRIPT)
+    report = run_on_installed(backend, SCRIPT)
     assert report["backend"] == backend
     for name in ("siamese", "chain", "nested_twice"):
         case = report[name]
