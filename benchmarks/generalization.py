@@ -19,6 +19,10 @@ the final training loss and the accuracy on the 10,000 test images of each run o
   coordinates of `W'`; a refresh mixes `W'` (`W' <- A^(1/2) W'`, `A ~ I`) but not the velocity;
 - `SNGD LR muon`: the reconstruction trained with `keras.optimizers.Muon(LR)` instead of SGD (Keras's
   defaults otherwise): Muon orthogonalizes each whitened kernel's momentum, Adam steps the biases;
+- `SNGD LR exclude NAME`: no LocalFisher before the layer `NAME` (`reconstruct(..., exclude=...)`): plain
+  SGD on that layer's kernel;
+- `SNGD LR ... center 1`: every LocalFisher centers its input (`center=True`: `y = (x - mu) U`, `G` the
+  covariance instead of the second moment);
 - SNGD options combine, in any order: `SNGD 0.01 momentum 0.9 wd 0.001 update_every 20` (`muon` takes no
   SGD option);
 - `K-FAC LR`: `keras_sngd.optimizers.KFAC` at that learning rate on `prepare_kfac(model)` (its defaults:
@@ -60,7 +64,14 @@ DEFAULT_RUNS = ("Adam 0.001,Adam 0.003,Muon 0.001,Muon 0.003,SNGD 0.1,SNGD 0.1 f
 
 
 # `SNGD LR NAME VALUE`: every LocalFisher with that argument.
-_LOCAL_FISHER_OPTIONS = {"damping": float, "update_every": int, "refresh_tolerance": float, "max_step": float}
+def _flag(text):
+    if text not in ("0", "1"):
+        raise ValueError(text)
+    return text == "1"
+
+
+_LOCAL_FISHER_OPTIONS = {"damping": float, "update_every": int, "refresh_tolerance": float, "max_step": float,
+                         "center": _flag}
 
 
 class Run(NamedTuple):
@@ -104,10 +115,11 @@ def parse_run(label):
 
     # The words after `SNGD LR` are options, in any order and combined: `wd W`, `momentum M`, `nesterov`,
     # a LocalFisher argument `NAME V` for every layer, `fixed-feature damping D|none`.
-    sgd_options, local_fisher, fixed, base = {}, {}, None, "sgd"
+    sgd_options, local_fisher, fixed, base, excluded = {}, {}, None, "sgd", []
     bad = ValueError(f"Bad run {label!r}: after 'SNGD LR' expected options among 'wd W', 'momentum M', "
                      "'nesterov', 'muon', a LocalFisher argument ('damping D', 'update_every K', "
-                     "'refresh_tolerance T', 'max_step S') and 'fixed-feature damping D|none'.")
+                     "'refresh_tolerance T', 'max_step S', 'center 0|1'), 'exclude LAYER' (no LocalFisher before that layer) "
+                     "and 'fixed-feature damping D|none'.")
     words = list(rest)
     try:
         while words:
@@ -120,6 +132,8 @@ def parse_run(label):
                 sgd_options["nesterov"] = True
             elif word == "muon":
                 base = "muon"
+            elif word == "exclude":
+                excluded.append(words.pop(0))
             elif word in _LOCAL_FISHER_OPTIONS:
                 local_fisher[word] = _LOCAL_FISHER_OPTIONS[word](words.pop(0))
             elif word == "fixed-feature" and words.pop(0) == "damping":
@@ -136,6 +150,8 @@ def parse_run(label):
 
     def arguments(model):
         result = {"local_fisher_arguments": dict(local_fisher)} if local_fisher else {}
+        if excluded:
+            result["exclude"] = tuple(excluded)
         if fixed == "none":
             damping = local_fisher.get("damping", default_arguments(model).get("damping", 0.01))
             result["local_fisher_arguments"] = dict(local_fisher, damping=damping)

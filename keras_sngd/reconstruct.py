@@ -161,9 +161,7 @@ def reconstruct(
     sngd, report = keras_sngd.reconstruct(plain, return_report=True)
     print(report)
     sngd.compile(optimizer=keras.optimizers.SGD(0.1), loss=...)
-    # On JAX this callback is the one extra step (a no-op elsewhere): without it the refresh cannot
-    # keep the function there, and JAX warns.
-    sngd.fit(..., callbacks=[keras_sngd.FunctionPreservingRefresh()])
+    sngd.fit(...)  # every backend; no callback needed (on JAX the optimizer applies the re-expression)
     deployable = keras_sngd.fold(sngd)
     ```
     """

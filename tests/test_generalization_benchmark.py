@@ -50,7 +50,10 @@ def test_run_labels():
     muon = parse_run("SNGD 0.0003 muon damping 0.3")
     assert type(muon.optimizer()).__name__ == "Muon" and float(muon.optimizer().learning_rate) == pytest.approx(3e-4)
     assert muon.reconstruct_arguments(model) == {"local_fisher_arguments": {"damping": 0.3}}
-    for bad in ["SNGD 0.1 muon momentum 0.9", "SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum", "SNGD 0.1 nesterov", "SNGD 0.1 wd x",
+    # Centering, and layers left without a LocalFisher.
+    assert parse_run("SNGD 0.1 center 1 exclude logits exclude dense_2")[1](model) == {
+        "local_fisher_arguments": {"center": True}, "exclude": ("logits", "dense_2")}
+    for bad in ["SNGD 0.1 center yes", "SNGD 0.1 exclude", "SNGD 0.1 muon momentum 0.9", "SNGD", "Adam fast", "RMSprop 0.1", "SNGD 0.1 momentum", "SNGD 0.1 nesterov", "SNGD 0.1 wd x",
                 "SNGD 0.1 fixed-feature rank 3", "SNGD 0.1 speed 2", "Adam 0.1 wd 0.1", "cosine", "K-FAC 0.1 wd 1"]:
         with pytest.raises(ValueError, match="Bad run"):
             parse_run(bad)
