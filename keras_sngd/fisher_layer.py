@@ -241,6 +241,13 @@ class FisherLayer(keras.layers.Layer):
                            self.low_rank_identity_scale.value)
 
     def call(self, inputs, training=None, mask=None):
+        if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(inputs.dtype)):
+            # Integer or boolean features (`keras.Input(dtype="int32")`, a `StringLookup`'s one-hot, which is
+            # int64 at run time): Keras casts only float inputs to a layer's dtype, and in the input's own
+            # dtype `U` would be truncated (`x U` with U cast to int: the function lost at the first refresh,
+            # and an integer output carries no gradient). The consumer computes with them as floats (its
+            # product promotes them), so the LocalFisher does too, and its output is float.
+            inputs = ops.cast(inputs, self.compute_dtype)
         if training and self.trainable and not self._consumers_frozen():
             inverse_root, shift, root = self._training_call(inputs, mask)
         else:

@@ -1,6 +1,8 @@
 """Shared helpers for reading and rewriting Keras model graphs (`reconstruct`, `fold`, `keras_sngd.consumers`
 and the `NGD` optimizer): the one recursive layer walk, the scope of a model's calls, and dtype casts."""
 
+import tempfile
+
 import keras
 from keras.src.models.functional import Functional
 from keras.src.ops.core import Cast
@@ -91,6 +93,7 @@ def clone_model_whole(model):
     if len(old_layers) != len(new_layers) or shapes != [tuple(weight.shape) for weight in new.weights]:
         raise ValueError(f"Copying model {model.name!r} from its config gave a different model.")
     new.set_weights(model.get_weights())
+    restore_derived_state(model, new)
     # Parents before their layers (a parent's flag is set on its layers too, then each layer's own).
     for old, copy in zip(old_layers, new_layers):
         copy.trainable = old.trainable
@@ -140,6 +143,48 @@ def copy_weights(pairs):
         values = original.get_weights()
         if values:
             clone.set_weights(values)
+        restore_derived_state(original, clone)
+
+
+def restore_derived_state(original, clone):
+    """Give `clone` (and its sublayers) the state of `original` that is not variables, as `.keras` saving
+    and loading do.
+
+    `set_weights` copies variables only. Some layers keep more, or derive it from their variables when
+    they are loaded: an adapted `Normalization` reads its `mean` and `variance` from its variables in
+    `load_own_variables` (`finalize_state`), a `Discretization` saves its bin boundaries there, a
+    `StringLookup` or `TextVectorization` keeps its vocabulary in a lookup table that `save_assets` writes
+    to a file. A clone given only the variables computes something else (an adapted `Normalization`
+    normalizes with mean 0 and variance 1) or fails (an uninitialized lookup table). So for every layer
+    whose class saves its own way, the clone loads what the original saves: `save_own_variables` into
+    `load_own_variables` and `save_assets` into `load_assets`, through a dict and a temporary directory.
+    Keras's core Dense, EinsumDense, Embedding and convolution layers are left out: their own way only
+    lays out the same variables for quantization or LoRA (merging LoRA into the kernel), which
+    `set_weights` has copied already; so is a `FisherLayer`, whose state is copied with its carriers left
+    out (`copy_weights`).
+    """
+    from keras_sngd.fisher_layer import FisherLayer
+
+    for source, target in zip(original._flatten_layers(), clone._flatten_layers()):
+        if type(source) is not type(target) or isinstance(source, FisherLayer) or not target.built:
+            continue
+        if _loads_its_own_way(target, "load_own_variables"):
+            store = {}
+            source.save_own_variables(store)
+            target.load_own_variables(store)
+        if _loads_its_own_way(target, "load_assets"):
+            with tempfile.TemporaryDirectory() as directory:
+                source.save_assets(directory)
+                target.load_assets(directory)
+
+
+def _loads_its_own_way(layer, method):
+    """Whether `layer`'s class overrides `keras.layers.Layer`'s `method` (`load_own_variables`,
+    `load_assets`), outside Keras's core and convolution layers."""
+    own = getattr(type(layer), method, None)
+    if own is None or own is getattr(keras.layers.Layer, method, None):
+        return False
+    return not getattr(own, "__module__", "").startswith(("keras.src.layers.core.", "keras.src.layers.convolutional."))
 
 
 def node_scope(model):
