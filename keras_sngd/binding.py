@@ -8,7 +8,11 @@ Dense                 K[i, o]            = sum_j U[i, j] K'[j, o]
 Conv1D/2D/3D          K[..., i, o]       = sum_j U[i, j] K'[..., j, o]          (channel mixing)
 Conv*Transpose        K[..., o, i]       = sum_j U[i, j] K'[..., o, j]
 LSTM/GRU/SimpleRNN    cell.kernel[i, :]  = sum_j U[i, j] cell.kernel'[j, :]      (input kernel only)
+RNN(cell)             the same, for an LSTMCell, GRUCell or SimpleRNNCell, or the first of stacked cells
+ConvLSTM1D/2D/3D      cell.kernel[..., i, o] = sum_j U[i, j] cell.kernel'[..., j, o]  (input kernel only)
 EinsumDense           the kernel axis of the one contracted input letter, the input's last
+TimeDistributed(L)    L's kernel, as for L (the wrapper's input has one more axis, time, after the batch)
+Bidirectional(R)      both directions' input kernels, each as for R (two bindings for one layer)
 ```
 
 With centering the input is `U (x - mu)`, and the bias absorbs the shift: `b = b' - contract(K, mu)`
@@ -16,8 +20,11 @@ over the input-feature and spatial axes. That is exact for Dense, RNN input kern
 convolutions; with `same`/`causal` padding the zero-padded border positions see no shift, so it is exact
 only in the interior (`Binding.exact_centering`). Depthwise, separable and grouped convolutions apply
 separate filters per input channel: no kernel can absorb a mixing of channels, so they are not bindable.
-Neither are raw operations (`x + y`) and composite layers (`MultiHeadAttention`, `TimeDistributed`, a
-KerasHub `TransformerEncoder`), whose inner Dense/EinsumDense layers are called inside their own `call`.
+Neither are raw operations (`x + y`) and composite layers (`MultiHeadAttention`, a KerasHub
+`TransformerEncoder`), whose inner Dense/EinsumDense layers are called inside their own `call` on
+tensors of their own making. The two wrappers above are different: they call the wrapped layer on their
+own input (each time step, or each direction), so a mixing of that input is a mixing of the wrapped
+layer's input.
 
 Whether a layer that *could* absorb `U` actually does (it must be the one consumer call path of the
 LocalFisher's output) is decided by `keras_sngd.consumers`.
@@ -29,6 +36,9 @@ from keras import ops
 _CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
 _RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
+_CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell, keras.layers.SimpleRNNCell)
+_CONV_LSTM = (keras.layers.ConvLSTM1D, keras.layers.ConvLSTM2D, keras.layers.ConvLSTM3D)
+_WRAPPERS = (keras.layers.TimeDistributed, keras.layers.Bidirectional)
 _NOT_MIXABLE = (
     keras.layers.DepthwiseConv1D,
     keras.layers.DepthwiseConv2D,
@@ -51,11 +61,14 @@ class Binding:
             bias. None otherwise.
         centering: None if the bias can absorb a shift, else the reason it cannot.
         exact_centering: False where padding makes the absorbed shift inexact at the borders.
+        part: which of the layer's bindings this is (`bindings_for`): 0, or 1 for the backward direction
+            of a `Bidirectional` layer.
     """
 
     def __init__(self, layer, kernel, input_axis, feature_axis, bias, bias_row=None, centering=None,
-                 exact_centering=True):
+                 exact_centering=True, part=0):
         self.layer = layer
+        self.part = part
         self.kernel = kernel
         self.input_axis = input_axis
         self.feature_axis = feature_axis
@@ -63,6 +76,19 @@ class Binding:
         self.bias_row = bias_row
         self.centering = centering
         self.exact_centering = exact_centering
+
+    @property
+    def name(self):
+        """The consumer's name, with the direction of a `Bidirectional` layer's backward part."""
+        return self.layer.name if self.part == 0 else f"{self.layer.name}_backward"
+
+    def wrapped(self, layer, time_axis=False, part=0):
+        """This binding of a wrapped layer, as a binding of its wrapper `layer` (`TimeDistributed` with
+        `time_axis`: the wrapper's input has a time axis after the batch, so a feature axis counted from
+        the front moves by one)."""
+        feature_axis = self.feature_axis + 1 if time_axis and self.feature_axis >= 0 else self.feature_axis
+        return Binding(layer, self.kernel, self.input_axis, feature_axis, self.bias, self.bias_row,
+                       self.centering, self.exact_centering, part)
 
     @property
     def features(self):
@@ -119,8 +145,32 @@ class Binding:
         return ops.stack(rows, axis=0)
 
 
+def bindings_for(layer):
+    """`(bindings, None)` if `layer`'s weights can absorb an input mixing, else `([], reason)`: one
+    `Binding` per kernel that reads the input (two for a `Bidirectional` layer, one otherwise).
+
+    The layer must be built.
+    """
+    if isinstance(layer, keras.layers.Bidirectional):
+        bindings = []
+        for part, direction in enumerate((layer.forward_layer, layer.backward_layer)):
+            inner, reason = bindings_for(direction)
+            if not inner:
+                return [], f"its {'forward' if part == 0 else 'backward'} layer: {reason}"
+            bindings.extend(binding.wrapped(layer, part=part) for binding in inner)
+        return bindings, None
+    if isinstance(layer, keras.layers.TimeDistributed):
+        inner, reason = bindings_for(layer.layer)
+        if not inner:
+            return [], f"its wrapped {type(layer.layer).__name__}: {reason}"
+        return [binding.wrapped(layer, time_axis=True) for binding in inner], None
+    binding, reason = binding_for(layer)
+    return ([binding], None) if binding is not None else ([], reason)
+
+
 def binding_for(layer):
-    """`(Binding, None)` if `layer`'s weights can absorb an input mixing, else `(None, reason)`.
+    """`(Binding, None)` if `layer`'s weights can absorb an input mixing through one kernel, else
+    `(None, reason)` (wrappers, which may have two, go through `bindings_for`).
 
     The layer must be built.
     """
@@ -151,8 +201,17 @@ def binding_for(layer):
             layer, layer.kernel, input_axis, feature_axis, layer.bias, centering=centering,
             exact_centering=layer.padding == "valid",
         ), None
-    if isinstance(layer, _RECURRENT):
+    if isinstance(layer, _CONV_LSTM):
         cell = layer.cell
+        feature_axis = -1 if cell.data_format == "channels_last" else 2  # (batch, time, channels, ...)
+        centering = None if cell.bias is not None else "no bias to absorb the shift"
+        return Binding(layer, cell.kernel, -2, feature_axis, cell.bias, centering=centering,
+                       exact_centering=cell.padding == "valid"), None
+    if isinstance(layer, keras.layers.RNN):
+        cell = input_cell(layer)
+        if cell is None:
+            return None, (f"{type(layer).__name__} with a {type(layer.cell).__name__}: only LSTMCell, GRUCell "
+                          "and SimpleRNNCell (alone or first of stacked cells) have a known input kernel")
         bias_row = None
         if cell.bias is not None and len(cell.bias.shape) == 2:
             bias_row = 0  # GRU(reset_after=True): row 0 is the input bias
@@ -160,6 +219,11 @@ def binding_for(layer):
         return Binding(layer, cell.kernel, 0, -1, cell.bias, bias_row=bias_row, centering=centering), None
     if isinstance(layer, keras.layers.EinsumDense):
         return _einsum_binding(layer)
+    if isinstance(layer, _WRAPPERS):
+        bindings, reason = bindings_for(layer)
+        if len(bindings) == 1:
+            return bindings[0], None
+        return None, reason or "a Bidirectional layer has two kernels on its input (use bindings_for)"
     inner = [sublayer for sublayer in layer._flatten_layers(include_self=False) if is_supported_type(sublayer)]
     if inner:
         kinds = sorted({type(sublayer).__name__ for sublayer in inner})
@@ -183,9 +247,38 @@ def _einsum_binding(layer):
     ), None
 
 
-SUPPORTED_TYPES = (keras.layers.Dense, keras.layers.EinsumDense) + _CONVOLUTIONS + _TRANSPOSED + _RECURRENT
+def input_cell(layer):
+    """The cell of the `keras.layers.RNN` `layer` (LSTM, GRU and SimpleRNN are ones) whose kernel reads the
+    layer's input: its LSTMCell, GRUCell or SimpleRNNCell, or the first of its stacked cells; None for
+    another cell."""
+    cell = layer.cell
+    if isinstance(cell, keras.layers.StackedRNNCells):
+        cell = cell.cells[0]
+    return cell if isinstance(cell, _CELLS) else None
+
+
+SUPPORTED_TYPES = ((keras.layers.Dense, keras.layers.EinsumDense) + _CONVOLUTIONS + _TRANSPOSED + _RECURRENT
+                   + (keras.layers.RNN,) + _CONV_LSTM + _WRAPPERS)
 
 
 def is_supported_type(layer):
-    """Whether `reconstruct` treats this layer's type as a parameterized consumer."""
-    return isinstance(layer, SUPPORTED_TYPES)
+    """Whether `reconstruct` treats this layer as a parameterized consumer: a supported type, an RNN with
+    a known input cell, or a wrapper (`TimeDistributed`, `Bidirectional`) of one."""
+    return layer_family(layer) is not None
+
+
+def layer_family(layer):
+    """`"dense"` (Dense, EinsumDense), `"convolution"` (convolutions, transposed ones, ConvLSTM),
+    `"recurrent"` (RNNs with a known input cell) or None, looking through `TimeDistributed` and
+    `Bidirectional`."""
+    if isinstance(layer, keras.layers.TimeDistributed):
+        return layer_family(layer.layer)
+    if isinstance(layer, keras.layers.Bidirectional):
+        return layer_family(layer.forward_layer)
+    if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+        return "dense"
+    if isinstance(layer, _CONVOLUTIONS + _TRANSPOSED + _CONV_LSTM):
+        return "convolution"
+    if isinstance(layer, keras.layers.RNN) and input_cell(layer) is not None:
+        return "recurrent"
+    return None

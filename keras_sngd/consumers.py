@@ -30,7 +30,7 @@ from keras.src.models.functional import Functional
 from keras.src.ops.core import Cast
 from keras.src.ops.function import make_node_key as _node_key
 
-from keras_sngd.binding import binding_for
+from keras_sngd.binding import bindings_for
 from keras_sngd.graph import node_scope
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import source_tensor
@@ -89,9 +89,11 @@ def consumers_of(local_fisher, model=None):
     for tensor in _outputs(local_fisher, scope):
         for node, position in _uses(tensor, scope):
             for consumer in _judge(local_fisher, node, position, tensor, scope, comes_from):
-                previous = found.get(id(consumer.operation))
+                # One entry per kernel of the operation (a Bidirectional layer has two).
+                key = (id(consumer.operation), 0 if consumer.binding is None else consumer.binding.part)
+                previous = found.get(key)
                 if previous is None or (previous.binding is not None and consumer.binding is None):
-                    found[id(consumer.operation)] = consumer
+                    found[key] = consumer
     return list(found.values())
 
 
@@ -154,9 +156,10 @@ def _judge(local_fisher, node, position, tensor, scope, comes_from):
         return refuse(f"{type(operation).__name__} is an operation on tensors, not a layer with a kernel")
     if isinstance(operation, keras.Model):
         return _judge_nested(local_fisher, node, position, scope, comes_from)
-    binding, reason = binding_for(operation)
-    if binding is None:
+    bindings, reason = bindings_for(operation)
+    if not bindings:
         return refuse(reason)
+    binding = bindings[0]
     first = _first_argument(node)
     if position != 0 or first is None or source_tensor(first) is not tensor:
         return refuse(f"takes this LocalFisher's output as input {position}, not as the input its kernel mixes")
@@ -172,7 +175,7 @@ def _judge(local_fisher, node, position, tensor, scope, comes_from):
                 "the layer is also called on inputs that do not come from this LocalFisher: re-expressing its "
                 "kernel would change the outputs of those calls"
             )
-    return [Consumer(operation, position, binding, None)]
+    return [Consumer(operation, position, each, None) for each in bindings]
 
 
 def _judge_nested(local_fisher, node, position, scope, comes_from):

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from keras_sngd.binding import binding_for
+from keras_sngd.binding import bindings_for
 from keras_sngd.consumers import consumer_bindings
 from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.graph import LayerCloneError
@@ -73,7 +73,7 @@ def _fold_plan(model):
         bindings, _ = consumer_bindings(layer, model)
         plan[layer] = bindings or None
         for binding in bindings:
-            absorbs[binding.layer] = (layer, binding)
+            absorbs.setdefault(binding.layer, []).append((layer, binding))
     return plan, absorbs
 
 
@@ -132,15 +132,14 @@ def _fold(model, inherited=None):
     for dense, inverse_root in mixings:
         dense.kernel.assign(inverse_root)
     for original, new in pairs:
-        if original in absorbs:
-            local_fisher, binding = absorbs[original]
+        for local_fisher, binding in absorbs.get(original, ()):
             _absorb(local_fisher, binding, new)
     return new_model
 
 
 def _absorb(local_fisher, binding, new_layer):
     """Set `new_layer`'s kernel (and bias) to the effective weights of `binding.layer` behind `local_fisher`."""
-    new_binding, _ = binding_for(new_layer)
+    new_binding = bindings_for(new_layer)[0][binding.part]
     inverse_root = local_fisher.inverse_root.numpy()
     effective = binding.mix(inverse_root)
     new_binding.kernel.assign(effective)

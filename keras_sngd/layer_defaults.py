@@ -46,15 +46,8 @@ import inspect
 
 import keras
 
-_CONVOLUTIONS = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
+from keras_sngd.binding import layer_family
+
 
 # `update_every` of every LocalFisher `reconstruct` inserts (the layer's own default is 50).
 UPDATE_EVERY = 10
@@ -72,7 +65,6 @@ _NORMALIZATIONS = (
     keras.layers.GroupNormalization,
     keras.layers.UnitNormalization,
 )
-_PARAMETERIZED = _CONVOLUTIONS + _RECURRENT + (keras.layers.Dense, keras.layers.EinsumDense)
 # Up to this many parameterized layers, an unnormalized network keeps `max_step` 0.05 (measured on
 # plain_cnn, 5 layers); beyond it the radius falls with the square of the depth (docs/stability.md).
 _SHALLOW = 5
@@ -93,7 +85,7 @@ def unnormalized_depth(model):
     layers = list(_layers(model))
     if any(isinstance(layer, _NORMALIZATIONS) for layer in layers):
         return 0
-    return sum(isinstance(layer, _PARAMETERIZED) for layer in layers)
+    return sum(layer_family(layer) is not None for layer in layers)
 
 
 def trust_radius(model):
@@ -120,7 +112,7 @@ def trust_radius(model):
 def needs_stable_arguments(model):
     """Whether `model` (searched recursively) has a convolution or a recurrent layer."""
     for layer in model.layers:
-        if isinstance(layer, _CONVOLUTIONS + _RECURRENT):
+        if layer_family(layer) in ("convolution", "recurrent"):
             return True
         if isinstance(layer, keras.Model) and needs_stable_arguments(layer):
             return True

@@ -348,7 +348,7 @@ class LocalFisher(FisherLayer):
         for binding in self.consumer_bindings()[0]:
             _install_constraint(self, binding)
             if self.max_step is not None and self._previous_carriers(binding) is None:
-                tag = binding.layer.name
+                tag = binding.name
                 # State added after build, as Keras's own `Dense.enable_lora` does.
                 self._tracker.unlock()
                 try:
@@ -514,7 +514,7 @@ class LocalFisher(FisherLayer):
             state = {
                 "previous": [
                     [keras.Variable(ops.zeros(variable.shape, variable.dtype), trainable=False,
-                                    name=f"{binding.layer.name}_previous_{index}")
+                                    name=f"{binding.name}_previous_{index}")
                      for index, variable in enumerate(_bounded_variables(binding))]
                     for binding in bindings
                 ],
@@ -560,7 +560,7 @@ class LocalFisher(FisherLayer):
         bindings, reason = self.consumer_bindings()
         if not bindings:
             return [], RefreshMode(REPLACING, reason)
-        names = ", ".join(f"'{binding.layer.name}'" for binding in bindings)
+        names = ", ".join(f"'{binding.name}'" for binding in bindings)
         if in_step and self._hands_off():
             if not self._handoff_bindings:
                 return [], RefreshMode(REPLACING, _FROZEN_ON_JAX)

@@ -6,6 +6,7 @@ import warnings
 import keras
 
 from keras_sngd.binding import binding_for
+from keras_sngd.binding import bindings_for
 from keras_sngd.binding import SUPPORTED_TYPES
 from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import calls_read_fixed_features
@@ -115,7 +116,10 @@ def reconstruct(
     comes from a `LocalFisher` gets no second one, so reconstructing twice inserts nothing new.
 
     Supported layers: Dense, EinsumDense (one contracted input axis, the last), Conv1D/2D/3D,
-    Conv1D/2D/3DTranspose and LSTM/GRU/SimpleRNN (their input kernel). Skipped, with the reason in the
+    Conv1D/2D/3DTranspose, LSTM/GRU/SimpleRNN and `RNN` with an LSTMCell, GRUCell or SimpleRNNCell (or
+    stacked cells, whose first reads the input), ConvLSTM1D/2D/3D (their input kernel), and the wrappers
+    `TimeDistributed` of a supported layer and `Bidirectional` (one LocalFisher whose refresh re-expresses
+    both directions' input kernels). Skipped, with the reason in the
     report: frozen layers (`trainable=False`, also inside a frozen nested model: nothing to precondition;
     reconstructing the trained copy again after unfreezing whitens them, the LocalFishers already there
     keeping their state and arguments; a LocalFisher whose consumers are frozen after `reconstruct` rests
@@ -170,7 +174,8 @@ def reconstruct(
         if not layer_types or not all(isinstance(kind, type) and issubclass(kind, SUPPORTED_TYPES) for kind in layer_types):
             raise ValueError(
                 "`layer_types` must be None or a non-empty tuple of supported layer classes (Dense, "
-                "EinsumDense, Conv1D/2D/3D, Conv*Transpose, LSTM, GRU, SimpleRNN). "
+                "EinsumDense, Conv1D/2D/3D, Conv*Transpose, LSTM, GRU, SimpleRNN, RNN, ConvLSTM1D/2D/3D, "
+                "TimeDistributed, Bidirectional). "
                 f"Received: layer_types={layer_types!r}"
             )
     if not (isinstance(layer_class, type) and issubclass(layer_class, FisherLayer)):
@@ -245,17 +250,20 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     if options["layer_types"] is not None and not isinstance(layer, options["layer_types"]):
         report.skipped.append((path, kind, "type not in layer_types"))
         return None
-    binding, reason = binding_for(layer)
-    if binding is None:
+    bindings, reason = bindings_for(layer)
+    if not bindings:
         report.skipped.append((path, kind, reason))
         return None
+    # One LocalFisher for all of the layer's kernels on its input (both directions of a Bidirectional):
+    # they read the same features.
+    binding = bindings[0]
     if already_whitened is not None:
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
         return None
-    if not binding.trainable:
+    if not all(each.trainable for each in bindings):
         report.skipped.append((path, kind, FROZEN))
         return None
-    constraint = user_constraint(binding.kernel)
+    constraint = next((found for found in (user_constraint(each.kernel) for each in bindings) if found), None)
     if constraint is not None and layer.name not in options["per_layer"]:
         report.skipped.append((path, kind, (
             f"its kernel has a constraint ({type(constraint).__name__}) meant for W; with a LocalFisher it "
@@ -292,7 +300,7 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
                            "features depend on the data alone)")
     else:
         statistics_note = None
-    regularizer = user_regularizer(binding.kernel)
+    regularizer = next((found for found in (user_regularizer(each.kernel) for each in bindings) if found), None)
     if regularizer is not None:
         # Kept on W = U W', not on W' (`keras_sngd.regularization`).
         said = (f"its kernel regularizer ({type(regularizer).__name__}) acts on the effective kernel U W', "
