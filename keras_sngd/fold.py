@@ -62,7 +62,8 @@ def _fold_or_copy_whole(model, inherited=None):
 
 def _fold_plan(model):
     """For each LocalFisher of `model`: its consumers' bindings if they all absorb it (the rule of
-    `keras_sngd.consumers`), else None; and for each absorbing consumer, the LocalFisher it absorbs."""
+    `keras_sngd.consumers`), else None; and for each absorbing consumer, the `(LocalFisher, binding)` pairs it
+    absorbs."""
     plan, absorbs = {}, {}
     for layer in model.layers:
         if not isinstance(layer, FisherLayer):
@@ -78,7 +79,8 @@ def _fold_plan(model):
 
 
 def _fold(model, inherited=None):
-    """Fold `model`; `inherited` maps layers of this (nested) model to the outer LocalFisher they absorb."""
+    """Fold `model`; `inherited` maps layers of this (nested) model to the `(LocalFisher, binding)` pairs of the
+    outer LocalFishers they absorb (two for a Bidirectional layer: one per direction)."""
     plan, absorbs = _fold_plan(model)
     absorbs.update(inherited or {})
     pairs, mixings = [], []
