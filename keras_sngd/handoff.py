@@ -49,9 +49,16 @@ inserted by hand, call `LocalFisher.prepare_handoff()` (or pass that callback) b
 them, the trust region is off on JAX, and elsewhere falls back to bounding each step at the start of the
 next one (with a warning).
 
-Not supported: `gradient_accumulation_steps` (an accumulating optimizer merges overwritten values with
-`maximum` and applies constraints on every step).
+Not supported: the optimizer's `gradient_accumulation_steps`. An accumulating Keras optimizer merges the
+overwritten values of a window of steps by an elementwise `maximum` (made for float8 scale histories),
+from zeros: the carriers then hold `max(W', 0)`, not `W'`, and the bound pulled the kernel toward it
+(SGD(0) moved a small model's outputs by about their own size, on TensorFlow and JAX). The constraint
+raises a ValueError naming the way out when the optimizer that applies it accumulates: on TensorFlow
+and PyTorch, `max_step=None` (no trust region; the refresh keeps the function there without the
+optimizer); on JAX, no accumulation.
 """
+
+import inspect
 
 import keras
 from keras import ops
@@ -136,6 +143,7 @@ class HandoffConstraint(keras.constraints.Constraint):
 
     def __call__(self, kernel):
         fisher, binding = self.fisher, self.binding
+        _refuse_accumulation(fisher, _calling_optimizer())
         kernel = ops.convert_to_tensor(kernel)
         bias = None if binding.bias is None else ops.convert_to_tensor(binding.bias)
         previous = fisher._previous_carriers(binding)
@@ -182,3 +190,44 @@ class HandoffConstraint(keras.constraints.Constraint):
     def get_config(self):
         # Installed on the variable only (not in the layer's config): nothing to serialize.
         return {}
+
+
+def _calling_optimizer():
+    """The Keras optimizer whose `apply` is calling the constraint, or None.
+
+    A constraint is called with the variable only (`variable.constraint(variable)` in
+    `Optimizer.apply`), so the optimizer is found on the call stack: the nearest caller frame whose `self`
+    is a `keras.optimizers.Optimizer`, within a few frames.
+    """
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+        for _ in range(4):
+            if caller is None:
+                return None
+            candidate = caller.f_locals.get("self")
+            if isinstance(candidate, keras.optimizers.Optimizer):
+                return candidate
+            caller = caller.f_back
+        return None
+    finally:
+        del frame
+
+
+def _refuse_accumulation(fisher, optimizer):
+    """Raise a ValueError if `optimizer` accumulates gradients (see the module docstring)."""
+    steps = getattr(optimizer, "gradient_accumulation_steps", None)
+    if not steps:
+        return
+    if fisher._hands_off():
+        way_out = "train without gradient_accumulation_steps on the JAX backend"
+    else:
+        way_out = ("pass max_step=None to the LocalFishers (reconstruct(..., local_fisher_arguments="
+                   "{'max_step': None})) to train without the trust region")
+    raise ValueError(
+        f"LocalFisher '{fisher.name}' cannot work with the optimizer's gradient_accumulation_steps="
+        f"{steps!r}: its {'trust region and function-preserving refresh go' if fisher._hands_off() else 'trust region goes'} "
+        "through variables the optimizer overwrites with their 'gradient', and an accumulating Keras "
+        "optimizer merges those by an elementwise maximum over the window, which would move the consumers' "
+        f"kernels toward wrong values. Either {way_out}, or use a larger batch instead of accumulation."
+    )

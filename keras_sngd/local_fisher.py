@@ -112,8 +112,10 @@ class LocalFisher(FisherLayer):
     update. A refresh then takes effect one step after the step that made it due (that step still uses the
     old `U`, and its update is re-expressed right after it), and the function is kept as on TensorFlow.
     `prepare_handoff()` gets a layer ready; `reconstruct` and `load_model` call it. The layer's own weight
-    lists (`trainable_weights`, ...) leave the carriers out; the model's `variables` hold them. Not
-    supported there: the optimizer's `gradient_accumulation_steps`.
+    lists (`trainable_weights`, ...) leave the carriers out; the model's `variables` hold them. The
+    optimizer's `gradient_accumulation_steps` is refused there with a ValueError, and with `max_step` on
+    every backend (an accumulating optimizer merges the carriers by an elementwise maximum;
+    `keras_sngd.handoff`).
 
     A batch with a NaN or Inf, or with every position masked, leaves the statistics unchanged and counts
     in `skipped_batch_count`; a refresh whose iteration does not converge or is not finite keeps `U` (and
