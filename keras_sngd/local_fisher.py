@@ -440,6 +440,11 @@ class LocalFisher(FisherLayer):
         if self._hands_off():
             return self._train_step_handing_off(inputs, mask)
         bindings = self.consumer_bindings()[0] if self.max_step is not None else []
+        if self.max_step is None and self.preserve_function:
+            # Without the trust region the constraint only checks the optimizer that applies it (no bound:
+            # `keras_sngd.handoff._refuse_unsupported`), which nothing else can see from the layer.
+            for binding in self.consumer_bindings()[0]:
+                _install_constraint(self, binding)
         prepared = bool(bindings) and all(self._previous_carriers(binding) is not None for binding in bindings)
         fallback = bool(bindings) and not prepared
         if fallback:

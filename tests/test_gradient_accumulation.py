@@ -1,6 +1,7 @@
-"""The optimizer's `gradient_accumulation_steps` with LocalFishers (`scripts/gradient_accumulation_check.py`,
-in subprocesses): refused with a ValueError where it would corrupt the trust region (and on JAX the
-function-preserving refresh), and function-preserving without the trust region on TensorFlow and PyTorch."""
+"""The optimizer's `gradient_accumulation_steps` and `use_ema` with LocalFishers
+(`scripts/gradient_accumulation_check.py`, in subprocesses): accumulation refused with a ValueError where it
+would corrupt the trust region (and on JAX the function-preserving refresh), and function-preserving
+without the trust region on TensorFlow and PyTorch; `use_ema` refused everywhere."""
 
 import os
 
@@ -27,3 +28,12 @@ def test_gradient_accumulation_is_refused_or_keeps_the_function(backend):
         result = report["no_trust_region"]
         assert all(count >= 1 for count in result["refreshes"]), report
         assert result["relative_change"] < 1e-4, report
+    # use_ema: refused with and without the trust region (a LocalFisher inserted by hand has none).
+    for case in ("ema", "ema_by_hand"):
+        if backend == "jax" and report[case].get("error_type") == "TypeError":
+            # Keras's JAX trainer fails first, when it gathers the optimizer's state: it makes no moving
+            # average for variables overwritten with their gradient (the layer's carriers) and then
+            # reads one. An error too, before any step.
+            continue
+        assert report[case].get("error_type") == "ValueError", (case, report)
+        assert "use_ema=True" in report[case]["error"], (case, report)
