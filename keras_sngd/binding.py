@@ -82,13 +82,14 @@ class Binding:
         """The consumer's name, with the direction of a `Bidirectional` layer's backward part."""
         return self.layer.name if self.part == 0 else f"{self.layer.name}_backward"
 
-    def wrapped(self, layer, time_axis=False, part=0):
+    def wrapped(self, layer, time_axis=False, part=None):
         """This binding of a wrapped layer, as a binding of its wrapper `layer` (`TimeDistributed` with
         `time_axis`: the wrapper's input has a time axis after the batch, so a feature axis counted from
-        the front moves by one)."""
+        the front moves by one). `part`: its index among the wrapper's bindings (default: this one's, so
+        that a `TimeDistributed` `Bidirectional` layer keeps its two)."""
         feature_axis = self.feature_axis + 1 if time_axis and self.feature_axis >= 0 else self.feature_axis
         return Binding(layer, self.kernel, self.input_axis, feature_axis, self.bias, self.bias_row,
-                       self.centering, self.exact_centering, part)
+                       self.centering, self.exact_centering, self.part if part is None else part)
 
     @property
     def features(self):

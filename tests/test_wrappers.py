@@ -43,6 +43,12 @@ def test_bindings_of_wrappers():
     distributed.build((None, 3, 2, 6, 6))
     (binding,), _ = bindings_for(distributed)
     assert binding.feature_axis == 2 and binding.kernel is distributed.layer.kernel
+    # Nested wrappers keep both directions.
+    nested = L.TimeDistributed(L.Bidirectional(L.LSTM(4)))
+    nested.build((None, 3, 5, 6))
+    parts, _ = bindings_for(nested)
+    assert [binding.part for binding in parts] == [0, 1] and all(binding.layer is nested for binding in parts)
+    assert len({id(binding.kernel) for binding in parts}) == 2
     # An RNN with a cell of unknown structure is skipped, with the reason.
     model = keras.Sequential([keras.Input((5, 6)), L.RNN(_CustomCell(4)), L.Dense(3)])
     _, report = keras_sngd.reconstruct(model, return_report=True)

@@ -26,6 +26,8 @@ def models():
     yield "time_distributed_dense", (5, 6), [L.TimeDistributed(L.Dense(4, activation="relu")), L.Flatten(), L.Dense(3)]
     yield "time_distributed_conv_channels_first", (3, 2, 6, 6), [
         L.TimeDistributed(L.Conv2D(4, 3, data_format="channels_first")), L.Flatten(), L.Dense(3)]
+    yield "time_distributed_bidirectional", (3, 5, 6), [L.TimeDistributed(L.Bidirectional(L.LSTM(4))), L.Flatten(),
+                                                         L.Dense(3)]
     yield "rnn_stacked_cells", (5, 6), [L.RNN([L.LSTMCell(8), L.SimpleRNNCell(4)]), L.Dense(3)]
     yield "conv_lstm_2d", (3, 6, 6, 2), [L.ConvLSTM2D(4, 3), L.Flatten(), L.Dense(3)]
 
