@@ -13,6 +13,8 @@ ConvLSTM1D/2D/3D      cell.kernel[..., i, o] = sum_j U[i, j] cell.kernel'[..., j
 EinsumDense           the kernel axis of the one contracted input letter, the input's last
 TimeDistributed(L)    L's kernel, as for L (the wrapper's input has one more axis, time, after the batch)
 Bidirectional(R)      both directions' input kernels, each as for R (two bindings for one layer)
+MultiHeadAttention    the query, key and value projections (EinsumDense, kernel axis 0), each on the call
+  GroupQueryAttention   argument it reads: `query`, `key` (or `value` without one), `value`
 ```
 
 With centering the input is `U (x - mu)`, and the bias absorbs the shift: `b = b' - contract(K, mu)`
@@ -20,11 +22,12 @@ over the input-feature and spatial axes. That is exact for Dense, RNN input kern
 convolutions; with `same`/`causal` padding the zero-padded border positions see no shift, so it is exact
 only in the interior (`Binding.exact_centering`). Depthwise, separable and grouped convolutions apply
 separate filters per input channel: no kernel can absorb a mixing of channels, so they are not bindable.
-Neither are raw operations (`x + y`) and composite layers (`MultiHeadAttention`, a KerasHub
-`TransformerEncoder`), whose inner Dense/EinsumDense layers are called inside their own `call` on
-tensors of their own making. The two wrappers above are different: they call the wrapped layer on their
-own input (each time step, or each direction), so a mixing of that input is a mixing of the wrapped
-layer's input.
+Neither are raw operations (`x + y`) and composite layers (a KerasHub `TransformerEncoder`, a user's
+block), whose inner Dense/EinsumDense layers are called inside their own `call` on tensors of their own
+making. The two wrappers and the attention layers above are different: they call the inner layer on
+their own input (each time step, each direction, or the query, key and value arguments as given), so a
+mixing of that input is a mixing of the inner layer's input. An attention layer's output projection
+reads the attention's result, made inside its call, and keeps its kernel.
 
 Whether a layer that *could* absorb `U` actually does (it must be the one consumer call path of the
 LocalFisher's output) is decided by `keras_sngd.consumers`.
@@ -39,6 +42,15 @@ _RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
 _CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell, keras.layers.SimpleRNNCell)
 _CONV_LSTM = (keras.layers.ConvLSTM1D, keras.layers.ConvLSTM2D, keras.layers.ConvLSTM3D)
 _WRAPPERS = (keras.layers.TimeDistributed, keras.layers.Bidirectional)
+ATTENTION_TYPES = (keras.layers.MultiHeadAttention,) + (
+    (keras.layers.GroupQueryAttention,) if hasattr(keras.layers, "GroupQueryAttention") else ()
+)
+# (label, attribute, the call argument it reads as `(keyword, position)` pairs, the first present counting).
+_ATTENTION_PROJECTIONS = (
+    ("query", "_query_dense", (("query", 0),)),
+    ("key", "_key_dense", (("key", 2), ("value", 1))),
+    ("value", "_value_dense", (("value", 1),)),
+)
 _NOT_MIXABLE = (
     keras.layers.DepthwiseConv1D,
     keras.layers.DepthwiseConv2D,
@@ -62,13 +74,21 @@ class Binding:
         centering: None if the bias can absorb a shift, else the reason it cannot.
         exact_centering: False where padding makes the absorbed shift inexact at the borders.
         part: which of the layer's bindings this is (`bindings_for`): 0, or 1 for the backward direction
-            of a `Bidirectional` layer.
+            of a `Bidirectional` layer, or 0, 1, 2 for the query, key and value projections of an attention
+            layer.
+        label: None for a layer's only (or forward) kernel, else what `name` appends: `"backward"`,
+            `"query"`, `"key"`, `"value"`.
+        argument: None where the kernel mixes the call's first argument (every layer but attention), else
+            the `(keyword, position)` pairs to look the argument up by, the first present one counting
+            (`argument_tensor`): an attention layer's key projection reads `key`, or `value` without one.
     """
 
     def __init__(self, layer, kernel, input_axis, feature_axis, bias, bias_row=None, centering=None,
-                 exact_centering=True, part=0):
+                 exact_centering=True, part=0, label=None, argument=None):
         self.layer = layer
         self.part = part
+        self.label = label
+        self.argument = argument
         self.kernel = kernel
         self.input_axis = input_axis
         self.feature_axis = feature_axis
@@ -79,8 +99,9 @@ class Binding:
 
     @property
     def name(self):
-        """The consumer's name, with the direction of a `Bidirectional` layer's backward part."""
-        return self.layer.name if self.part == 0 else f"{self.layer.name}_backward"
+        """The consumer's name, with the binding's label (the backward direction of a `Bidirectional` layer,
+        an attention layer's projection)."""
+        return self.layer.name if self.label is None else f"{self.layer.name}_{self.label}"
 
     def wrapped(self, layer, time_axis=False, part=None):
         """This binding of a wrapped layer, as a binding of its wrapper `layer` (`TimeDistributed` with
@@ -89,7 +110,8 @@ class Binding:
         that a `TimeDistributed` `Bidirectional` layer keeps its two)."""
         feature_axis = self.feature_axis + 1 if time_axis and self.feature_axis >= 0 else self.feature_axis
         return Binding(layer, self.kernel, self.input_axis, feature_axis, self.bias, self.bias_row,
-                       self.centering, self.exact_centering, self.part if part is None else part)
+                       self.centering, self.exact_centering, self.part if part is None else part,
+                       "backward" if part == 1 else self.label, self.argument)
 
     @property
     def features(self):
@@ -160,6 +182,8 @@ def bindings_for(layer):
                 return [], f"its {'forward' if part == 0 else 'backward'} layer: {reason}"
             bindings.extend(binding.wrapped(layer, part=part) for binding in inner)
         return bindings, None
+    if isinstance(layer, ATTENTION_TYPES):
+        return _attention_bindings(layer)
     if isinstance(layer, keras.layers.TimeDistributed):
         inner, reason = bindings_for(layer.layer)
         if not inner:
@@ -220,11 +244,11 @@ def binding_for(layer):
         return Binding(layer, cell.kernel, 0, -1, cell.bias, bias_row=bias_row, centering=centering), None
     if isinstance(layer, keras.layers.EinsumDense):
         return _einsum_binding(layer)
-    if isinstance(layer, _WRAPPERS):
+    if isinstance(layer, _WRAPPERS + ATTENTION_TYPES):
         bindings, reason = bindings_for(layer)
         if len(bindings) == 1:
             return bindings[0], None
-        return None, reason or "a Bidirectional layer has two kernels on its input (use bindings_for)"
+        return None, reason or f"a {type(layer).__name__} layer has several kernels on its inputs (use bindings_for)"
     inner = [sublayer for sublayer in layer._flatten_layers(include_self=False) if is_supported_type(sublayer)]
     if inner:
         kinds = sorted({type(sublayer).__name__ for sublayer in inner})
@@ -233,6 +257,47 @@ def binding_for(layer):
             "rewritten (reconstruct rewrites the model graph, not a layer's own call)"
         )
     return None, f"{type(layer).__name__} has no kernel over its input features that SNGD knows how to re-express"
+
+
+def _attention_bindings(layer):
+    """The query, key and value projections of a `MultiHeadAttention` (or `GroupQueryAttention`) layer:
+    `EinsumDense` layers inside its call, each reading one of the call's arguments as it is, so a mixing of
+    that argument's features is a mixing of the projection's input. The output projection reads the
+    attention's result, made inside the call: it is not bound."""
+    if not layer.built:
+        return [], "not built"
+    if not any(type(layer).call is base.call for base in ATTENTION_TYPES):
+        # A subclass may transform an argument before projecting it; only Keras's own call is known not to.
+        return [], (f"{type(layer).__name__} overrides the call of {type(layer).__mro__[1].__name__}: whether its "
+                    "projections read the query, key and value as given is not known")
+    bindings = []
+    for part, (label, projection, argument) in enumerate(_ATTENTION_PROJECTIONS):
+        dense = getattr(layer, projection, None)
+        if not isinstance(dense, keras.layers.EinsumDense) or not dense.built:
+            return [], f"{type(layer).__name__} without a built {label} projection ({projection})"
+        if getattr(dense, "lora_enabled", False):
+            return [], f"its {label} projection has LoRA enabled: its low-rank kernel update is not re-expressed"
+        inner, reason = _einsum_binding(dense)
+        if inner is None:
+            return [], f"its {label} projection: {reason}"
+        bindings.append(Binding(layer, inner.kernel, inner.input_axis, -1, inner.bias, centering=inner.centering,
+                                part=part, label=label, argument=argument))
+    return bindings, None
+
+
+def argument_tensor(binding, args, kwargs):
+    """The argument of a call `layer(*args, **kwargs)` whose features `binding`'s kernel mixes: the first
+    positional argument (or, without one, the first keyword argument), or for an attention layer's
+    projection the argument named by `binding.argument`. None if that is not one tensor."""
+    if binding.argument is None:
+        found = args[0] if args else next(iter(kwargs.values()), None)
+    else:
+        found = None
+        for keyword, position in binding.argument:
+            found = args[position] if len(args) > position else kwargs.get(keyword)
+            if found is not None:
+                break
+    return found if isinstance(found, keras.KerasTensor) else None
 
 
 def _einsum_binding(layer):
@@ -258,8 +323,8 @@ def input_cell(layer):
     return cell if isinstance(cell, _CELLS) else None
 
 
-SUPPORTED_TYPES = ((keras.layers.Dense, keras.layers.EinsumDense) + _CONVOLUTIONS + _TRANSPOSED + _RECURRENT
-                   + (keras.layers.RNN,) + _CONV_LSTM + _WRAPPERS)
+SUPPORTED_TYPES = ((keras.layers.Dense, keras.layers.EinsumDense) + ATTENTION_TYPES + _CONVOLUTIONS + _TRANSPOSED
+                   + _RECURRENT + (keras.layers.RNN,) + _CONV_LSTM + _WRAPPERS)
 
 
 def is_supported_type(layer):
@@ -276,7 +341,7 @@ def layer_family(layer):
         return layer_family(layer.layer)
     if isinstance(layer, keras.layers.Bidirectional):
         return layer_family(layer.forward_layer)
-    if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+    if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense) + ATTENTION_TYPES):
         return "dense"
     if isinstance(layer, _CONVOLUTIONS + _TRANSPOSED + _CONV_LSTM):
         return "convolution"

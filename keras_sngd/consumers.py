@@ -12,9 +12,10 @@ kernels so that the model's function does not move), for `fold` (which absorbs `
   input, judged by the same rule within the nested model (and only if every call of the nested model takes
   the whitened tensor at that input).
 * A consumer absorbs `U` only if it is a layer whose kernel can be re-expressed (`keras_sngd.binding`),
-  it takes the whitened tensor as its first input, on the same feature axis, and **every** call of that
-  layer does so: re-expressing the kernel of a layer that is also called on other inputs would change the
-  outputs of those calls.
+  it takes the whitened tensor as an input one of its kernels mixes (its first input; an attention
+  layer's query, key or value: each projection that reads it absorbs `U`), on the same feature axis, and
+  **every** call of that layer does so: re-expressing the kernel of a layer that is also called on other
+  inputs would change the outputs of those calls.
 * If one consumer cannot absorb `U`, none does: the refresh of `U` then replaces it (the function moves, a
   warning says why), and `fold` keeps `U` as a standard `Dense` layer on that path.
 
@@ -30,6 +31,7 @@ from keras.src.models.functional import Functional
 from keras.src.ops.core import Cast
 from keras.src.ops.function import make_node_key as _node_key
 
+from keras_sngd.binding import argument_tensor
 from keras_sngd.binding import bindings_for
 from keras_sngd.graph import node_scope
 from keras_sngd.graph import source_operation
@@ -159,23 +161,28 @@ def _judge(local_fisher, node, position, tensor, scope, comes_from):
     bindings, reason = bindings_for(operation)
     if not bindings:
         return refuse(reason)
-    binding = bindings[0]
-    first = _first_argument(node)
-    if position != 0 or first is None or source_tensor(first) is not tensor:
+    # The kernels that mix this input: the layer's own (its first argument), or an attention layer's
+    # projections of the argument at this position (query; key and value).
+    argument = node.input_tensors[position] if position < len(node.input_tensors) else None
+    mixing = [each for each in bindings if _argument(node, each) is argument]
+    if argument is None or not mixing:
         return refuse(f"takes this LocalFisher's output as input {position}, not as the input its kernel mixes")
     rank = local_fisher.input_spec.ndim
-    if binding.feature_axis % rank != local_fisher.axis % rank or binding.features != local_fisher.inverse_root.shape[0]:
-        return refuse(f"takes features on axis {binding.feature_axis}, this LocalFisher whitens axis {local_fisher.axis}")
-    if local_fisher.center and binding.centering:
-        return refuse(f"center=True, but {binding.centering}")
+    for binding in mixing:
+        if (binding.feature_axis % rank != local_fisher.axis % rank
+                or binding.features != local_fisher.inverse_root.shape[0]):
+            return refuse(f"takes features on axis {binding.feature_axis}, this LocalFisher whitens axis {local_fisher.axis}")
+        if local_fisher.center and binding.centering:
+            return refuse(f"center=True, but {binding.centering}")
     for call in _calls(operation, scope):
-        first = _first_argument(call)
-        if first is None or not comes_from(first):
-            return refuse(
-                "the layer is also called on inputs that do not come from this LocalFisher: re-expressing its "
-                "kernel would change the outputs of those calls"
-            )
-    return [Consumer(operation, position, each, None) for each in bindings]
+        for binding in mixing:
+            found = _argument(call, binding)
+            if found is None or not comes_from(found):
+                return refuse(
+                    "the layer is also called on inputs that do not come from this LocalFisher: re-expressing "
+                    "its kernel would change the outputs of those calls"
+                )
+    return [Consumer(operation, position, each, None) for each in mixing]
 
 
 def _judge_nested(local_fisher, node, position, scope, comes_from):
@@ -211,11 +218,10 @@ def _calls(operation, scope):
     ]
 
 
-def _first_argument(node):
-    """The tensor a call's kernel mixes: its first positional argument (or first keyword argument)."""
-    arguments = node.arguments
-    first = arguments.args[0] if arguments.args else next(iter(arguments.kwargs.values()), None)
-    return first if isinstance(first, keras.KerasTensor) else None
+def _argument(node, binding):
+    """The tensor of a call whose features `binding`'s kernel mixes (`keras_sngd.binding.argument_tensor`):
+    its first argument, or an attention layer's query, key or value."""
+    return argument_tensor(binding, node.arguments.args, node.arguments.kwargs)
 
 
 def _in_scope(node, scope):

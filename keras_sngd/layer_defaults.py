@@ -46,6 +46,7 @@ import inspect
 
 import keras
 
+from keras_sngd.binding import ATTENTION_TYPES
 from keras_sngd.binding import layer_family
 
 
@@ -59,6 +60,8 @@ FIXED_FEATURE_DAMPING = 1.0
 WIDE_FIXED_FEATURES = 256
 # Features per unit of damping before a Dense layer (`width_damping`): the paper MLP's 80 at damping 0.01.
 FEATURES_PER_DAMPING = 8000
+# Dense layers and the attention layers whose query, key and value projections are EinsumDense layers.
+_DENSE_LIKE = (keras.layers.Dense, keras.layers.EinsumDense) + ATTENTION_TYPES
 _NORMALIZATIONS = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
@@ -183,7 +186,7 @@ def fixed_feature_damping(layer, damping, features):
     3 seeds), so recurrent layers keep the network's damping, and so do convolutions, whose input channels (1 for Fashion-MNIST, 3 for RGB) were not
     measured; one feature has no structure to erase anyway, and damping it would only rescale the step.
     """
-    if features < 2 or not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+    if features < 2 or not isinstance(layer, _DENSE_LIKE):
         return damping
     return max(damping, FIXED_FEATURE_DAMPING)
 
@@ -204,7 +207,7 @@ def fixed_feature_statistics(layer, features):
     reconstruct,adaptive-everywhere`), because their statistics then followed the network more slowly. Narrower inputs (and convolutions, recurrent
     layers) take every batch, where the product is cheap, and keep it.
     """
-    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)) and features >= WIDE_FIXED_FEATURES
+    return isinstance(layer, _DENSE_LIKE) and features >= WIDE_FIXED_FEATURES
 
 
 def width_damping(layer, damping, features):
@@ -233,7 +236,7 @@ def width_damping(layer, damping, features):
     widths (80) keep 0.01 (0.6715 0.3324 for three hidden layers of 80). Convolutions keep the network's damping (0.1 in networks with them); their
     Dense heads with more than 800 features get more.
     """
-    if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+    if not isinstance(layer, _DENSE_LIKE):
         return damping
     return max(damping, features / FEATURES_PER_DAMPING)
 

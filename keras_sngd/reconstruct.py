@@ -7,6 +7,7 @@ import keras
 
 from keras_sngd.binding import binding_for
 from keras_sngd.binding import bindings_for
+from keras_sngd.binding import ATTENTION_TYPES
 from keras_sngd.binding import SUPPORTED_TYPES
 from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import calls_read_fixed_features
@@ -119,7 +120,11 @@ def reconstruct(
     Conv1D/2D/3DTranspose, LSTM/GRU/SimpleRNN and `RNN` with an LSTMCell, GRUCell or SimpleRNNCell (or
     stacked cells, whose first reads the input), ConvLSTM1D/2D/3D (their input kernel), and the wrappers
     `TimeDistributed` of a supported layer and `Bidirectional` (one LocalFisher whose refresh re-expresses
-    both directions' input kernels). Skipped, with the reason in the
+    both directions' input kernels), and `MultiHeadAttention`/`GroupQueryAttention` (their query, key and
+    value projections: one LocalFisher per distinct tensor among the call's query, key and value, named
+    after the layer for self-attention and after the projections otherwise, e.g.
+    `attention_key_value_local_fisher`; the output projection reads the attention's result, made inside
+    the call, and keeps its kernel). Skipped, with the reason in the
     report: frozen layers (`trainable=False`, also inside a frozen nested model: nothing to precondition;
     reconstructing the trained copy again after unfreezing whitens them, the LocalFishers already there
     keeping their state and arguments; a LocalFisher whose consumers are frozen after `reconstruct` rests
@@ -175,7 +180,7 @@ def reconstruct(
             raise ValueError(
                 "`layer_types` must be None or a non-empty tuple of supported layer classes (Dense, "
                 "EinsumDense, Conv1D/2D/3D, Conv*Transpose, LSTM, GRU, SimpleRNN, RNN, ConvLSTM1D/2D/3D, "
-                "TimeDistributed, Bidirectional). "
+                "TimeDistributed, Bidirectional, MultiHeadAttention, GroupQueryAttention). "
                 f"Received: layer_types={layer_types!r}"
             )
     if not (isinstance(layer_class, type) and issubclass(layer_class, FisherLayer)):
@@ -231,10 +236,14 @@ def reconstruct(
     return (new_model, report) if return_report else new_model
 
 
-def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
+def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group=None):
     """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`.
-    `reads_fixed`: a callable, whether the layer's input is fixed features (`reads_fixed_features`)."""
+    `reads_fixed`: a callable, whether the layer's input is fixed features (`reads_fixed_features`).
+    `group`: for an attention layer called on different tensors, the labels of the projections that read
+    the tensor this LocalFisher goes before (`_attention_groups`); None for all of the layer's kernels."""
     path = prefix + layer.name
+    if group is not None:
+        path = f"{path} ({'/'.join(group)})"
     kind = type(layer).__name__
     if not is_layer(layer) or isinstance(layer, (FisherLayer, keras.layers.InputLayer)) or not layer.weights:
         return None
@@ -254,8 +263,10 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
     if not bindings:
         report.skipped.append((path, kind, reason))
         return None
-    # One LocalFisher for all of the layer's kernels on its input (both directions of a Bidirectional):
-    # they read the same features.
+    if group is not None:
+        bindings = [each for each in bindings if each.label in group]
+    # One LocalFisher for all of the layer's kernels on its input (both directions of a Bidirectional, an
+    # attention layer's projections of one tensor): they read the same features.
     binding = bindings[0]
     if already_whitened is not None:
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
@@ -274,7 +285,7 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
         return None
     own = options["per_layer"].get(layer.name, {})
     arguments = dict(options["arguments"], **own)
-    name = f"{layer.name}_local_fisher"
+    name = f"{layer.name}_local_fisher" if group is None else f"{layer.name}_{'_'.join(group)}_local_fisher"
     note = None
     user_damping = "damping" in options["user_keys"] | set(own)
     user_statistics = bool({"statistics_every", "adaptive_statistics"} & (options["user_keys"] | set(own)))
@@ -312,6 +323,46 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed):
         if said:
             report.notes.append((local_fisher.name, said))
     return local_fisher
+
+
+def _attention_groups(layer, args, kwargs):
+    """For a call of the attention `layer`: `(group, tensor, places)` per distinct tensor among the call's
+    query, key and value, where `group` is None when one tensor feeds every projection (self-attention: one
+    LocalFisher named after the layer) and else the labels of the projections that read `tensor`, and
+    `places` are the `(keyword, position)` of the arguments to replace by the whitened tensor. None if the
+    layer's projections cannot be bound; empty if an argument they read is not one tensor."""
+    bindings, _ = bindings_for(layer)
+    if not bindings:
+        return None
+    found = []
+    for binding in bindings:
+        for keyword, position in binding.argument:
+            tensor = args[position] if len(args) > position else kwargs.get(keyword)
+            if tensor is not None:
+                break
+        if not isinstance(tensor, keras.KerasTensor):
+            return []
+        for entry in found:
+            if entry[1] is tensor:
+                entry[0].append(binding.label)
+                entry[2].append((keyword, position))
+                break
+        else:
+            found.append(([binding.label], tensor, [(keyword, position)]))
+    if len(found) == 1:
+        return [(None, found[0][1], found[0][2])]
+    return [(tuple(labels), tensor, places) for labels, tensor, places in found]
+
+
+def _replaced(args, kwargs, places, tensor):
+    """`(args, kwargs)` with the arguments at `places` (`(keyword, position)`) replaced by `tensor`."""
+    args, kwargs = list(args), dict(kwargs)
+    for keyword, position in places:
+        if len(args) > position:
+            args[position] = tensor
+        else:
+            kwargs[keyword] = tensor
+    return tuple(args), kwargs
 
 
 def _copied_whole(model, error, report, mark, prefix):
@@ -377,16 +428,31 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
         shared = {}
 
         def rewrite_call(original, layer, args, kwargs):
-            tensor = first_tensor(args)
-            if original is not None and tensor is not None and not isinstance(layer, keras.Model):
-                if id(layer) not in shared:
+            if original is None or isinstance(layer, keras.Model):
+                return layer(*args, **kwargs)
+            if isinstance(original, ATTENTION_TYPES):
+                groups = _attention_groups(original, args, kwargs)
+                if groups is None:  # no bindable projections: `_decide` records why
+                    if (id(layer), None) not in shared:
+                        shared[(id(layer), None)] = _decide(original, options, prefix, report, None, None)
+                    groups = []
+            else:
+                tensor = first_tensor(args)
+                groups = [] if tensor is None else [(None, tensor, [])]
+            for group, tensor, places in groups:
+                key = (id(layer), group)
+                if key not in shared:
                     producer = source_operation(tensor)
                     whitened = producer if isinstance(producer, FisherLayer) else None
-                    shared[id(layer)] = _decide(original, options, prefix, report, whitened,
-                                                lambda: reads_fixed_features(tensor, inputs_are_fixed))
-                local_fisher = shared[id(layer)]
+                    shared[key] = _decide(original, options, prefix, report, whitened,
+                                          lambda tensor=tensor: reads_fixed_features(tensor, inputs_are_fixed), group)
+                local_fisher = shared[key]
                 if local_fisher is not None:
-                    args = (local_fisher(tensor),) + tuple(args[1:])
+                    whitened_tensor = local_fisher(tensor)
+                    if places:
+                        args, kwargs = _replaced(args, kwargs, places, whitened_tensor)
+                    else:
+                        args = (whitened_tensor,) + tuple(args[1:])
             return layer(*args, **kwargs)
 
         new_model = clone_functional(model, clone, rewrite_call)
