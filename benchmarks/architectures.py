@@ -1,0 +1,134 @@
+"""SNGD on architectures the package does not ship, as a new user would try it (issue #8's protocol).
+
+Each run: a fresh model (seed 0) trained on the first `--samples` real Fashion-MNIST images, batch 64, no
+shuffling, `--epochs` epochs; `adam:LR` is `keras.optimizers.Adam(LR)` on the plain model, `sgd:LR` plain
+`SGD(LR)`, `sngd:LR` is `keras_sngd.reconstruct(model)` with its defaults and `SGD(LR)`, and
+`sngd-attention-unwhitened:LR` the same with the attention layers excluded (how `reconstruct` treated
+them before it whitened their query, key and value). Prints the training loss after each epoch.
+
+    python benchmarks/architectures.py --models transformer_rows,gru_rows
+    python benchmarks/architectures.py --models transformer_rows --runs sngd-attention-unwhitened:0.03
+
+The models (`python benchmarks/architectures.py --help`): a two-block pre-norm transformer over the 28
+image rows (`MultiHeadAttention`, `LayerNormalization`, GELU MLP), a GRU(64) over the rows, a CNN with
+depthwise and separable convolutions (what `reconstruct` cannot whiten) after a Conv2D + BatchNorm, a
+CNN with GroupNormalization, and a 6-convolution plain CNN without normalization.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `python benchmarks/NAME.py` from the repository root: the `benchmarks` package is the root's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+import keras_sngd  # noqa: E402
+from benchmarks.stability_common import load_subset  # noqa: E402
+
+DEFAULT_RUNS = "adam:0.003,adam:0.001,sgd:0.1,sngd:0.3,sngd:0.1,sngd:0.03,sngd:0.01"
+
+
+def transformer_rows():
+    x = inputs = keras.Input((28, 28))
+    x = layers.Dense(64)(x)
+    for _ in range(2):
+        h = layers.LayerNormalization()(x)
+        x = x + layers.MultiHeadAttention(4, 16)(h, h)
+        h = layers.LayerNormalization()(x)
+        x = x + layers.Dense(64)(layers.Dense(128, activation="gelu")(h))
+    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+def gru_rows():
+    inputs = keras.Input((28, 28))
+    return keras.Model(inputs, layers.Dense(10)(layers.GRU(64)(inputs)))
+
+
+def separable_cnn():
+    x = inputs = keras.Input((28, 28, 1))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(x)))
+    x = layers.SeparableConv2D(32, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(64, 1, activation="relu")(x)
+    return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
+
+
+def groupnorm_cnn():
+    x = inputs = keras.Input((28, 28, 1))
+    x = layers.ReLU()(layers.GroupNormalization(8)(layers.Conv2D(32, 3, padding="same")(x)))
+    x = layers.ReLU()(layers.GroupNormalization(8)(layers.Conv2D(64, 3, strides=2, padding="same")(x)))
+    x = layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
+
+
+def plain_deep_cnn():
+    x = inputs = keras.Input((28, 28, 1))
+    for filters in (16, 16, 32, 32):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    for filters in (64, 64):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+    x = layers.Dense(64, activation="relu")(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+MODELS = {
+    "transformer_rows": transformer_rows,
+    "gru_rows": gru_rows,
+    "separable_cnn": separable_cnn,
+    "groupnorm_cnn": groupnorm_cnn,
+    "plain_deep_cnn": plain_deep_cnn,
+}
+
+
+def run(name, kind, learning_rate, images, labels, epochs):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    model = MODELS[name]()
+    if name.endswith("_rows"):
+        images = images.reshape(-1, 28, 28)
+    if kind == "sngd":
+        model = keras_sngd.reconstruct(model)
+    elif kind == "sngd-attention-unwhitened":
+        excluded = [layer.name for layer in model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
+        model = keras_sngd.reconstruct(model, exclude=excluded)
+    elif kind not in ("adam", "sgd"):
+        raise ValueError(f"Unknown run kind {kind!r}: adam, sgd, sngd or sngd-attention-unwhitened.")
+    optimizer = keras.optimizers.Adam(learning_rate) if kind == "adam" else keras.optimizers.SGD(learning_rate)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    start = time.perf_counter()
+    losses = model.fit(images, labels, batch_size=64, epochs=epochs, shuffle=False, verbose=0).history["loss"]
+    return losses, time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated KIND:LR")
+    parser.add_argument("--samples", type=int, default=8192)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    images, labels = load_subset(args.samples)
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}; {args.samples} images, batch 64, "
+          f"{args.epochs} epochs, seed 0")
+    print("| model | run | lr | " + " | ".join(f"loss ep {e + 1}" for e in range(args.epochs)) + " | s |")
+    print("|---|---|---|" + "---|" * (args.epochs + 1))
+    for name in args.models.split(","):
+        if name not in MODELS:
+            raise ValueError(f"Unknown model {name!r}: {', '.join(MODELS)}.")
+        for entry in args.runs.split(","):
+            kind, learning_rate = entry.split(":")
+            losses, seconds = run(name, kind, float(learning_rate), images, labels, args.epochs)
+            print(f"| {name} | {kind} | {float(learning_rate):g} | " + " | ".join(f"{loss:.3f}" for loss in losses)
+                  + f" | {seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
