@@ -123,7 +123,7 @@ def _fold(model, inherited=None):
 
         def rewrite_call(original, layer, args, kwargs):
             if isinstance(original, FisherLayer):
-                tensor = first_tensor(args)
+                tensor = first_tensor(args, kwargs)
                 for new_layer in replacement(original):
                     tensor = new_layer(tensor)
                 return tensor

@@ -227,11 +227,20 @@ def source_tensor(tensor):
     return tensor
 
 
-def first_tensor(args):
-    """The tensor a layer call mixes features of, or None if its first argument is not one tensor."""
-    if args and isinstance(args[0], keras.KerasTensor):
-        return args[0]
-    return None
+def first_tensor(args, kwargs=None):
+    """The tensor a layer call mixes features of: its first positional argument or, without one, its first
+    keyword argument (`dense(inputs=x)`); None if that is not one tensor."""
+    first = args[0] if args else next(iter((kwargs or {}).values()), None)
+    return first if isinstance(first, keras.KerasTensor) else None
+
+
+def with_first_argument(args, kwargs, tensor):
+    """`(args, kwargs)` of a call with its first argument (as `first_tensor` finds it) replaced by `tensor`."""
+    if args:
+        return (tensor,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs[next(iter(kwargs))] = tensor
+    return args, kwargs
 
 
 def reads_fixed_features(tensor, inputs_are_fixed=True):

@@ -18,6 +18,7 @@ from keras_sngd.graph import clone_layer
 from keras_sngd.graph import clone_model_whole
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
+from keras_sngd.graph import with_first_argument
 from keras_sngd.graph import is_layer
 from keras_sngd.graph import reads_fixed_features
 from keras_sngd.graph import sequential_input
@@ -437,7 +438,7 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
                         shared[(id(layer), None)] = _decide(original, options, prefix, report, None, None)
                     groups = []
             else:
-                tensor = first_tensor(args)
+                tensor = first_tensor(args, kwargs)
                 groups = [] if tensor is None else [(None, tensor, [])]
             for group, tensor, places in groups:
                 key = (id(layer), group)
@@ -452,7 +453,7 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
                     if places:
                         args, kwargs = _replaced(args, kwargs, places, whitened_tensor)
                     else:
-                        args = (whitened_tensor,) + tuple(args[1:])
+                        args, kwargs = with_first_argument(args, kwargs, whitened_tensor)
             return layer(*args, **kwargs)
 
         new_model = clone_functional(model, clone, rewrite_call)

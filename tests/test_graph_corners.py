@@ -386,3 +386,28 @@ def test_a_nested_model_that_cannot_be_rebuilt_layer_by_layer_is_copied_whole(tm
     outer_inputs = keras.Input((4,))
     with pytest.raises(LayerCloneError, match="(?s)Cannot clone layer 'derived'.*twice_the_units"):
         keras_sngd.reconstruct(keras.Model(outer_inputs, keras.layers.Dense(2)(plain_inner(outer_inputs))))
+
+
+def test_layers_called_with_keyword_inputs_get_a_local_fisher():
+    # `dense(inputs=x)`: the first argument is a keyword one. It was skipped without a word in the report.
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(4, activation="tanh", name="first")(inputs=inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="second")(hidden))
+    sngd, report = keras_sngd.reconstruct(
+        model, local_fisher_arguments={"update_every": 1, "refresh_tolerance": 0}, return_report=True
+    )
+    assert [row[0] for row in report.inserted] == ["first", "second"]
+    probe = sample_inputs(model, 8)
+    assert_outputs_close(sngd(probe), model(probe))
+    train_at_zero_learning_rate(sngd)
+    assert all(f.refresh_mode.kind == "function-preserving" for f in sngd.layers if isinstance(f, LocalFisher))
+    assert_outputs_close(sngd(probe), model(probe))
+    folded = keras_sngd.fold(sngd)
+    assert not any(isinstance(layer, LocalFisher) for layer in folded.layers)
+    assert_outputs_close(folded(probe), model(probe))
+    # A LocalFisher called by keyword is folded too.
+    whitened = LocalFisher(name="lf")(inputs=inputs)
+    by_hand = keras.Model(inputs, keras.layers.Dense(3)(whitened))
+    folded = keras_sngd.fold(by_hand)
+    assert not any(isinstance(layer, LocalFisher) for layer in folded.layers)
+    assert_outputs_close(folded(probe), by_hand(probe))
