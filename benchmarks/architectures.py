@@ -4,7 +4,9 @@ Each run: a fresh model (seed 0) trained on the first `--samples` real Fashion-M
 shuffling, `--epochs` epochs; `adam:LR` is `keras.optimizers.Adam(LR)` on the plain model, `sgd:LR` plain
 `SGD(LR)`, `sngd:LR` is `keras_sngd.reconstruct(model)` with its defaults and `SGD(LR)`, and
 `sngd-attention-unwhitened:LR` the same with the attention layers excluded (how `reconstruct` treated
-them before it whitened their query, key and value). Prints the training loss after each epoch.
+them before it whitened their query, key and value), `sngd-without-LAYER:LR` with the layer named LAYER
+excluded (names as a fresh session gives them: `conv2d`, `conv2d_1`, `dense`, ...). Prints the training
+loss after each epoch.
 
     python benchmarks/architectures.py --models transformer_rows,gru_rows
     python benchmarks/architectures.py --models transformer_rows --runs sngd-attention-unwhitened:0.03
@@ -99,8 +101,11 @@ def run(name, kind, learning_rate, images, labels, epochs):
     elif kind == "sngd-attention-unwhitened":
         excluded = [layer.name for layer in model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
         model = keras_sngd.reconstruct(model, exclude=excluded)
+    elif kind.startswith("sngd-without-"):
+        model = keras_sngd.reconstruct(model, exclude=[kind[len("sngd-without-"):]])
     elif kind not in ("adam", "sgd"):
-        raise ValueError(f"Unknown run kind {kind!r}: adam, sgd, sngd or sngd-attention-unwhitened.")
+        raise ValueError(f"Unknown run kind {kind!r}: adam, sgd, sngd, sngd-attention-unwhitened or "
+                         "sngd-without-LAYER.")
     optimizer = keras.optimizers.Adam(learning_rate) if kind == "adam" else keras.optimizers.SGD(learning_rate)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()
