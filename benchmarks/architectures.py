@@ -6,8 +6,11 @@ shuffling, `--epochs` epochs; `adam:LR` is `keras.optimizers.Adam(LR)` on the pl
 `sngd-attention-unwhitened:LR` the same with the attention layers excluded (how `reconstruct` treated
 them before it whitened their query, key and value), `sngd-without-LAYER:LR` with the layer named LAYER
 excluded (names as a fresh session gives them: `conv2d`, `conv2d_1`, `dense`, ...); any kind followed by
-`+frozen-depthwise` freezes the depthwise and separable convolutions first. Prints the training loss
-after each epoch.
+`+frozen-depthwise` freezes the depthwise and separable convolutions first. `sngd-unbounded:LR` leaves
+out the `StepBound`s before depthwise and separable convolutions (how `reconstruct` left those layers
+before it bounded their steps), `sngd-bounded-anyway:LR` puts one before every such layer, also where
+it feeds a normalization layer (`keras_sngd.layer_defaults.feeds_normalization`). Prints the training
+loss after each epoch.
 
     python benchmarks/architectures.py --models transformer_rows,gru_rows
     python benchmarks/architectures.py --models transformer_rows --runs sngd-attention-unwhitened:0.03
@@ -15,7 +18,8 @@ after each epoch.
 The models (`python benchmarks/architectures.py --help`): a two-block pre-norm transformer over the 28
 image rows (`MultiHeadAttention`, `LayerNormalization`, GELU MLP), a GRU(64) over the rows, a CNN with
 depthwise and separable convolutions (what `reconstruct` cannot whiten) after a Conv2D + BatchNorm, a
-CNN with GroupNormalization, and a 6-convolution plain CNN without normalization.
+CNN with GroupNormalization, a 6-convolution plain CNN without normalization, and Keras's MobileNetV2
+(alpha 0.35, on the images padded to 32x32x3 inside the model).
 """
 
 import argparse
@@ -31,6 +35,10 @@ import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
 import keras_sngd  # noqa: E402
+import importlib  # noqa: E402
+
+# The module, not the function `keras_sngd.reconstruct` that shadows it as an attribute of the package.
+reconstruct_module = importlib.import_module("keras_sngd.reconstruct")
 from benchmarks.stability_common import load_subset  # noqa: E402
 
 DEFAULT_RUNS = "adam:0.003,adam:0.001,sgd:0.1,sngd:0.3,sngd:0.1,sngd:0.03,sngd:0.01"
@@ -82,13 +90,25 @@ def plain_deep_cnn():
     return keras.Model(inputs, layers.Dense(10)(x))
 
 
+def mobilenet_v2():
+    # Keras's MobileNetV2 (alpha 0.35, every depthwise convolution followed by BatchNormalization) on the
+    # images padded to 32x32 and repeated to 3 channels inside the model.
+    inputs = keras.Input((28, 28, 1))
+    x = layers.ZeroPadding2D(2)(inputs)
+    x = layers.Concatenate()([x, x, x])
+    return keras.applications.MobileNetV2(input_tensor=x, weights=None, alpha=0.35, classes=10,
+                                          classifier_activation=None)
+
+
 MODELS = {
     "transformer_rows": transformer_rows,
     "gru_rows": gru_rows,
     "separable_cnn": separable_cnn,
     "groupnorm_cnn": groupnorm_cnn,
     "plain_deep_cnn": plain_deep_cnn,
+    "mobilenet_v2": mobilenet_v2,
 }
+_UNWHITENABLE = (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 
 
 def run(name, kind, learning_rate, images, labels, epochs):
@@ -108,11 +128,22 @@ def run(name, kind, learning_rate, images, labels, epochs):
     elif kind == "sngd-attention-unwhitened":
         excluded = [layer.name for layer in model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
         model = keras_sngd.reconstruct(model, exclude=excluded)
+    elif kind == "sngd-unbounded":
+        # No StepBound: the depthwise and separable convolutions excluded (how `reconstruct` left them before).
+        model = keras_sngd.reconstruct(model, exclude=[l.name for l in model.layers if isinstance(l, _UNWHITENABLE)])
+    elif kind == "sngd-bounded-anyway":
+        # A StepBound also before the layers that feed a normalization layer (which `reconstruct` leaves out).
+        original = reconstruct_module.feeds_normalization
+        reconstruct_module.feeds_normalization = lambda layer: False
+        try:
+            model = keras_sngd.reconstruct(model)
+        finally:
+            reconstruct_module.feeds_normalization = original
     elif kind.startswith("sngd-without-"):
         model = keras_sngd.reconstruct(model, exclude=[kind[len("sngd-without-"):]])
     elif kind not in ("adam", "sgd"):
-        raise ValueError(f"Unknown run kind {kind!r}: adam, sgd, sngd, sngd-attention-unwhitened or "
-                         "sngd-without-LAYER.")
+        raise ValueError(f"Unknown run kind {kind!r}: adam, sgd, sngd, sngd-attention-unwhitened, "
+                         "sngd-unbounded, sngd-bounded-anyway or sngd-without-LAYER.")
     optimizer = keras.optimizers.Adam(learning_rate) if kind == "adam" else keras.optimizers.SGD(learning_rate)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()

@@ -8,6 +8,7 @@ from keras_sngd.local_fisher import LocalFisher
 from keras_sngd.newton_schulz import newton_schulz
 from keras_sngd.reconstruct import ReconstructionReport
 from keras_sngd.reconstruct import reconstruct
+from keras_sngd.step_bound import StepBound
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "FunctionPreservingRefresh",
     "LocalFisher",
     "ReconstructionReport",
+    "StepBound",
     "callbacks",
     "fold",
     "newton_schulz",

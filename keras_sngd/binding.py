@@ -313,6 +313,15 @@ def _einsum_binding(layer):
     ), None
 
 
+def cannot_absorb_mixing(layer):
+    """Whether `layer` is a convolution whose kernels cannot absorb a mixing of all its input channels:
+    depthwise and separable convolutions (one filter per channel) and grouped convolutions (mixing within
+    a group). `reconstruct` bounds their steps with a `keras_sngd.step_bound.StepBound` instead."""
+    if isinstance(layer, _NOT_MIXABLE):
+        return True
+    return isinstance(layer, _CONVOLUTIONS + _TRANSPOSED) and getattr(layer, "groups", 1) != 1
+
+
 def input_cell(layer):
     """The cell of the `keras.layers.RNN` `layer` (LSTM, GRU and SimpleRNN are ones) whose kernel reads the
     layer's input: its LSTMCell, GRUCell or SimpleRNNCell, or the first of its stacked cells; None for

@@ -16,6 +16,7 @@ from keras_sngd.graph import first_tensor
 from keras_sngd.graph import sequential_input
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.step_bound import StepBound
 
 
 def fold(model):
@@ -34,7 +35,8 @@ def fold(model):
     `Dense(d, use_bias=False)` with kernel `U` for a LocalFisher with a consumer that cannot absorb it
     (see `keras_sngd.consumers`: a layer at a non-first input such as the `Add` of a residual branch, a
     layer also called on other inputs, a raw operation, a layer with no kernel), so every path keeps `U`.
-    Consumers inside a nested model absorb `U` there. `FisherStatistics` layers (the identity) are dropped.
+    Consumers inside a nested model absorb `U` there. `FisherStatistics` and `StepBound` layers (the
+    identity) are dropped.
     The result saves and loads with no custom objects.
 
     Args:
@@ -55,7 +57,7 @@ def _fold_or_copy_whole(model, inherited=None):
         return _fold(model, inherited)
     except LayerCloneError:
         absorbing = inherited or {}
-        if any(isinstance(layer, FisherLayer) or layer in absorbing for _, layer in walk_layers(model)):
+        if any(isinstance(layer, (FisherLayer, StepBound)) or layer in absorbing for _, layer in walk_layers(model)):
             raise
         return clone_model_whole(model)
 
@@ -117,11 +119,15 @@ def _fold(model, inherited=None):
     if isinstance(model, keras.Sequential):
         new_model = keras.Sequential([sequential_input(model)], name=model.name)
         for layer in model.layers:
+            if isinstance(layer, StepBound):
+                continue  # the identity
             for new_layer in replacement(layer) if isinstance(layer, FisherLayer) else [clone(layer)]:
                 new_model.add(new_layer)
     else:
 
         def rewrite_call(original, layer, args, kwargs):
+            if isinstance(original, StepBound):
+                return first_tensor(args, kwargs)  # the identity
             if isinstance(original, FisherLayer):
                 tensor = first_tensor(args, kwargs)
                 for new_layer in replacement(original):
@@ -130,7 +136,7 @@ def _fold(model, inherited=None):
             return layer(*args, **kwargs)
 
         new_model = clone_functional(model, clone, rewrite_call)
-    copy_weights([(original, new) for original, new in pairs if not isinstance(original, FisherLayer)])
+    copy_weights([(original, new) for original, new in pairs if not isinstance(original, (FisherLayer, StepBound))])
     for dense, inverse_root in mixings:
         dense.kernel.assign(inverse_root)
     for original, new in pairs:

@@ -7,6 +7,7 @@ import keras
 
 from keras_sngd.binding import binding_for
 from keras_sngd.binding import bindings_for
+from keras_sngd.binding import cannot_absorb_mixing
 from keras_sngd.binding import ATTENTION_TYPES
 from keras_sngd.binding import SUPPORTED_TYPES
 from keras_sngd.binding import is_supported_type
@@ -28,6 +29,7 @@ from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.handoff import user_constraint
 from keras_sngd.regularization import user_regularizer
 from keras_sngd.layer_defaults import default_arguments
+from keras_sngd.layer_defaults import feeds_normalization
 from keras_sngd.layer_defaults import FEATURES_PER_DAMPING
 from keras_sngd.layer_defaults import class_default
 from keras_sngd.layer_defaults import fixed_feature_damping
@@ -35,6 +37,7 @@ from keras_sngd.layer_defaults import constructor_parameters
 from keras_sngd.layer_defaults import fixed_feature_statistics
 from keras_sngd.layer_defaults import width_damping
 from keras_sngd.local_fisher import LocalFisher
+from keras_sngd.step_bound import StepBound
 
 logger = logging.getLogger("keras_sngd")
 
@@ -233,6 +236,8 @@ def reconstruct(
         # On JAX: the consumers' constraints and the trust region's state, before fit traces a step.
         if hasattr(layer, "prepare_handoff"):
             layer.prepare_handoff()
+        if isinstance(layer, StepBound):
+            layer.prepare()
     logger.info(report.summary())
     return (new_model, report) if return_report else new_model
 
@@ -246,14 +251,13 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
     if group is not None:
         path = f"{path} ({'/'.join(group)})"
     kind = type(layer).__name__
-    if not is_layer(layer) or isinstance(layer, (FisherLayer, keras.layers.InputLayer)) or not layer.weights:
+    if not is_layer(layer) or isinstance(layer, (FisherLayer, StepBound, keras.layers.InputLayer)) or not layer.weights:
         return None
     if not is_supported_type(layer):
         if isinstance(layer, keras.Model):
             return None
         _, reason = binding_for(layer)
-        report.skipped.append((path, kind, reason))
-        return None
+        return _skipped_or_bounded(layer, options, report, path, reason, already_whitened)
     if layer.name in options["exclude"]:
         report.skipped.append((path, kind, "excluded by name"))
         return None
@@ -262,8 +266,7 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
         return None
     bindings, reason = bindings_for(layer)
     if not bindings:
-        report.skipped.append((path, kind, reason))
-        return None
+        return _skipped_or_bounded(layer, options, report, path, reason, already_whitened)
     if group is not None:
         bindings = [each for each in bindings if each.label in group]
     # One LocalFisher for all of the layer's kernels on its input (both directions of a Bidirectional, an
@@ -324,6 +327,35 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
         if said:
             report.notes.append((local_fisher.name, said))
     return local_fisher
+
+
+def _skipped_or_bounded(layer, options, report, path, reason, already_bounded):
+    """Record that `layer` gets no LocalFisher, for `reason`; return the `StepBound` to put before it when it
+    is a trainable layer SNGD cannot whiten (`keras_sngd.binding.cannot_absorb_mixing`) whose output does not
+    go straight into a normalization layer, and the LocalFishers have a trust region
+    (`keras_sngd.step_bound`), else None."""
+    kind = type(layer).__name__
+    arguments = dict(options["arguments"], **options["per_layer"].get(layer.name, {}))
+    radius = arguments.get("max_step")
+    if (
+        cannot_absorb_mixing(layer)
+        and radius is not None
+        and "max_step" in options["accepted"]
+        and options["layer_types"] is None
+        and layer.name not in options["exclude"]
+        and layer.trainable
+        and layer.trainable_weights
+        and not isinstance(already_bounded, StepBound)
+        and not feeds_normalization(layer)
+    ):
+        step_bound = StepBound(max_step=radius, name=f"{layer.name}_step_bound")
+        report.skipped.append((path, kind, (
+            f"{reason}; StepBound '{step_bound.name}' bounds its steps instead (max_step={radius:g}: the trust "
+            "region of the layers SNGD cannot whiten, keras_sngd.step_bound)"
+        )))
+        return step_bound
+    report.skipped.append((path, kind, reason))
+    return None
 
 
 def _attention_groups(layer, args, kwargs):
@@ -417,7 +449,7 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
         new_layers = [sequential_input(model)]
         previous = None
         for layer in model.layers:
-            whitened = previous if isinstance(previous, FisherLayer) else None
+            whitened = previous if isinstance(previous, (FisherLayer, StepBound)) else None
             reads_fixed = lambda layer=layer: calls_read_fixed_features(layer, inputs_are_fixed)  # noqa: E731
             local_fisher = _decide(layer, options, prefix, report, whitened, reads_fixed)
             if local_fisher is not None:
@@ -444,7 +476,7 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
                 key = (id(layer), group)
                 if key not in shared:
                     producer = source_operation(tensor)
-                    whitened = producer if isinstance(producer, FisherLayer) else None
+                    whitened = producer if isinstance(producer, (FisherLayer, StepBound)) else None
                     shared[key] = _decide(original, options, prefix, report, whitened,
                                           lambda tensor=tensor: reads_fixed_features(tensor, inputs_are_fixed), group)
                 local_fisher = shared[key]
