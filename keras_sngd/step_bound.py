@@ -29,8 +29,12 @@ makes its output independent of its weights' scale, and bounding such layers cos
 MobileNetV2), and `fold` drops it.
 """
 
+import weakref
+
 import keras
 from keras import ops
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_sngd.handoff import _calling_optimizer
 from keras_sngd.handoff import carrier
@@ -59,6 +63,7 @@ class StepBound(keras.layers.Layer):
         self.max_step = check_float("max_step", max_step, minimum=0.0, exclusive_minimum=True)
         self.supports_masking = True
         object.__setattr__(self, "_bounded", None)  # (the layer, its trainable weights, their carriers)
+        object.__setattr__(self, "_pass", None)  # weak reference to the forward pass that handed over last
 
     def build(self, input_shape):
         self.built = True
@@ -138,6 +143,12 @@ class StepBound(keras.layers.Layer):
         layer, weights, carriers = bounded
         if not (layer.trainable and all(weight.trainable for weight in weights)):
             return inputs
+        # Once per forward pass: a later call of the same pass (a layer shared by several call sites) would
+        # add the weights to the carriers' "gradient" a second time.
+        context = get_stateless_scope() if in_stateless_scope() else self._get_call_context()
+        if self._pass is not None and self._pass() is context:
+            return inputs
+        object.__setattr__(self, "_pass", weakref.ref(context))
         # The weights as this forward pass reads them: the optimizer copies them into the carriers.
         return hand_over(inputs, carriers, [ops.convert_to_tensor(weight) for weight in weights])
 

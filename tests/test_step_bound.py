@@ -31,6 +31,8 @@ def test_steps_of_unwhitenable_layers_are_bounded(backend):
         assert not report["plain_largest"][name] <= 0.06, report
         assert 0.049 < report["largest"][name] <= 0.05 * (1 + 1e-5), report
         assert 0.049 < report["loaded_largest"][name] <= 0.05 * (1 + 1e-5), report
+    # A layer shared by two call sites: one StepBound, handing its weights over once per step.
+    assert report["shared_bounds"] == 1 and 0.049 < report["shared_largest"] <= 0.05 * (1 + 1e-5), report
     assert report["fold_error"] < 1e-5 and "StepBound" not in report["folded_types"]
     assert report["load_error"] < 1e-6
 

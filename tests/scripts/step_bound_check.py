@@ -31,6 +31,29 @@ def build():
     return keras.Model(inputs, L.Dense(3, name="head")(x))
 
 
+def build_shared():
+    """One depthwise convolution called at two sites: one StepBound before both calls."""
+    inputs = keras.Input((8, 8, 4))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    shared = L.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")
+    x = shared(x) + shared(L.Conv2D(8, 1, name="side")(x))
+    return keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x)))
+
+
+def shared_steps(features, labels):
+    keras.utils.set_random_seed(0)
+    model = keras_sngd.reconstruct(build_shared())
+    model.compile(keras.optimizers.SGD(30.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    largest = 0.0
+    for index in range(4):
+        before = [keras.ops.convert_to_numpy(w).copy() for w in model.get_layer("depthwise").trainable_weights]
+        model.train_on_batch(features[16 * index:16 * index + 16], labels[16 * index:16 * index + 16])
+        after = [keras.ops.convert_to_numpy(w) for w in model.get_layer("depthwise").trainable_weights]
+        step = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before)))
+        largest = max(largest, float(step / np.sqrt(sum(np.sum(b ** 2) for b in before))))
+    return sum(isinstance(layer, keras_sngd.StepBound) for layer in model.layers), largest
+
+
 def weights_of(model):
     return {name: [keras.ops.convert_to_numpy(w).copy() for w in model.get_layer(name).trainable_weights]
             for name in BOUNDED}
@@ -83,8 +106,11 @@ def main():
     load_error = float(np.max(np.abs(keras.ops.convert_to_numpy(loaded(probe)) - trained)))
     loaded.compile(keras.optimizers.SGD(30.0), loss)
     loaded_largest = train_steps(loaded, features, labels, 4)
+    shared_bounds, shared_largest = shared_steps(features, labels)
     print(json.dumps({
         "backend": keras.backend.backend(),
+        "shared_bounds": shared_bounds,
+        "shared_largest": shared_largest,
         "step_bounds": sorted(layer.name for layer in bounds),
         "max_steps": sorted({layer.max_step for layer in bounds}),
         "skipped": {entry[0]: entry[2] for entry in report.skipped},
