@@ -35,6 +35,7 @@ import keras
 from keras import ops
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 from keras.src.backend.common.stateless_scope import in_stateless_scope
+from keras.src.backend.common.variables import AutocastScope
 
 from keras_sngd.handoff import _calling_optimizer
 from keras_sngd.handoff import carrier
@@ -149,8 +150,12 @@ class StepBound(keras.layers.Layer):
         if self._pass is not None and self._pass() is context:
             return inputs
         object.__setattr__(self, "_pass", weakref.ref(context))
-        # The weights as this forward pass reads them: the optimizer copies them into the carriers.
-        return hand_over(inputs, carriers, [ops.convert_to_tensor(weight) for weight in weights])
+        # The weights as this forward pass reads them, in their own dtype (under a mixed precision policy a
+        # layer's call reads float variables as casts to the compute dtype): the optimizer copies them into
+        # the carriers.
+        with AutocastScope(None):
+            values = [ops.convert_to_tensor(weight) for weight in weights]
+        return hand_over(inputs, carriers, values)
 
     def get_config(self):
         return dict(super().get_config(), max_step=self.max_step)
