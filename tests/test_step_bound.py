@@ -91,3 +91,23 @@ def test_no_step_bound_before_a_layer_that_feeds_a_normalization_layer():
     assert _bounds(sngd) == ["raw_step_bound"]
     skipped = {entry[0]: entry[2] for entry in report.skipped}
     assert "StepBound" not in skipped["normalized"] and "StepBound 'raw_step_bound'" in skipped["raw"]
+
+
+def test_step_bound_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input((8, 8, 4))
+        x = L.DepthwiseConv2D(3, padding="same", name="depthwise")(L.Conv2D(8, 3, padding="same")(inputs))
+        model = keras.Model(inputs, L.Dense(3, dtype="float32")(L.GlobalAveragePooling2D()(x)))
+        sngd = keras_sngd.reconstruct(model)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    sngd.compile(keras.optimizers.SGD(30.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(16, 8, 8, 4)).astype("float32"), rng.integers(0, 3, 16)
+    weights = sngd.get_layer("depthwise").trainable_weights
+    for _ in range(3):
+        before = [keras.ops.convert_to_numpy(w).copy() for w in weights]
+        sngd.train_on_batch(features, labels)
+        step = np.sqrt(sum(np.sum((keras.ops.convert_to_numpy(w) - b) ** 2) for w, b in zip(weights, before)))
+        assert step / np.sqrt(sum(np.sum(b ** 2) for b in before)) <= 0.05 * (1 + 1e-4)
