@@ -110,4 +110,4 @@ def test_step_bound_under_mixed_precision():
         before = [keras.ops.convert_to_numpy(w).copy() for w in weights]
         sngd.train_on_batch(features, labels)
         step = np.sqrt(sum(np.sum((keras.ops.convert_to_numpy(w) - b) ** 2) for w, b in zip(weights, before)))
-        assert step / np.sqrt(sum(np.sum(b ** 2) for b in before)) <= 0.05 * (1 + 1e-4)
+        assert step / np.sqrt(sum(np.sum(b ** 2) for b in before)) <= 0.05 * (1 + 1e-3)
