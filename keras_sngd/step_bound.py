@@ -29,6 +29,7 @@ makes its output independent of its weights' scale, and bounding such layers cos
 MobileNetV2), and `fold` drops it.
 """
 
+import warnings
 import weakref
 
 import keras
@@ -56,7 +57,21 @@ class StepBound(keras.layers.Layer):
 
     The layer it bounds is the one layer that takes its output as its first input; call `prepare()` once the
     model is built (`reconstruct` and `keras.saving.load_model` do) to create the carriers and install the
-    constraint. Until then, and without a single such layer, it is the identity and bounds nothing.
+    constraint. Until then, and without a single such layer, it is the identity and bounds nothing (a
+    training call says so once, with a warning). By hand:
+
+    ```python
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras_sngd.StepBound(max_step=0.05),
+        keras.layers.DepthwiseConv2D(3, activation="relu"),
+        ...
+    ])
+    for layer in model.layers:
+        if isinstance(layer, keras_sngd.StepBound):
+            layer.prepare()
+    ```
     """
 
     def __init__(self, max_step=0.05, **kwargs):
@@ -65,6 +80,7 @@ class StepBound(keras.layers.Layer):
         self.supports_masking = True
         object.__setattr__(self, "_bounded", None)  # (the layer, its trainable weights, their carriers)
         object.__setattr__(self, "_pass", None)  # weak reference to the forward pass that handed over last
+        object.__setattr__(self, "_warned", False)
 
     def build(self, input_shape):
         self.built = True
@@ -139,6 +155,13 @@ class StepBound(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         bounded = self._bounded
+        if training and bounded is None and not self._warned and self.bounded_layer() is not None:
+            object.__setattr__(self, "_warned", True)
+            warnings.warn(
+                f"StepBound '{self.name}' bounds nothing: it is not prepared. Call its prepare() once the model "
+                "is built and before fit (reconstruct and keras.saving.load_model do it for you).",
+                stacklevel=2,
+            )
         if not training or bounded is None:
             return inputs
         layer, weights, carriers = bounded

@@ -111,3 +111,21 @@ def test_step_bound_under_mixed_precision():
         sngd.train_on_batch(features, labels)
         step = np.sqrt(sum(np.sum((keras.ops.convert_to_numpy(w) - b) ** 2) for w, b in zip(weights, before)))
         assert step / np.sqrt(sum(np.sum(b ** 2) for b in before)) <= 0.05 * (1 + 1e-3)
+
+
+def test_hand_inserted_step_bound_warns_until_prepared_then_bounds():
+    model = keras.Sequential([
+        keras.Input((6, 6, 2)), L.Conv2D(4, 3, padding="same"), StepBound(max_step=0.05, name="bound"),
+        L.DepthwiseConv2D(3, padding="same", name="depthwise"), L.Flatten(), L.Dense(2),
+    ])
+    data = np.random.default_rng(0).normal(size=(8, 6, 6, 2)).astype("float32"), np.zeros((8, 2), "float32")
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    with pytest.warns(UserWarning, match="StepBound 'bound' bounds nothing"):
+        model.train_on_batch(*data)
+    model.get_layer("bound").prepare()
+    model.compile(keras.optimizers.SGD(100.0), "mse")
+    weights = model.get_layer("depthwise").trainable_weights
+    before = [keras.ops.convert_to_numpy(w).copy() for w in weights]
+    model.train_on_batch(*data)
+    step = np.sqrt(sum(np.sum((keras.ops.convert_to_numpy(w) - b) ** 2) for w, b in zip(weights, before)))
+    assert step / np.sqrt(sum(np.sum(b ** 2) for b in before)) <= 0.05 * (1 + 1e-4)
