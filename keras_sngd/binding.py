@@ -285,18 +285,27 @@ def _attention_bindings(layer):
     return bindings, None
 
 
-def argument_tensor(binding, args, kwargs):
-    """The argument of a call `layer(*args, **kwargs)` whose features `binding`'s kernel mixes: the first
-    positional argument (or, without one, the first keyword argument), or for an attention layer's
-    projection the argument named by `binding.argument`. None if that is not one tensor."""
+def argument_place(binding, args, kwargs):
+    """`(place, value)` of the argument of a call `layer(*args, **kwargs)` whose features `binding`'s kernel
+    mixes, `place` being its `(keyword, position)`: the first positional argument (or, without one, the
+    first keyword argument), or for an attention layer's projection the first present of the arguments
+    named by `binding.argument`. `value` is None where there is none."""
     if binding.argument is None:
-        found = args[0] if args else next(iter(kwargs.values()), None)
-    else:
-        found = None
-        for keyword, position in binding.argument:
-            found = args[position] if len(args) > position else kwargs.get(keyword)
-            if found is not None:
-                break
+        if args:
+            return (None, 0), args[0]
+        keyword = next(iter(kwargs), None)
+        return (keyword, 0), kwargs.get(keyword)
+    for keyword, position in binding.argument:
+        found = args[position] if len(args) > position else kwargs.get(keyword)
+        if found is not None:
+            return (keyword, position), found
+    return binding.argument[-1], None
+
+
+def argument_tensor(binding, args, kwargs):
+    """The argument of a call whose features `binding`'s kernel mixes (`argument_place`), or None if that is
+    not one tensor."""
+    found = argument_place(binding, args, kwargs)[1]
     return found if isinstance(found, keras.KerasTensor) else None
 
 

@@ -110,6 +110,15 @@ def _check_refresh_dtype(refresh_dtype):
         )
 
 
+def forward_pass(layer):
+    """An object that identifies the forward pass `layer` is called in: the stateless scope that the JAX
+    trainer runs it in (it calls the model's `call` inside one, so that every layer call is an entry of its
+    own), else Keras's call context, which the outermost `__call__` opens and closes."""
+    if in_stateless_scope():
+        return get_stateless_scope()
+    return layer._get_call_context()
+
+
 class FisherLayer(keras.layers.Layer):
     """Base of `LocalFisher` and `FisherStatistics`: the local Fisher statistics and the refresh of `U`.
 
@@ -365,12 +374,7 @@ class FisherLayer(keras.layers.Layer):
         return self._step_output(result, old_inverse_root, old_shift, old_root)
 
     def _forward_pass(self):
-        """An object that identifies the current forward pass: the stateless scope that the JAX trainer runs
-        it in (it calls the model's `call` inside one, so that every layer call is an entry of its own), else
-        Keras's call context, which the outermost `__call__` opens and closes."""
-        if in_stateless_scope():
-            return get_stateless_scope()
-        return self._get_call_context()
+        return forward_pass(self)
 
     def _later_call_statistics(self, inputs, mask):
         """A later call of the step's forward pass (`call`): its rows join the moving statistics, with the

@@ -92,6 +92,28 @@ def without_carriers(variables):
     return [variable for variable in variables if not is_carrier(variable)]
 
 
+class CarriersLeftOut:
+    """Mixin for a layer holding carriers: they are trainable only so that the optimizer overwrites them, so
+    they are transport, not parameters of the layer, whose own weight lists leave them out (a model's
+    `variables`, which its trainer and optimizer use, still hold them)."""
+
+    @property
+    def trainable_weights(self):
+        return without_carriers(super().trainable_weights)
+
+    @property
+    def trainable_variables(self):
+        return without_carriers(super().trainable_variables)
+
+    @property
+    def non_trainable_weights(self):
+        return without_carriers(super().non_trainable_weights)
+
+    @property
+    def non_trainable_variables(self):
+        return without_carriers(super().non_trainable_variables)
+
+
 def hand_over(outputs, carriers, values):
     """`outputs` unchanged, with the gradient of each carrier variable set to the matching value.
 

@@ -9,11 +9,11 @@ from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_sngd.consumers import consumer_bindings
 from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.handoff import CarriersLeftOut
 from keras_sngd.handoff import HandoffConstraint
 from keras_sngd.handoff import carrier
 from keras_sngd.handoff import hand_over
 from keras_sngd.handoff import is_carrier
-from keras_sngd.handoff import without_carriers
 from keras_sngd.low_rank import LowRankRoot
 from keras_sngd.low_rank import apply_root
 from keras_sngd.low_rank import root_times
@@ -38,7 +38,7 @@ _NO_PREVIOUS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_sngd")
-class LocalFisher(FisherLayer):
+class LocalFisher(CarriersLeftOut, FisherLayer):
     """Local Fisher layer for structured natural gradient descent (SNGD).
 
     Put it right before a parameterized layer (Dense, Conv, RNN). With rows as samples it multiplies its
@@ -308,26 +308,6 @@ class LocalFisher(FisherLayer):
                 self.pending_mixing = carrier(self, "pending_mixing", (dim, dim), "identity")
                 self.pending_roots = None
             self.pending_shift = carrier(self, "pending_shift", (dim,)) if self.center else None
-
-    # The carriers (`keras_sngd.handoff`) are trainable only so that the optimizer overwrites them: they are
-    # transport, not parameters of this layer, whose own weight lists leave them out (a model's `variables`,
-    # which its trainer and optimizer use, still hold them).
-
-    @property
-    def trainable_weights(self):
-        return without_carriers(super().trainable_weights)
-
-    @property
-    def trainable_variables(self):
-        return without_carriers(super().trainable_variables)
-
-    @property
-    def non_trainable_weights(self):
-        return without_carriers(super().non_trainable_weights)
-
-    @property
-    def non_trainable_variables(self):
-        return without_carriers(super().non_trainable_variables)
 
     def _hands_off(self):
         """Whether consumer updates go through the optimizer (`keras_sngd.handoff`): on JAX, whose trainer

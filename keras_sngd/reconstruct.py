@@ -9,6 +9,7 @@ from keras_sngd.binding import binding_for
 from keras_sngd.binding import bindings_for
 from keras_sngd.binding import cannot_absorb_mixing
 from keras_sngd.binding import ATTENTION_TYPES
+from keras_sngd.binding import argument_place
 from keras_sngd.binding import SUPPORTED_TYPES
 from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import calls_read_fixed_features
@@ -369,19 +370,16 @@ def _attention_groups(layer, args, kwargs):
         return None
     found = []
     for binding in bindings:
-        for keyword, position in binding.argument:
-            tensor = args[position] if len(args) > position else kwargs.get(keyword)
-            if tensor is not None:
-                break
+        place, tensor = argument_place(binding, args, kwargs)
         if not isinstance(tensor, keras.KerasTensor):
             return []
         for entry in found:
             if entry[1] is tensor:
                 entry[0].append(binding.label)
-                entry[2].append((keyword, position))
+                entry[2].append(place)
                 break
         else:
-            found.append(([binding.label], tensor, [(keyword, position)]))
+            found.append(([binding.label], tensor, [place]))
     if len(found) == 1:
         return [(None, found[0][1], found[0][2])]
     return [(tuple(labels), tensor, places) for labels, tensor, places in found]

@@ -34,20 +34,20 @@ import weakref
 
 import keras
 from keras import ops
-from keras.src.backend.common.stateless_scope import get_stateless_scope
-from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.backend.common.variables import AutocastScope
 
 from keras_sngd.handoff import _calling_optimizer
+from keras_sngd.handoff import CarriersLeftOut
 from keras_sngd.handoff import carrier
 from keras_sngd.handoff import hand_over
-from keras_sngd.handoff import without_carriers
+from keras_sngd.fisher_layer import forward_pass
+from keras_sngd.graph import first_tensor
 from keras_sngd.trust_region import bounded_step
 from keras_sngd.validation import check_float
 
 
 @keras.saving.register_keras_serializable(package="keras_sngd")
-class StepBound(keras.layers.Layer):
+class StepBound(CarriersLeftOut, keras.layers.Layer):
     """The identity, bounding the optimizer step of the layer it feeds (see the module docstring).
 
     Args:
@@ -91,24 +91,6 @@ class StepBound(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         return mask
 
-    # The carriers are trainable only so that the optimizer overwrites them: transport, not parameters.
-
-    @property
-    def trainable_weights(self):
-        return without_carriers(super().trainable_weights)
-
-    @property
-    def trainable_variables(self):
-        return without_carriers(super().trainable_variables)
-
-    @property
-    def non_trainable_weights(self):
-        return without_carriers(super().non_trainable_weights)
-
-    @property
-    def non_trainable_variables(self):
-        return without_carriers(super().non_trainable_variables)
-
     def _saved_variables(self):
         return []  # no state (what `keras_sngd.graph.copy_weights` copies)
 
@@ -125,7 +107,7 @@ class StepBound(keras.layers.Layer):
         consumers = {
             id(node.operation): node.operation
             for node in self._outbound_nodes
-            if node.arguments.args and any(node.arguments.args[0] is tensor for tensor in _outputs(self))
+            if any(first_tensor(node.arguments.args, node.arguments.kwargs) is tensor for tensor in _outputs(self))
         }
         if len(consumers) != 1:
             return None
@@ -169,7 +151,7 @@ class StepBound(keras.layers.Layer):
             return inputs
         # Once per forward pass: a later call of the same pass (a layer shared by several call sites) would
         # add the weights to the carriers' "gradient" a second time.
-        context = get_stateless_scope() if in_stateless_scope() else self._get_call_context()
+        context = forward_pass(self)
         if self._pass is not None and self._pass() is context:
             return inputs
         object.__setattr__(self, "_pass", weakref.ref(context))
