@@ -5,7 +5,9 @@ shuffling, `--epochs` epochs; `adam:LR` is `keras.optimizers.Adam(LR)` on the pl
 `SGD(LR)`, `sngd:LR` is `keras_sngd.reconstruct(model)` with its defaults and `SGD(LR)`, and
 `sngd-attention-unwhitened:LR` the same with the attention layers excluded (how `reconstruct` treated
 them before it whitened their query, key and value), `sngd-without-LAYER:LR` with the layer named LAYER
-excluded (names as a fresh session gives them: `conv2d`, `conv2d_1`, `dense`, ...); any kind followed by
+excluded (names as a fresh session gives them: `conv2d`, `conv2d_1`, `dense`, ...), `sngd-composites-whole:LR`
+with the composite layers left whole (how `reconstruct` treated a KerasHub `TransformerEncoder` before it
+whitened the layers inside it, `keras_sngd.InnerWhitening`); any kind followed by
 `+frozen-depthwise` freezes the depthwise and separable convolutions first. `sngd-unbounded:LR` leaves
 out the `StepBound`s before depthwise and separable convolutions (how `reconstruct` left those layers
 before it bounded their steps), `sngd-bounded-anyway:LR` puts one before every such layer, also where
@@ -16,7 +18,8 @@ loss after each epoch.
     python benchmarks/architectures.py --models transformer_rows --runs sngd-attention-unwhitened:0.03
 
 The models (`python benchmarks/architectures.py --help`): a two-block pre-norm transformer over the 28
-image rows (`MultiHeadAttention`, `LayerNormalization`, GELU MLP), a GRU(64) over the rows, a CNN with
+image rows (`MultiHeadAttention`, `LayerNormalization`, GELU MLP), the same from KerasHub's
+`TransformerEncoder` layers, a GRU(64) over the rows, a CNN with
 depthwise and separable convolutions (what `reconstruct` cannot whiten) after a Conv2D + BatchNorm, a
 CNN with GroupNormalization, a 6-convolution plain CNN without normalization, and Keras's MobileNetV2
 (alpha 0.35, on the images padded to 32x32x3 inside the model).
@@ -52,6 +55,20 @@ def transformer_rows():
         x = x + layers.MultiHeadAttention(4, 16)(h, h)
         h = layers.LayerNormalization()(x)
         x = x + layers.Dense(64)(layers.Dense(128, activation="gelu")(h))
+    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+def keras_hub_transformer_rows():
+    """The transformer above built from KerasHub's `TransformerEncoder` (pre-norm, GELU): composite layers,
+    whose inner layers `reconstruct` whitens through `keras_sngd.InnerWhitening`."""
+    import keras_hub
+
+    x = inputs = keras.Input((28, 28))
+    x = layers.Dense(64)(x)
+    for index in range(2):
+        x = keras_hub.layers.TransformerEncoder(128, 4, activation="gelu", normalize_first=True,
+                                                name=f"encoder_{index + 1}")(x)
     x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
     return keras.Model(inputs, layers.Dense(10)(x))
 
@@ -102,6 +119,7 @@ def mobilenet_v2():
 
 MODELS = {
     "transformer_rows": transformer_rows,
+    "keras_hub_transformer_rows": keras_hub_transformer_rows,
     "gru_rows": gru_rows,
     "separable_cnn": separable_cnn,
     "groupnorm_cnn": groupnorm_cnn,
@@ -139,11 +157,15 @@ def run(name, kind, learning_rate, images, labels, epochs):
             model = keras_sngd.reconstruct(model)
         finally:
             reconstruct_module.feeds_normalization = original
+    elif kind == "sngd-composites-whole":
+        # The composite layers left whole: how `reconstruct` treated them before `InnerWhitening`.
+        model = keras_sngd.reconstruct(model, exclude=[l.name for l in model.layers
+                                                       if keras_sngd.inner_whitening.is_composite(l)])
     elif kind.startswith("sngd-without-"):
         model = keras_sngd.reconstruct(model, exclude=[kind[len("sngd-without-"):]])
     elif kind not in ("adam", "sgd"):
         raise ValueError(f"Unknown run kind {kind!r}: adam, sgd, sngd, sngd-attention-unwhitened, "
-                         "sngd-unbounded, sngd-bounded-anyway or sngd-without-LAYER.")
+                         "sngd-unbounded, sngd-bounded-anyway, sngd-composites-whole or sngd-without-LAYER.")
     optimizer = keras.optimizers.Adam(learning_rate) if kind == "adam" else keras.optimizers.SGD(learning_rate)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()

@@ -4,6 +4,7 @@ from keras_sngd import callbacks
 from keras_sngd.callbacks import FunctionPreservingRefresh
 from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.fold import fold
+from keras_sngd.inner_whitening import InnerWhitening
 from keras_sngd.local_fisher import LocalFisher
 from keras_sngd.newton_schulz import newton_schulz
 from keras_sngd.reconstruct import ReconstructionReport
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FisherStatistics",
     "FunctionPreservingRefresh",
+    "InnerWhitening",
     "LocalFisher",
     "ReconstructionReport",
     "StepBound",

@@ -16,6 +16,7 @@ from keras_sngd.graph import first_tensor
 from keras_sngd.graph import sequential_input
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.inner_whitening import InnerWhitening
 from keras_sngd.step_bound import StepBound
 
 
@@ -35,8 +36,9 @@ def fold(model):
     `Dense(d, use_bias=False)` with kernel `U` for a LocalFisher with a consumer that cannot absorb it
     (see `keras_sngd.consumers`: a layer at a non-first input such as the `Add` of a residual branch, a
     layer also called on other inputs, a raw operation, a layer with no kernel), so every path keeps `U`.
-    Consumers inside a nested model absorb `U` there. `FisherStatistics` and `StepBound` layers (the
-    identity) are dropped.
+    Consumers inside a nested model absorb `U` there, and an `InnerWhitening` (LocalFishers inside a
+    composite layer's call) becomes the composite layer it wraps, each inner consumer absorbing its `U`.
+    `FisherStatistics` and `StepBound` layers (the identity) are dropped.
     The result saves and loads with no custom objects.
 
     Args:
@@ -88,6 +90,8 @@ def _fold(model, inherited=None):
     pairs, mixings = [], []
 
     def clone(layer):
+        if isinstance(layer, InnerWhitening):
+            return layer.folded_layer()  # the wrapped layer, with its LocalFishers absorbed
         new = _fold_or_copy_whole(layer, absorbs) if isinstance(layer, keras.Model) else clone_layer(layer)
         pairs.append((layer, new))
         return new

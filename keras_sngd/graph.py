@@ -201,11 +201,14 @@ def node_scope(model):
 
 def walk_layers(model):
     """`(owner, layer)` for every layer of `model` and of the models nested in it, depth first in graph
-    order; `owner` is the model whose `layers` list holds `layer`."""
+    order; `owner` is the model whose `layers` list holds `layer`, or for the LocalFishers inside a
+    composite layer (`keras_sngd.inner_whitening.InnerWhitening`) that wrapper."""
     for layer in model.layers:
         yield model, layer
         if isinstance(layer, keras.Model):
             yield from walk_layers(layer)
+        for fisher in getattr(layer, "_keras_sngd_inner_fishers", lambda: ())():
+            yield layer, fisher
 
 
 def is_layer(operation):

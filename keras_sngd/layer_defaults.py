@@ -74,11 +74,16 @@ _SHALLOW = 5
 
 
 def _layers(model):
+    """Every layer of `model`, of the models nested in it, and inside its composite layers (a KerasHub
+    `TransformerEncoder`, a user's block: layers of an unsupported type, whose inner layers
+    `keras_sngd.inner_whitening.InnerWhitening` whitens)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             yield from _layers(layer)
         else:
             yield layer
+            if layer_family(layer) is None:
+                yield from layer._flatten_layers(include_self=False)
 
 
 def feeds_normalization(layer):
@@ -131,13 +136,9 @@ def trust_radius(model):
 
 
 def needs_stable_arguments(model):
-    """Whether `model` (searched recursively) has a convolution or a recurrent layer."""
-    for layer in model.layers:
-        if layer_family(layer) in ("convolution", "recurrent"):
-            return True
-        if isinstance(layer, keras.Model) and needs_stable_arguments(layer):
-            return True
-    return False
+    """Whether `model` (searched recursively, composite layers included) has a convolution or a recurrent
+    layer."""
+    return any(layer_family(layer) in ("convolution", "recurrent") for layer in _layers(model))
 
 
 def default_arguments(model, layer_class=None):

@@ -287,6 +287,9 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         object.__setattr__(self, "_previous", {})
         object.__setattr__(self, "_warned_no_previous", False)
         object.__setattr__(self, "_forward_root", None)
+        # The consumers' bindings when they are given, not found in a graph: a LocalFisher inside a composite
+        # layer's call (`keras_sngd.inner_whitening.InnerWhitening`).
+        object.__setattr__(self, "_inner_bindings", None)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -401,7 +404,7 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         return config
 
     def _consumers_frozen(self):
-        bindings, _ = consumer_bindings(self)
+        bindings, _ = self._found_bindings()
         return bool(bindings) and not any(binding.trainable for binding in bindings)
 
     def consumer_bindings(self):
@@ -412,6 +415,12 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         """
         if not self.preserve_function:
             return [], "preserve_function=False"
+        return self._found_bindings()
+
+    def _found_bindings(self):
+        """`(bindings, reason)` of the consumers: given (inside a composite layer), or found in the graph."""
+        if self._inner_bindings is not None:
+            return list(self._inner_bindings), None
         return consumer_bindings(self)
 
     def _train_step(self, inputs, mask):

@@ -27,6 +27,13 @@ from keras_sngd.graph import sequential_input
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
+from keras_sngd.inner_whitening import InnerWhitening
+from keras_sngd.inner_whitening import call_spec
+from keras_sngd.inner_whitening import candidate_reason
+from keras_sngd.inner_whitening import composite_plan
+from keras_sngd.inner_whitening import inner_layers
+from keras_sngd.inner_whitening import is_composite
+from keras_sngd.inner_whitening import standalone_arguments
 from keras_sngd.handoff import user_constraint
 from keras_sngd.regularization import user_regularizer
 from keras_sngd.layer_defaults import default_arguments
@@ -137,10 +144,18 @@ def reconstruct(
     their input channels), LoRA-enabled or quantized layers, layers whose kernel has a constraint (a
     `kernel_constraint` such as `MaxNorm` or `NonNeg` is meant for `W`; on the whitened `W'` it would be
     another constraint, and the folded `W = U W'` would not satisfy it: naming the layer in
-    `per_layer_arguments` inserts a LocalFisher anyway), layers excluded by name or type, and
-    composite layers (`MultiHeadAttention`, a KerasHub `TransformerEncoder`, ...) whose Dense/EinsumDense
-    layers are called inside their own `call`, out of the graph's reach. Raw operations in the graph
-    (`x + y`, `x[:, 0]`, `keras.ops.cast`) pass through unchanged.
+    `per_layer_arguments` inserts a LocalFisher anyway), and layers excluded by name or type. Raw
+    operations in the graph (`x + y`, `x[:, 0]`, `keras.ops.cast`) pass through unchanged.
+
+    Composite layers (a KerasHub `TransformerEncoder`/`TransformerDecoder`, a user's block: any layer not
+    from Keras itself whose `call` calls Dense, EinsumDense or convolution layers of its own, out of the
+    graph's reach) are wrapped in a `keras_sngd.InnerWhitening` of the same name, which puts a LocalFisher
+    before each tensor those inner layers read, inside the call (one for the query, key and value of a
+    self-attention); the report names them `composite/inner` and says which inner layers were skipped and
+    why (one called twice inside the call, an EinsumDense contracting two axes such as an attention's
+    output projection, a frozen one). The names in `exclude` and `per_layer_arguments` may be inner layers'
+    names too; excluding the composite's name leaves it whole. With another `layer_class` (the NGD
+    baseline's `FisherStatistics`) composites are left whole.
 
     Args:
         model: a built `keras.Sequential` or Functional `keras.Model`.
@@ -205,6 +220,9 @@ def reconstruct(
         LocalFisher(**arguments)  # validates every argument with the layer's own ValueErrors
     check_rewritable(model, "reconstruct")
     known = {layer.name for _, layer in walk_layers(model)}
+    # The layers inside composite layers (`keras_sngd.inner_whitening`) can be named too.
+    known |= {inner.name for _, layer in walk_layers(model) if is_layer(layer) and is_composite(layer)
+              for inner in inner_layers(layer)}
     unknown = (exclude | set(per_layer_arguments)) - known
     if unknown:
         raise ValueError(f"No layers named {sorted(unknown)} in model {model.name!r} (from `exclude`/`per_layer_arguments`).")
@@ -243,16 +261,24 @@ def reconstruct(
     return (new_model, report) if return_report else new_model
 
 
-def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group=None):
+def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group=None, name=None, path=None):
     """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`.
     `reads_fixed`: a callable, whether the layer's input is fixed features (`reads_fixed_features`).
     `group`: for an attention layer called on different tensors, the labels of the projections that read
-    the tensor this LocalFisher goes before (`_attention_groups`); None for all of the layer's kernels."""
-    path = prefix + layer.name
-    if group is not None:
-        path = f"{path} ({'/'.join(group)})"
+    the tensor this LocalFisher goes before (`_attention_groups`); None for all of the layer's kernels.
+    `name`, `path`: the LocalFisher's name and the report's path, where not the layer's (inside a composite
+    layer, `_inner_whitening`)."""
+    if path is None:
+        path = prefix + layer.name
+        if group is not None:
+            path = f"{path} ({'/'.join(group)})"
     kind = type(layer).__name__
     if not is_layer(layer) or isinstance(layer, (FisherLayer, StepBound, keras.layers.InputLayer)) or not layer.weights:
+        return None
+    if isinstance(layer, InnerWhitening):
+        report.skipped.append((path, kind, (
+            f"already has {len(layer.fishers)} LocalFishers inside, before the layers of "
+            f"{type(layer.layer).__name__} '{layer.layer.name}'")))
         return None
     if not is_supported_type(layer):
         if isinstance(layer, keras.Model):
@@ -290,7 +316,8 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
         return None
     own = options["per_layer"].get(layer.name, {})
     arguments = dict(options["arguments"], **own)
-    name = f"{layer.name}_local_fisher" if group is None else f"{layer.name}_{'_'.join(group)}_local_fisher"
+    if name is None:
+        name = f"{layer.name}_local_fisher" if group is None else f"{layer.name}_{'_'.join(group)}_local_fisher"
     note = None
     user_damping = "damping" in options["user_keys"] | set(own)
     user_statistics = bool({"statistics_every", "adaptive_statistics"} & (options["user_keys"] | set(own)))
@@ -356,6 +383,93 @@ def _skipped_or_bounded(layer, options, report, path, reason, already_bounded):
         )))
         return step_bound
     report.skipped.append((path, kind, reason))
+    return None
+
+
+def _whitens_inside(layer, options):
+    """Whether `reconstruct` looks inside `layer`, a composite layer (`keras_sngd.inner_whitening`), for
+    layers to whiten: it inserts plain LocalFishers (not another `layer_class`)."""
+    return options["layer_class"] is LocalFisher and is_layer(layer) and is_composite(layer)
+
+
+def _inner_whitening(original, new, args, kwargs, options, prefix, report):
+    """The `InnerWhitening` of `new` (the clone of the composite layer `original`, called as
+    `original(*args, **kwargs)` in the graph) with a LocalFisher before each tensor its inner
+    Dense/EinsumDense/convolution layers read, or None (the report says why). Builds `new`."""
+    path, kind = prefix + original.name, type(original).__name__
+    if original.name in options["exclude"]:
+        report.skipped.append((path, kind, "excluded by name"))
+        return None
+    if not original.trainable:
+        report.skipped.append((path, kind, FROZEN))
+        return None
+    standalone = standalone_arguments(args, kwargs)
+    if standalone is None:
+        report.skipped.append((path, kind, (
+            "composite layer called with arguments that are neither tensors nor plain Python values: its inner "
+            "layers cannot be traced")))
+        return None
+    try:
+        # Built by a call of its own on copies of the arguments: no node in the new model's graph.
+        new(*standalone[0], **standalone[1])
+        originals, copies = inner_layers(original), inner_layers(new)
+        if len(originals) == len(copies):
+            for before, after in zip(originals, copies):
+                after.trainable = before.trainable  # not part of the composite's config
+        groups, skipped = composite_plan(new, *standalone)
+    except Exception as error:  # a layer Keras cannot trace symbolically: keep it whole, and say so
+        report.skipped.append((path, kind, (
+            f"composite layer whose call could not be traced to find the layers inside it "
+            f"({type(error).__name__}: {error})")))
+        return None
+    sublayers = inner_layers(new)
+    specs = []
+    for indices, shape in groups:
+        members = []
+        for index in indices:
+            sublayer = sublayers[index]
+            reason = _inner_member_reason(sublayer, options)
+            if reason is None:
+                members.append(sublayer)
+            else:
+                skipped.append((index, reason))
+        if not members:
+            continue
+        names = [member.name for member in members]
+        inner_path = f"{path}/{'+'.join(names)}"
+        name = f"{original.name}_{'_'.join(names)}_local_fisher"
+        taken = {spec["config"]["name"] for spec in specs}
+        name = next(candidate for candidate in [name] + [f"{name}_{count}" for count in range(2, len(specs) + 2)]
+                    if candidate not in taken)
+        local_fisher = _decide(members[0], options, prefix, report, None, lambda: False, name=name, path=inner_path)
+        if local_fisher is None:
+            continue
+        report.notes.append((local_fisher.name, (
+            f"inside {kind} '{original.name}' (keras_sngd.InnerWhitening), before {', '.join(names)}")))
+        specs.append({"consumers": [sublayers.index(member) for member in members], "input_shape": shape,
+                      "config": local_fisher.get_config()})
+    for index, reason in skipped:
+        sublayer = sublayers[index]
+        report.skipped.append((f"{path}/{sublayer.name}", type(sublayer).__name__, reason))
+    if not specs:
+        report.skipped.append((path, kind, "composite layer with no inner layer that can take a LocalFisher"))
+        return None
+    return InnerWhitening(new, fishers=specs, call_spec=call_spec(*standalone), name=original.name)
+
+
+def _inner_member_reason(sublayer, options):
+    """None if the inner layer `sublayer` may share its group's LocalFisher, else why not."""
+    reason = candidate_reason(sublayer)
+    if reason is not None:
+        return reason
+    if sublayer.name in options["exclude"]:
+        return "excluded by name"
+    if options["layer_types"] is not None and not isinstance(sublayer, options["layer_types"]):
+        return "type not in layer_types"
+    constraint = user_constraint(sublayer.kernel)
+    if constraint is not None and sublayer.name not in options["per_layer"]:
+        return (f"its kernel has a constraint ({type(constraint).__name__}) meant for W; with a LocalFisher it "
+                "would act on the whitened kernel W' (W = U W') instead")
     return None
 
 
@@ -447,6 +561,14 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
         new_layers = [sequential_input(model)]
         previous = None
         for layer in model.layers:
+            if _whitens_inside(layer, options):
+                new = clone(layer)
+                node = layer._inbound_nodes[0]
+                wrapper = _inner_whitening(layer, new, node.arguments.args, node.arguments.kwargs, options, prefix,
+                                           report)
+                new_layers.append(new if wrapper is None else wrapper)
+                previous = layer
+                continue
             whitened = previous if isinstance(previous, (FisherLayer, StepBound)) else None
             reads_fixed = lambda layer=layer: calls_read_fixed_features(layer, inputs_are_fixed)  # noqa: E731
             local_fisher = _decide(layer, options, prefix, report, whitened, reads_fixed)
@@ -460,6 +582,13 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
 
         def rewrite_call(original, layer, args, kwargs):
             if original is None or isinstance(layer, keras.Model):
+                return layer(*args, **kwargs)
+            if _whitens_inside(original, options):
+                key = (id(layer), "inside")
+                if key not in shared:
+                    shared[key] = _inner_whitening(original, layer, args, kwargs, options, prefix, report)
+                if shared[key] is not None:
+                    return shared[key](*args, **kwargs)
                 return layer(*args, **kwargs)
             if isinstance(original, ATTENTION_TYPES):
                 groups = _attention_groups(original, args, kwargs)

@@ -160,16 +160,24 @@ class _Block(keras.layers.Layer):
         return inputs + self.inner(inputs) * self.gate(inputs)
 
 
-def test_composite_layers_are_reported_as_composite():
+def test_composite_layers_are_whitened_inside_or_reported_as_composite():
     inputs = keras.Input((5, 6))
     x = _Block(name="block")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
-    _, report = keras_sngd.reconstruct(model, return_report=True)
-    skipped = {path: reason for path, _, reason in report.skipped}
-    assert set(skipped) == {"block"}
+    # Its two inner layers read the block's input: one LocalFisher inside, before both.
+    sngd, report = keras_sngd.reconstruct(model, return_report=True)
+    assert report.skipped == []
+    (inner, _, _, features, _), head = report.inserted
+    assert inner.startswith("block/") and "+" in inner and features == 6 and head[0] == "head"
+    assert isinstance(sngd.get_layer("block"), keras_sngd.InnerWhitening)
+    # Left whole (excluded, or for the NGD baseline's statistics layer), it is reported as composite.
+    for arguments in ({"exclude": ["block"]}, {"layer_class": keras_sngd.FisherStatistics}):
+        _, report = keras_sngd.reconstruct(model, return_report=True, **arguments)
+        skipped = {path: reason for path, _, reason in report.skipped}
+        assert set(skipped) == {"block"}
+        assert [row[0] for row in report.inserted] == ["head"]
     assert "composite layer with 2 Dense/EinsumDense layers inside" in skipped["block"]
     assert "not rewritten" in skipped["block"] and "has no kernel" not in skipped["block"]
-    assert [row[0] for row in report.inserted] == ["head"]
 
 
 def test_explicit_cast_between_local_fisher_and_layer_is_walked_through():
