@@ -102,7 +102,7 @@ def _with_first(args, kwargs, value):
 
 
 def standalone_arguments(args, kwargs):
-    """`(args, kwargs)` with every `KerasTensor` replaced by a new one of the same shape and dtype that no
+    """`(args, kwargs)` with every `KerasTensor` replaced by a new dense one of the same shape and dtype that no
     graph produced (the same tensor given twice stays one tensor), so that calling a layer on them adds no
     node to the model's graph; None if a leaf is neither a tensor nor a plain Python value."""
     copies = {}
@@ -111,7 +111,9 @@ def standalone_arguments(args, kwargs):
     def copy(value):
         if isinstance(value, keras.KerasTensor):
             if id(value) not in copies:
-                copies[id(value)] = keras.KerasTensor(value.shape, dtype=value.dtype, sparse=value.sparse)
+                # Dense: Keras's shape inference marks some dense tensors sparse (the input of a KerasHub
+                # Gemma's first decoder block), and a sparse placeholder fails where the real tensor works.
+                copies[id(value)] = keras.KerasTensor(value.shape, dtype=value.dtype)
             return copies[id(value)]
         if not isinstance(value, plain):
             raise TypeError(type(value).__name__)
@@ -171,7 +173,7 @@ def composite_plan(layer, args, kwargs):
         if isinstance(value, keras.KerasTensor) and any(size is None for size in value.shape):
             if id(value) not in concrete:
                 concrete[id(value)] = keras.KerasTensor(tuple(2 if size is None else size for size in value.shape),
-                                                        dtype=value.dtype, sparse=value.sparse)
+                                                        dtype=value.dtype)
             return concrete[id(value)]
         return value
 
@@ -197,7 +199,14 @@ def composite_plan(layer, args, kwargs):
 
             object.__setattr__(sublayer, "call", recorder)
             patched.append(sublayer)
-        keras.src.backend.compute_output_spec(lambda *a, **k: layer(*a, **k), *args, **kwargs)
+        def probe(*call_args, **call_kwargs):
+            # A backend may run the call more than once (PyTorch retries on real tensors where an operation
+            # fails on its "meta" ones): only the last, complete run counts.
+            for calls in seen.values():
+                calls.clear()
+            return layer(*call_args, **call_kwargs)
+
+        keras.src.backend.compute_output_spec(probe, *args, **kwargs)
     finally:
         for sublayer in patched:
             object.__delattr__(sublayer, "call")
@@ -357,6 +366,10 @@ class InnerWhitening(keras.layers.Wrapper):
             return self.layer(*args, **kwargs)
         finally:
             self._whitened = outer
+
+    def compute_output_spec(self, *args, **kwargs):
+        # The wrapped layer's own (some layers define it, or their output shape, instead of tracing the call).
+        return self.layer.compute_output_spec(*args, **kwargs)
 
     def compute_mask(self, *args, **kwargs):
         return self.layer.compute_mask(*args, **kwargs)

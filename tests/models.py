@@ -115,6 +115,12 @@ def token_inputs(model, batch=4, seed=0):
             "padding_mask": padding_mask.astype("int32")}
 
 
+def decoder_token_inputs(model, batch=4, seed=0):
+    """Decoder-only language model inputs: token ids and a padding mask."""
+    inputs = token_inputs(model, batch, seed)
+    return {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
+
+
 def sequence_inputs(model, batch=4, seed=0):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch,) + tuple(model.inputs[0].shape[1:])).astype("float32")
@@ -150,6 +156,27 @@ def bert_text_classifier():
     return keras_hub.models.BertTextClassifier(backbone=bert_backbone(), num_classes=3, preprocessor=None)
 
 
+def gemma_backbone():
+    """KerasHub's Gemma: decoder blocks with query/key/value and gated-MLP EinsumDense layers inside (whose
+    first block's input Keras's shape inference marks sparse)."""
+    import keras_hub
+
+    return keras_hub.models.GemmaBackbone(
+        vocabulary_size=HUB_VOCABULARY, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=8,
+        intermediate_dim=16, head_dim=4,
+    )
+
+
+def mistral_backbone():
+    """KerasHub's Mistral: grouped-query attention and a gated MLP inside each decoder layer."""
+    import keras_hub
+
+    return keras_hub.models.MistralBackbone(
+        vocabulary_size=HUB_VOCABULARY, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=8,
+        intermediate_dim=16,
+    )
+
+
 def transformer_decoder():
     import keras_hub
 
@@ -174,6 +201,8 @@ CONSTRUCTOR_CORPUS = {
     "ConvNeXtTiny": (convnext_tiny, image_inputs),
     "BertBackbone": (bert_backbone, token_inputs),
     "BertTextClassifier": (bert_text_classifier, token_inputs),
+    "GemmaBackbone": (gemma_backbone, decoder_token_inputs),
+    "MistralBackbone": (mistral_backbone, decoder_token_inputs),
     "TransformerDecoder": (transformer_decoder, sequence_inputs),
     "ViTImageClassifier": (vit_image_classifier, image_inputs),
 }

@@ -59,6 +59,31 @@ def test_plan_groups_inner_layers_by_the_tensor_they_read():
     assert skipped == []
 
 
+def test_plan_counts_only_the_last_run_of_a_backend_that_runs_the_call_twice(monkeypatch):
+    """PyTorch's `compute_output_spec` reruns the call on real tensors where an operation fails on its
+    "meta" ones: the first, partial run's calls must not make every inner layer look called twice."""
+    import keras.src.backend as backend
+
+    original = backend.compute_output_spec
+
+    def twice(fn, *args, **kwargs):
+        original(fn, *args, **kwargs)
+        return original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "compute_output_spec", twice)
+    block = GatedBlock(8, 12)
+    x = keras.KerasTensor((None, 5, 8))
+    block(x)
+    groups, skipped = composite_plan(block, *standalone_arguments((x,), {}))
+    assert len(groups) == 2 and skipped == []
+
+
+def test_a_tensor_marked_sparse_by_shape_inference_is_traced_dense():
+    x = keras.KerasTensor((None, 5, 8), sparse=True)
+    args, _ = standalone_arguments((x, x), {})
+    assert args[0] is args[1] and not args[0].sparse
+
+
 @keras.saving.register_keras_serializable(package="test_inner_whitening")
 class TwiceApplied(L.Layer):
     """One Dense applied to two different tensors inside the call: one U cannot whiten both."""
