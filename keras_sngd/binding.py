@@ -114,8 +114,23 @@ class Binding:
                        "backward" if part == 1 else self.label, self.argument)
 
     @property
+    def input_axes(self):
+        """The kernel axes that index input features, as a tuple: one, or for an EinsumDense that contracts
+        the input's last few axes (an attention's output projection, `abcd,cde->abe`) those, in the input's
+        order (`inner_binding`; the features are then the flattened axes)."""
+        return tuple(self.input_axis) if isinstance(self.input_axis, (tuple, list)) else (self.input_axis,)
+
+    @property
     def features(self):
-        return self.kernel.shape[self.input_axis]
+        size = 1
+        for axis in self.input_axes:
+            size *= self.kernel.shape[axis]
+        return size
+
+    @property
+    def contracted_axes(self):
+        """How many trailing axes of the input the kernel contracts (1 but for `inner_binding`'s)."""
+        return len(self.input_axes)
 
     @property
     def trainable(self):
@@ -131,10 +146,13 @@ class Binding:
         `function` taking and returning the kernel as a `(features, -1)` matrix (e.g. `M K` given in
         factored form, `keras_sngd.low_rank.low_rank_mixing`)."""
         kernel = ops.convert_to_tensor(self.kernel) if kernel is None else kernel
-        moved = ops.moveaxis(kernel, self.input_axis, 0)
-        rest = tuple(moved.shape[1:])
+        axes = self.input_axes
+        leading = tuple(range(len(axes)))
+        moved = ops.moveaxis(kernel, axes, leading)
+        sizes = tuple(moved.shape[:len(axes)])
+        rest = tuple(moved.shape[len(axes):])
         mixed = function(ops.reshape(moved, (self.features, -1)))
-        return ops.moveaxis(ops.reshape(mixed, (self.features,) + rest), 0, self.input_axis)
+        return ops.moveaxis(ops.reshape(mixed, sizes + rest), leading, axes)
 
     def shift_response(self, kernel, shift):
         """`contract(K, shift)` over the input-feature and spatial axes: what a constant input `shift` adds
@@ -309,17 +327,32 @@ def argument_tensor(binding, args, kwargs):
     return found if isinstance(found, keras.KerasTensor) else None
 
 
-def _einsum_binding(layer):
+def _einsum_binding(layer, trailing=False):
     inputs, rest = layer.equation.split(",")
     kernel_letters, outputs = rest.split("->")
     contracted = [letter for letter in inputs if letter in kernel_letters and letter not in outputs]
-    if "." in layer.equation or len(contracted) != 1 or inputs[-1] != contracted[0]:
+    several = (trailing and len(contracted) > 1 and inputs.endswith("".join(contracted))
+               and all(letter not in outputs for letter in contracted))
+    if "." in layer.equation or not (len(contracted) == 1 and inputs[-1] == contracted[0] or several):
         return None, (f"EinsumDense equation {layer.equation!r}: only one contracted input axis, the last, "
                       "has a clear kernel input axis")
+    axes = tuple(kernel_letters.index(letter) for letter in contracted)
     return Binding(
-        layer, layer.kernel, kernel_letters.index(contracted[0]), -1, getattr(layer, "bias", None),
+        layer, layer.kernel, axes[0] if len(axes) == 1 else axes, -1, getattr(layer, "bias", None),
         centering="EinsumDense bias axes need not cover every output axis",
     ), None
+
+
+def inner_binding(layer):
+    """`binding_for(layer)`, and for an EinsumDense that contracts its input's last few axes together
+    (`abcd,cde->abe`: an attention's output projection, over heads and their size) a binding on those
+    axes flattened: a LocalFisher before it whitens the input reshaped to `(..., c * d)`. Only a LocalFisher
+    inside a composite layer (`keras_sngd.inner_whitening`) reshapes its input so; in the model graph such
+    a layer keeps its kernel."""
+    binding, reason = binding_for(layer)
+    if binding is None and isinstance(layer, keras.layers.EinsumDense) and reason.startswith("EinsumDense equation"):
+        return _einsum_binding(layer, trailing=True)
+    return binding, reason
 
 
 def cannot_absorb_mixing(layer):

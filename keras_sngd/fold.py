@@ -149,9 +149,11 @@ def _fold(model, inherited=None):
     return new_model
 
 
-def _absorb(local_fisher, binding, new_layer):
-    """Set `new_layer`'s kernel (and bias) to the effective weights of `binding.layer` behind `local_fisher`."""
-    new_binding = bindings_for(new_layer)[0][binding.part]
+def _absorb(local_fisher, binding, new_layer, new_binding=None):
+    """Set `new_layer`'s kernel (and bias) to the effective weights of `binding.layer` behind `local_fisher`
+    (`new_binding`: the new layer's binding, where not its graph binding of the same part)."""
+    if new_binding is None:
+        new_binding = bindings_for(new_layer)[0][binding.part]
     inverse_root = local_fisher.inverse_root.numpy()
     effective = binding.mix(inverse_root)
     new_binding.kernel.assign(effective)

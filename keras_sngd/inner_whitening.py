@@ -30,10 +30,11 @@ on TensorFlow, JAX and PyTorch.
 """
 
 import keras
+from keras import ops
 
 from keras_sngd.binding import ATTENTION_TYPES
-from keras_sngd.binding import binding_for
 from keras_sngd.binding import bindings_for
+from keras_sngd.binding import inner_binding
 from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import clone_layer
 from keras_sngd.local_fisher import LocalFisher
@@ -78,7 +79,7 @@ def candidate_reason(sublayer):
         return f"{type(sublayer).__name__} is not a Dense, EinsumDense or convolution layer"
     if not sublayer.built:
         return "not built"
-    binding, reason = binding_for(sublayer)
+    binding, reason = inner_binding(sublayer)
     if binding is None:
         return reason
     if not sublayer.trainable or not binding.trainable:
@@ -160,9 +161,11 @@ def composite_plan(layer, args, kwargs):
     `layer(*args, **kwargs)` (`args`, `kwargs` standalone, `standalone_arguments`).
 
     Runs the call once on symbolic tensors with every candidate inner layer recording the tensor it
-    receives. Returns `(groups, skipped)`: `groups` a list of `(indices, shape)`, one per tensor read by
-    candidate layers, in call order: the indices of its readers in `inner_layers(layer)` and its shape
-    (the batch size None); `skipped` a list of `(index, reason)`.
+    receives. Returns `(groups, skipped)`: `groups` a list of `(indices, shape, contracted)`, one per
+    tensor read by candidate layers (and number of trailing axes they contract), in call order: the
+    indices of its readers in `inner_layers(layer)`, its shape as the LocalFisher sees it (the batch size
+    None; `contracted` trailing axes flattened into one) and `contracted`; `skipped` a list of
+    `(index, reason)`.
     """
     sublayers = inner_layers(layer)
     # Unknown sizes made concrete (2): a backend that infers unknown sizes by running the call twice
@@ -213,6 +216,7 @@ def composite_plan(layer, args, kwargs):
     groups, tensors = [], []
     for index in candidates:
         calls = seen[index]
+        contracted = inner_binding(sublayers[index])[0].contracted_axes
         if not calls:
             skipped.append((index, "not called by the composite's call"))
             continue
@@ -221,14 +225,20 @@ def composite_plan(layer, args, kwargs):
                 f"called {len(calls)} times inside the composite's call: one U would have to whiten every "
                 "tensor it reads")))
             continue
-        for position, tensor in enumerate(tensors):
-            if tensor is calls[0]:
+        for position, (tensor, axes) in enumerate(tensors):
+            if tensor is calls[0] and axes == contracted:
                 groups[position][0].append(index)
                 break
         else:
-            tensors.append(calls[0])
-            shape = [None if size is None else int(size) for size in tuple(calls[0].shape)]
-            groups.append(([index], [None] + shape[1:]))
+            tensors.append((calls[0], contracted))
+            shape = [None] + [int(size) for size in tuple(calls[0].shape)[1:]]
+            if contracted > 1:
+                # The contracted trailing axes as one feature axis (`InnerWhitening` reshapes the tensor so).
+                features = 1
+                for size in shape[-contracted:]:
+                    features *= size
+                shape = shape[:-contracted] + [features]
+            groups.append(([index], shape, contracted))
     return groups, sorted(skipped)
 
 
@@ -261,6 +271,7 @@ class InnerWhitening(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self._fisher_specs = [{"consumers": [int(i) for i in spec["consumers"]],
                                "input_shape": [None if size is None else int(size) for size in spec["input_shape"]],
+                               "contracted": int(spec.get("contracted", 1)),
                                "config": dict(spec["config"])}
                               for spec in fishers]
         self._call_spec = call_spec
@@ -295,7 +306,7 @@ class InnerWhitening(keras.layers.Wrapper):
             consumers = self._consumers(spec, sublayers)
             bindings = []
             for consumer in consumers:
-                binding, reason = binding_for(consumer)
+                binding, reason = inner_binding(consumer)
                 if binding is None:
                     raise ValueError(f"InnerWhitening '{self.name}': inner layer {consumer.name!r} cannot absorb "
                                      f"a LocalFisher: {reason}")
@@ -335,7 +346,14 @@ class InnerWhitening(keras.layers.Wrapper):
             for fisher_position, source, whitened in cache:
                 if fisher_position == position and source is tensor:
                     return whitened
-        whitened = self.fishers[position](tensor)
+        contracted = self._fisher_specs[position]["contracted"]
+        if contracted > 1:
+            # An EinsumDense contracting the last few axes together: whitened as one flattened feature axis.
+            shape = ops.shape(tensor)
+            flat = ops.reshape(tensor, tuple(shape[:-contracted]) + (self.fishers[position].inverse_root.shape[0],))
+            whitened = ops.reshape(self.fishers[position](flat), shape)
+        else:
+            whitened = self.fishers[position](tensor)
         if cache is not None:
             cache.append((position, tensor, whitened))
         return whitened
@@ -393,7 +411,7 @@ class InnerWhitening(keras.layers.Wrapper):
         sublayers = inner_layers(new)
         for fisher, spec in zip(self.fishers, self._fisher_specs):
             for binding, index in zip(fisher._inner_bindings, spec["consumers"]):
-                _absorb(fisher, binding, sublayers[index])
+                _absorb(fisher, binding, sublayers[index], inner_binding(sublayers[index])[0])
         return new
 
     def get_config(self):
@@ -404,7 +422,7 @@ class InnerWhitening(keras.layers.Wrapper):
             config["layer"] = dict(config["layer"])
             config["layer"].pop("build_config", None)
         config["fishers"] = [{"consumers": list(spec["consumers"]), "input_shape": list(spec["input_shape"]),
-                              "config": fisher.get_config()}
+                              "contracted": spec["contracted"], "config": fisher.get_config()}
                              for spec, fisher in zip(self._fisher_specs, self.fishers)]
         config["call_spec"] = self._call_spec
         return config

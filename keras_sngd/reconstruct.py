@@ -7,6 +7,7 @@ import keras
 
 from keras_sngd.binding import binding_for
 from keras_sngd.binding import bindings_for
+from keras_sngd.binding import inner_binding
 from keras_sngd.binding import cannot_absorb_mixing
 from keras_sngd.binding import ATTENTION_TYPES
 from keras_sngd.binding import argument_place
@@ -261,13 +262,14 @@ def reconstruct(
     return (new_model, report) if return_report else new_model
 
 
-def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group=None, name=None, path=None):
+def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group=None, name=None, path=None,
+            bindings=None):
     """The LocalFisher to put before `layer` (a new one), or None; records the decision in `report`.
     `reads_fixed`: a callable, whether the layer's input is fixed features (`reads_fixed_features`).
     `group`: for an attention layer called on different tensors, the labels of the projections that read
     the tensor this LocalFisher goes before (`_attention_groups`); None for all of the layer's kernels.
-    `name`, `path`: the LocalFisher's name and the report's path, where not the layer's (inside a composite
-    layer, `_inner_whitening`)."""
+    `name`, `path`, `bindings`: the LocalFisher's name, the report's path and the layer's bindings, where
+    not the layer's own (inside a composite layer, `_inner_whitening`)."""
     if path is None:
         path = prefix + layer.name
         if group is not None:
@@ -291,9 +293,10 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
     if options["layer_types"] is not None and not isinstance(layer, options["layer_types"]):
         report.skipped.append((path, kind, "type not in layer_types"))
         return None
-    bindings, reason = bindings_for(layer)
-    if not bindings:
-        return _skipped_or_bounded(layer, options, report, path, reason, already_whitened)
+    if bindings is None:
+        bindings, reason = bindings_for(layer)
+        if not bindings:
+            return _skipped_or_bounded(layer, options, report, path, reason, already_whitened)
     if group is not None:
         bindings = [each for each in bindings if each.label in group]
     # One LocalFisher for all of the layer's kernels on its input (both directions of a Bidirectional, an
@@ -424,7 +427,7 @@ def _inner_whitening(original, new, args, kwargs, options, prefix, report):
         return None
     sublayers = inner_layers(new)
     specs = []
-    for indices, shape in groups:
+    for indices, shape, contracted in groups:
         members = []
         for index in indices:
             sublayer = sublayers[index]
@@ -441,13 +444,14 @@ def _inner_whitening(original, new, args, kwargs, options, prefix, report):
         taken = {spec["config"]["name"] for spec in specs}
         name = next(candidate for candidate in [name] + [f"{name}_{count}" for count in range(2, len(specs) + 2)]
                     if candidate not in taken)
-        local_fisher = _decide(members[0], options, prefix, report, None, lambda: False, name=name, path=inner_path)
+        local_fisher = _decide(members[0], options, prefix, report, None, lambda: False, name=name, path=inner_path,
+                               bindings=[inner_binding(members[0])[0]])
         if local_fisher is None:
             continue
         report.notes.append((local_fisher.name, (
             f"inside {kind} '{original.name}' (keras_sngd.InnerWhitening), before {', '.join(names)}")))
         specs.append({"consumers": [sublayers.index(member) for member in members], "input_shape": shape,
-                      "config": local_fisher.get_config()})
+                      "contracted": contracted, "config": local_fisher.get_config()})
     for index, reason in skipped:
         sublayer = sublayers[index]
         report.skipped.append((f"{path}/{sublayer.name}", type(sublayer).__name__, reason))

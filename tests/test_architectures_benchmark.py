@@ -17,7 +17,7 @@ from benchmarks.architectures import MODELS  # noqa: E402
 
 
 def test_models_and_what_reconstruct_whitens():
-    expected = {"transformer_rows": 8, "keras_hub_transformer_rows": 8, "gru_rows": 2, "separable_cnn": 3,
+    expected = {"transformer_rows": 8, "keras_hub_transformer_rows": 10, "gru_rows": 2, "separable_cnn": 3,
                 "groupnorm_cnn": 4, "plain_deep_cnn": 8, "mobilenet_v2": 36}
     for name, build in MODELS.items():
         _, report = keras_sngd.reconstruct(build(), return_report=True)
@@ -27,10 +27,12 @@ def test_models_and_what_reconstruct_whitens():
             assert kinds.count("MultiHeadAttention") == 2, str(report)
             assert not any(entry[1] == "MultiHeadAttention" for entry in report.skipped)
         if name == "keras_hub_transformer_rows":
-            # Inside each encoder: the attention's query, key and value (one tensor), the MLP's two layers.
+            # Inside each encoder: the attention's query, key and value (one tensor) and output projection,
+            # the MLP's two layers.
             inside = [entry[0] for entry in report.inserted if "/" in entry[0]]
             assert sorted(inside) == sorted(f"encoder_{index}/{layer}" for index in (1, 2) for layer in (
-                "value+key+query", "feedforward_intermediate_dense", "feedforward_output_dense")), str(report)
+                "value+key+query", "attention_output", "feedforward_intermediate_dense",
+                "feedforward_output_dense")), str(report)
     keras.backend.clear_session()
 
 

@@ -101,13 +101,15 @@ class _NormalizedQueryAttention(L.MultiHeadAttention):
 def test_attention_subclass_with_its_own_call_is_whitened_inside():
     """Its projections cannot be bound to the call's arguments (the call transforms the query first), so the
     layer is whitened inside its call (`keras_sngd.InnerWhitening`), where the tensors each projection reads
-    are seen: the transformed query gets a LocalFisher of its own, the key and value share one."""
+    are seen: the transformed query gets a LocalFisher of its own, the key and value share one, and the
+    output projection (contracting heads and their size) gets one on the two axes flattened."""
     inputs = keras.Input((5, 6))
     outputs = _NormalizedQueryAttention(2, 4, name="attention")(inputs, inputs)
     plain = keras.Model(inputs, outputs)
     assert "overrides the call of MultiHeadAttention" in bindings_for(plain.get_layer("attention"))[1]
     sngd, report = keras_sngd.reconstruct(plain, return_report=True)
-    assert [row[0] for row in report.inserted] == ["attention/query", "attention/key+value"]
+    assert sorted(row[0] for row in report.inserted) == ["attention/attention_output", "attention/key+value",
+                                                         "attention/query"]
     assert isinstance(sngd.get_layer("attention"), keras_sngd.InnerWhitening)
     probe = np.random.default_rng(0).normal(size=(3, 5, 6)).astype("float32")
     np.testing.assert_allclose(sngd(probe), plain(probe), atol=1e-6)

@@ -53,10 +53,36 @@ def test_plan_groups_inner_layers_by_the_tensor_they_read():
     x = keras.KerasTensor((None, 5, 8))
     block(x)
     groups, skipped = composite_plan(block, *standalone_arguments((x,), {}))
-    names = [[inner_layers(block)[index].name for index in indices] for indices, _ in groups]
+    names = [[inner_layers(block)[index].name for index in indices] for indices, _, _ in groups]
     assert names == [["gate", "up"], ["down"]]
-    assert [shape for _, shape in groups] == [[None, 5, 8], [None, 5, 12]]
+    assert [shape for _, shape, _ in groups] == [[None, 5, 8], [None, 5, 12]]
+    assert [contracted for _, _, contracted in groups] == [1, 1]
     assert skipped == []
+
+
+def test_an_einsum_contracting_the_last_two_axes_is_whitened_on_them_flattened():
+    """An attention's output projection `abcd,cde->abe` reads (batch, time, heads, size): inside a composite
+    it gets a LocalFisher on the heads x size features flattened; in the model graph it keeps its kernel."""
+    from keras_sngd.binding import binding_for
+    from keras_sngd.binding import inner_binding
+
+    projection = L.EinsumDense("abcd,cde->abe", output_shape=(None, 5), bias_axes="e")
+    projection.build((None, 3, 2, 4))
+    assert binding_for(projection)[0] is None
+    binding, _ = inner_binding(projection)
+    assert binding.input_axes == (0, 1) and binding.features == 8 and binding.contracted_axes == 2
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(8, 8)).astype("float32")
+    kernel = keras.ops.convert_to_numpy(projection.kernel)
+    expected = (mixing @ kernel.reshape(8, 5)).reshape(2, 4, 5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(binding.mix(mixing)), expected, rtol=1e-5, atol=1e-5)
+    # Whitening the flattened input and mixing the kernel keep the layer's function: (x M^-1) (M K) = x K.
+    inputs = rng.normal(size=(6, 3, 2, 4)).astype("float32")
+    before = keras.ops.convert_to_numpy(projection(inputs))
+    inverse = np.linalg.inv(mixing)
+    projection.kernel.assign(binding.mix(mixing))
+    whitened = (inputs.reshape(6, 3, 8) @ inverse).reshape(6, 3, 2, 4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(projection(whitened)), before, rtol=1e-3, atol=1e-3)
 
 
 def test_plan_counts_only_the_last_run_of_a_backend_that_runs_the_call_twice(monkeypatch):

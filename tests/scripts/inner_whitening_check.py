@@ -85,8 +85,10 @@ MODELS = {
     "sequential_blocks": (None, 2),
 }
 if installed("keras_hub"):
-    MODELS["keras_hub_encoder"] = (keras_hub_encoder, 3)
-    MODELS["keras_hub_decoder"] = (keras_hub_decoder, 5)
+    # The attention's query/key/value (one tensor) and output projection, the MLP's two layers; the
+    # decoder's cross-attention reads two tensors (query; key and value) and has its own output projection.
+    MODELS["keras_hub_encoder"] = (keras_hub_encoder, 4)
+    MODELS["keras_hub_decoder"] = (keras_hub_decoder, 7)
 
 
 def inner_fishers(model):
