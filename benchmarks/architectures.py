@@ -1,6 +1,6 @@
 """SNGD on architectures the package does not ship, as a new user would try it (issue #8's protocol).
 
-Each run: a fresh model (seed 0) trained on the first `--samples` real Fashion-MNIST images, batch 64, no
+Each run: a fresh model (seed `--seed`, 0 by default) trained on the first `--samples` real Fashion-MNIST images, batch 64, no
 shuffling, `--epochs` epochs; `adam:LR` is `keras.optimizers.Adam(LR)` on the plain model, `sgd:LR` plain
 `SGD(LR)`, `sngd:LR` is `keras_sngd.reconstruct(model)` with its defaults and `SGD(LR)`, and
 `sngd-attention-unwhitened:LR` the same with the attention layers excluded (how `reconstruct` treated
@@ -129,9 +129,9 @@ MODELS = {
 _UNWHITENABLE = (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 
 
-def run(name, kind, learning_rate, images, labels, epochs):
+def run(name, kind, learning_rate, images, labels, epochs, seed=0):
     keras.backend.clear_session()
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = MODELS[name]()
     if kind.endswith("+frozen-depthwise"):
         # The layers SNGD cannot whiten, frozen: whether their (unbounded) steps are what breaks a run.
@@ -179,10 +179,11 @@ def main():
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated KIND:LR")
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="the models' initialization seed")
     args = parser.parse_args()
     images, labels = load_subset(args.samples)
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}; {args.samples} images, batch 64, "
-          f"{args.epochs} epochs, seed 0")
+          f"{args.epochs} epochs, seed {args.seed}")
     print("| model | run | lr | " + " | ".join(f"loss ep {e + 1}" for e in range(args.epochs)) + " | s |")
     print("|---|---|---|" + "---|" * (args.epochs + 1))
     for name in args.models.split(","):
@@ -190,7 +191,7 @@ def main():
             raise ValueError(f"Unknown model {name!r}: {', '.join(MODELS)}.")
         for entry in args.runs.split(","):
             kind, learning_rate = entry.split(":")
-            losses, seconds = run(name, kind, float(learning_rate), images, labels, args.epochs)
+            losses, seconds = run(name, kind, float(learning_rate), images, labels, args.epochs, args.seed)
             print(f"| {name} | {kind} | {float(learning_rate):g} | " + " | ".join(f"{loss:.3f}" for loss in losses)
                   + f" | {seconds:.0f} |", flush=True)
 
