@@ -215,3 +215,23 @@ def test_sngd_trains_a_keras_hub_transformer_faster_than_sgd():
     inside = final_loss(keras_sngd.reconstruct(build()))
     assert np.isfinite(inside)
     assert inside < plain and inside < whole, (inside, whole, plain)
+
+
+def test_the_trust_region_bounds_the_steps_of_the_inner_layers():
+    model = keras_sngd.reconstruct(_gated_model())
+    rng = np.random.default_rng(2)
+    features, labels = rng.normal(size=(16, 5, 6)).astype("float32"), rng.integers(0, 3, 16)
+    model.compile(keras.optimizers.SGD(100.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    block = model.get_layer("block_1").layer
+    inner = [block.gate, block.up, block.down]
+
+    def weights():
+        return [np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in (layer.kernel, layer.bias)])
+                for layer in inner]
+
+    before = weights()
+    model.train_on_batch(features, labels)
+    steps = [np.linalg.norm(new - old) / np.linalg.norm(old) for new, old in zip(weights(), before)]
+    radius = model.get_layer("block_1").fishers[0].max_step
+    assert radius == 0.05 and all(step <= radius * (1 + 1e-4) for step in steps), steps
+    assert max(steps) > 0.5 * radius, steps  # SGD at lr 100 takes the whole radius
