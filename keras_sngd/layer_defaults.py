@@ -33,7 +33,9 @@ measured on the paper's MLP, and gets the trust region (without it the MLP diver
 0.3; with `max_step=0.05` it trains there, and at 0.1 the bound never binds: the same losses to four
 digits). In a network with any convolution or recurrent layer, every inserted LocalFisher gets
 `STABLE_ARGUMENTS` (they had the 10-step check first, so that natural-gradient steps start sooner),
-since the blow-up is one mode coupling all layers, the Dense head included. In deep
+since the blow-up is one mode coupling all layers, the Dense head included; so does a network with an
+attention layer or a composite layer whitened inside (a transformer: at damping 0.01 it trained badly
+at large learning rates, `needs_stable_arguments`). In deep
 networks without normalization the radius falls with depth (`trust_radius`). The LocalFisher before a
 Dense layer that reads fixed features (raw data, a frozen backbone's output) gets `damping` 1.0, for test
 accuracy (`fixed_feature_damping`, docs/generalization.md), and, from 256 features, statistics whose
@@ -136,9 +138,31 @@ def trust_radius(model):
 
 
 def needs_stable_arguments(model):
-    """Whether `model` (searched recursively, composite layers included) has a convolution or a recurrent
-    layer."""
-    return any(layer_family(layer) in ("convolution", "recurrent") for layer in _layers(model))
+    """Whether `model` (searched recursively, composite layers included) has a convolution, a recurrent
+    layer, an attention layer or a composite layer whose inner layers `reconstruct` whitens (a KerasHub
+    transformer layer, a user's block: `keras_sngd.inner_whitening`).
+
+    Attention and transformer layers: with the Dense networks' damping (0.01 relative to the mean
+    eigenvalue) SNGD trained transformers well at small learning rates and poorly at large ones, and with
+    0.1 the other way round, by less (`python benchmarks/architectures.py --models
+    transformer_rows,keras_hub_transformer_rows`, 8,192 Fashion-MNIST images, 3 epochs, seeds 0 and 1;
+    `benchmarks/results/architectures/`): on the KerasHub encoders, damping 0.01 gave 0.629 / 0.683 /
+    0.440 / 0.467 at lr 0.3 / 0.1 / 0.03 / 0.01 and 0.1 gave 0.461 / 0.441 / 0.456 / 0.513 (Adam's best
+    0.489), the same best loss with no learning rate far off it.
+    """
+    for layer in _layers(model):
+        if layer_family(layer) in ("convolution", "recurrent") or isinstance(layer, ATTENTION_TYPES):
+            return True
+        if not isinstance(layer, keras.Model) and _whitened_inside(layer):
+            return True
+    return False
+
+
+def _whitened_inside(layer):
+    from keras_sngd.inner_whitening import InnerWhitening
+    from keras_sngd.inner_whitening import is_composite
+
+    return isinstance(layer, InnerWhitening) or is_composite(layer)
 
 
 def default_arguments(model, layer_class=None):
@@ -148,7 +172,8 @@ def default_arguments(model, layer_class=None):
     `max_step=trust_radius(model)`, the batch-leverage scale (`leverage_scaling=True`,
     `keras_sngd.leverage`), and `rank="auto"` (a low-rank `U` before Dense layers with at least 256
     input features and damping of at least 0.1: `keras_sngd.low_rank.resolve_rank`); a network with a
-    convolution or a recurrent layer also gets `STABLE_ARGUMENTS`' damping. With `layer_class` (what
+    convolution, a recurrent layer, an attention layer or a composite layer (`needs_stable_arguments`)
+    also gets `STABLE_ARGUMENTS`' damping. With `layer_class` (what
     `reconstruct` inserts), only the arguments its constructor takes: the statistics-only
     `FisherStatistics` of the NGD baseline has no trust region (`max_step`).
     """

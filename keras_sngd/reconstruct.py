@@ -168,7 +168,8 @@ def reconstruct(
             networks without normalization: `keras_sngd.layer_defaults.trust_radius`) and otherwise the
             LocalFisher defaults for a network of Dense layers, and also
             `keras_sngd.layer_defaults.STABLE_ARGUMENTS` (stronger damping, earlier refreshes) when the
-            network has a convolution or recurrent layer; and `damping` 1.0 before a Dense or EinsumDense
+            network has a convolution, recurrent, attention or composite (transformer) layer
+            (`keras_sngd.layer_defaults.needs_stable_arguments`); and `damping` 1.0 before a Dense or EinsumDense
             layer whose input is fixed features (no layer with trainable weights before it: raw or
             preprocessed data, a frozen backbone's output), so that whitening does not erase the data's own
             structure (`keras_sngd.layer_defaults.fixed_feature_damping`; the report notes it); and

@@ -235,3 +235,21 @@ def test_the_trust_region_bounds_the_steps_of_the_inner_layers():
     radius = model.get_layer("block_1").fishers[0].max_step
     assert radius == 0.05 and all(step <= radius * (1 + 1e-4) for step in steps), steps
     assert max(steps) > 0.5 * radius, steps  # SGD at lr 100 takes the whole radius
+
+
+def test_transformers_get_the_stable_damping():
+    """A network with an attention layer, or a composite layer whitened inside, gets STABLE_ARGUMENTS'
+    damping (`keras_sngd.layer_defaults.needs_stable_arguments`); a network of Dense layers does not."""
+    from keras_sngd.layer_defaults import STABLE_ARGUMENTS
+    from keras_sngd.layer_defaults import default_arguments
+
+    inputs = keras.Input((5, 6))
+    dense_only = keras.Model(inputs, L.Dense(3)(L.Dense(4)(inputs)))
+    attention = keras.Model(inputs, L.MultiHeadAttention(2, 4)(inputs, inputs))
+    assert "damping" not in default_arguments(dense_only)
+    assert default_arguments(attention)["damping"] == STABLE_ARGUMENTS["damping"] == 0.1
+    assert default_arguments(_gated_model())["damping"] == 0.1
+    model, report = keras_sngd.reconstruct(_gated_model(), return_report=True)
+    fishers = [layer for _, layer in keras_sngd.graph.walk_layers(model) if isinstance(layer, keras_sngd.LocalFisher)]
+    inside = [fisher for fisher in fishers if fisher.name.startswith("block_")]
+    assert inside and all(fisher.damping == 0.1 for fisher in inside)
