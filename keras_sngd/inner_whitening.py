@@ -18,10 +18,24 @@ tensor is found by running the composite once on symbolic inputs (`composite_pla
 tensors each inner layer receives.
 
 Rules (`composite_plan`): an inner layer gets a LocalFisher if it is a Dense, EinsumDense or (transposed)
-convolution whose kernel can absorb a mixing of its input (`keras_sngd.binding.binding_for`), it is
+convolution whose kernel can absorb a mixing of its input (`keras_sngd.binding.inner_binding`), it is
 trainable, and the composite's call calls it exactly once (an inner layer called twice, on two tensors,
-would need one `U` for both: it is skipped). Depthwise and separable convolutions, normalization and
-embedding layers inside keep their weights as they are.
+would need one `U` for both: it is skipped). An EinsumDense that contracts its input's last few axes
+together (an attention's output projection, `abcd,cde->abe`, over heads and their size) has one kernel
+over those axes flattened: its LocalFisher whitens the input reshaped to `(..., c * d)`,
+
+```
+x' = reshape(reshape(x, (..., c d)) U, (..., c, d)),    K'[c, d, e] re-expressed as the (c d, e) matrix
+```
+
+Depthwise and separable convolutions, normalization and embedding layers inside keep their weights as
+they are.
+
+Where the call runs the inner layers once per time step (Keras's RNNs and `TimeDistributed`), one
+LocalFisher call per step would count each time step as a training step: Keras's own layers are not
+treated as composites (`is_composite`). The LocalFishers inside take the network's defaults from
+`reconstruct` (a network with a composite layer gets the damping of convolutional and recurrent
+networks, `keras_sngd.layer_defaults.needs_stable_arguments`).
 
 The wrapper is an ordinary Keras layer: it saves and loads with `.keras` files (its config holds the
 wrapped layer's config and, per LocalFisher, the indices of its consumers among the wrapped layer's
