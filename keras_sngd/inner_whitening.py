@@ -176,7 +176,8 @@ def composite_plan(layer, args, kwargs):
 
     Runs the call once on symbolic tensors with every candidate inner layer recording the tensor it
     receives. Returns `(groups, skipped)`: `groups` a list of `(indices, shape, contracted)`, one per
-    tensor read by candidate layers (and number of trailing axes they contract), in call order: the
+    tensor read by candidate layers (and number of trailing axes they contract), in the order the call
+    first reads them: the
     indices of its readers in `inner_layers(layer)`, its shape as the LocalFisher sees it (the batch size
     None; `contracted` trailing axes flattened into one) and `contracted`; `skipped` a list of
     `(index, reason)`.
@@ -204,6 +205,7 @@ def composite_plan(layer, args, kwargs):
             else:
                 skipped.append((index, reason))
     seen = {index: [] for index in candidates}
+    order = []  # the candidates in the order the call calls them
     patched = []
     try:
         for index in candidates:
@@ -212,6 +214,7 @@ def composite_plan(layer, args, kwargs):
 
             def recorder(*call_args, _index=index, _original=original, **call_kwargs):
                 seen[_index].append(_first(call_args, call_kwargs))
+                order.append(_index)
                 return _original(*call_args, **call_kwargs)
 
             object.__setattr__(sublayer, "call", recorder)
@@ -221,6 +224,7 @@ def composite_plan(layer, args, kwargs):
             # fails on its "meta" ones): only the last, complete run counts.
             for calls in seen.values():
                 calls.clear()
+            order.clear()
             return layer(*call_args, **call_kwargs)
 
         keras.src.backend.compute_output_spec(probe, *args, **kwargs)
@@ -228,7 +232,8 @@ def composite_plan(layer, args, kwargs):
         for sublayer in patched:
             object.__delattr__(sublayer, "call")
     groups, tensors = [], []
-    for index in candidates:
+    first_call = {index: order.index(index) if index in order else len(order) for index in candidates}
+    for index in sorted(candidates, key=first_call.get):
         calls = seen[index]
         contracted = inner_binding(sublayers[index])[0].contracted_axes
         if not calls:

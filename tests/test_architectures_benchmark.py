@@ -31,7 +31,7 @@ def test_models_and_what_reconstruct_whitens():
             # the MLP's two layers.
             inside = [entry[0] for entry in report.inserted if "/" in entry[0]]
             assert sorted(inside) == sorted(f"encoder_{index}/{layer}" for index in (1, 2) for layer in (
-                "value+key+query", "attention_output", "feedforward_intermediate_dense",
+                "query+key+value", "attention_output", "feedforward_intermediate_dense",
                 "feedforward_output_dense")), str(report)
     keras.backend.clear_session()
 

@@ -39,6 +39,11 @@ def test_reconstruct_example_runs_as_written():
     run_block(python_blocks()[1])
 
 
+def test_keras_hub_example_runs_as_written():
+    pytest.importorskip("keras_hub", reason="the example needs keras-hub (pip install -e '.[tests]')")
+    run_block(python_blocks()[2])
+
+
 def bash_commands():
     """Every command line of the README's bash blocks, without comments, split at `&&`."""
     with open(README) as handle:
