@@ -230,15 +230,21 @@ def source_tensor(tensor):
     return tensor
 
 
+def first_argument(args, kwargs=None):
+    """A call's first positional argument or, without one, its first keyword argument (`dense(inputs=x)`);
+    None if it has neither. The argument whose features a layer's kernel mixes."""
+    return args[0] if args else next(iter((kwargs or {}).values()), None)
+
+
 def first_tensor(args, kwargs=None):
-    """The tensor a layer call mixes features of: its first positional argument or, without one, its first
-    keyword argument (`dense(inputs=x)`); None if that is not one tensor."""
-    first = args[0] if args else next(iter((kwargs or {}).values()), None)
+    """The symbolic tensor a layer call mixes features of (`first_argument`); None if that is not one
+    `KerasTensor`."""
+    first = first_argument(args, kwargs)
     return first if isinstance(first, keras.KerasTensor) else None
 
 
 def with_first_argument(args, kwargs, tensor):
-    """`(args, kwargs)` of a call with its first argument (as `first_tensor` finds it) replaced by `tensor`."""
+    """`(args, kwargs)` of a call with its first argument (as `first_argument` finds it) replaced by `tensor`."""
     if args:
         return (tensor,) + tuple(args[1:]), kwargs
     kwargs = dict(kwargs)

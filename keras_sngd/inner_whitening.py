@@ -51,6 +51,8 @@ from keras_sngd.binding import bindings_for
 from keras_sngd.binding import inner_binding
 from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import clone_layer
+from keras_sngd.graph import first_argument
+from keras_sngd.graph import with_first_argument
 from keras_sngd.local_fisher import LocalFisher
 
 # Inner layers that can take a LocalFisher in front of them: one kernel over their first argument's
@@ -99,21 +101,6 @@ def candidate_reason(sublayer):
     if not sublayer.trainable or not binding.trainable:
         return "frozen (trainable=False): it takes no gradient step, so there is nothing to precondition"
     return None
-
-
-def _first(args, kwargs):
-    """The first positional argument of a call or, without one, its first keyword argument."""
-    if args:
-        return args[0]
-    return next(iter(kwargs.values()), None)
-
-
-def _with_first(args, kwargs, value):
-    if args:
-        return (value,) + tuple(args[1:]), kwargs
-    kwargs = dict(kwargs)
-    kwargs[next(iter(kwargs))] = value
-    return args, kwargs
 
 
 def standalone_arguments(args, kwargs):
@@ -213,7 +200,7 @@ def composite_plan(layer, args, kwargs):
             original = type(sublayer).call.__get__(sublayer)
 
             def recorder(*call_args, _index=index, _original=original, **call_kwargs):
-                seen[_index].append(_first(call_args, call_kwargs))
+                seen[_index].append(first_argument(call_args, call_kwargs))
                 order.append(_index)
                 return _original(*call_args, **call_kwargs)
 
@@ -352,7 +339,7 @@ class InnerWhitening(keras.layers.Wrapper):
         wrapper = self
 
         def call(*args, **kwargs):
-            args, kwargs = _with_first(args, kwargs, wrapper._whiten(position, _first(args, kwargs)))
+            args, kwargs = with_first_argument(args, kwargs, wrapper._whiten(position, first_argument(args, kwargs)))
             return original(*args, **kwargs)
 
         object.__setattr__(consumer, "call", call)
