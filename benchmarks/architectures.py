@@ -7,7 +7,9 @@ shuffling, `--epochs` epochs; `adam:LR` is `keras.optimizers.Adam(LR)` on the pl
 them before it whitened their query, key and value), `sngd-without-LAYER:LR` with the layer named LAYER
 excluded (names as a fresh session gives them: `conv2d`, `conv2d_1`, `dense`, ...), `sngd-composites-whole:LR`
 with the composite layers left whole (how `reconstruct` treated a KerasHub `TransformerEncoder` before it
-whitened the layers inside it, `keras_sngd.InnerWhitening`); any kind followed by
+whitened the layers inside it, `keras_sngd.InnerWhitening`), `sngd-state-unwhitened:LR` with the
+recurrent kernels plain (`recurrent_state=False`: how `reconstruct` treated RNNs before it whitened the
+state they read, `keras_sngd.RecurrentWhitening`); any kind followed by
 `+frozen-depthwise` freezes the depthwise and separable convolutions first. `sngd-unbounded:LR` leaves
 out the `StepBound`s before depthwise and separable convolutions (how `reconstruct` left those layers
 before it bounded their steps), `sngd-bounded-anyway:LR` puts one before every such layer, also where
@@ -161,11 +163,15 @@ def run(name, kind, learning_rate, images, labels, epochs, seed=0):
         # The composite layers left whole: how `reconstruct` treated them before `InnerWhitening`.
         model = keras_sngd.reconstruct(model, exclude=[l.name for l in model.layers
                                                        if keras_sngd.inner_whitening.is_composite(l)])
+    elif kind == "sngd-state-unwhitened":
+        # The recurrent kernels plain: how `reconstruct` treated RNNs before `RecurrentWhitening`.
+        model = keras_sngd.reconstruct(model, recurrent_state=False)
     elif kind.startswith("sngd-without-"):
         model = keras_sngd.reconstruct(model, exclude=[kind[len("sngd-without-"):]])
     elif kind not in ("adam", "sgd"):
         raise ValueError(f"Unknown run kind {kind!r}: adam, sgd, sngd, sngd-attention-unwhitened, "
-                         "sngd-unbounded, sngd-bounded-anyway, sngd-composites-whole or sngd-without-LAYER.")
+                         "sngd-unbounded, sngd-bounded-anyway, sngd-composites-whole, sngd-state-unwhitened or "
+                         "sngd-without-LAYER.")
     optimizer = keras.optimizers.Adam(learning_rate) if kind == "adam" else keras.optimizers.SGD(learning_rate)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()

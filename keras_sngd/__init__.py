@@ -8,6 +8,7 @@ from keras_sngd.inner_whitening import InnerWhitening
 from keras_sngd.local_fisher import LocalFisher
 from keras_sngd.newton_schulz import newton_schulz
 from keras_sngd.reconstruct import ReconstructionReport
+from keras_sngd.recurrent_whitening import RecurrentWhitening
 from keras_sngd.reconstruct import reconstruct
 from keras_sngd.step_bound import StepBound
 
@@ -19,6 +20,7 @@ __all__ = [
     "InnerWhitening",
     "LocalFisher",
     "ReconstructionReport",
+    "RecurrentWhitening",
     "StepBound",
     "callbacks",
     "fold",

@@ -192,6 +192,10 @@ def bindings_for(layer):
 
     The layer must be built.
     """
+    inner_layer = wrapped_consumer(layer)
+    if inner_layer is not None:
+        inner, reason = bindings_for(inner_layer)
+        return [binding.wrapped(layer) for binding in inner], reason
     if isinstance(layer, keras.layers.Bidirectional):
         bindings = []
         for part, direction in enumerate((layer.forward_layer, layer.backward_layer)):
@@ -219,6 +223,11 @@ def binding_for(layer):
     """
     if not isinstance(layer, keras.layers.Layer):
         return None, f"{type(layer).__name__} is an operation on tensors, not a layer with a kernel"
+    if wrapped_consumer(layer) is not None:
+        bindings, reason = bindings_for(layer)
+        if len(bindings) == 1:
+            return bindings[0], None
+        return None, reason or f"a {type(layer).__name__} layer has several kernels on its inputs (use bindings_for)"
     if isinstance(layer, _NOT_MIXABLE):
         return None, f"{type(layer).__name__} filters each input channel separately: it cannot absorb a mixing of channels"
     if getattr(layer, "lora_enabled", False):
@@ -388,6 +397,9 @@ def layer_family(layer):
     """`"dense"` (Dense, EinsumDense), `"convolution"` (convolutions, transposed ones, ConvLSTM),
     `"recurrent"` (RNNs with a known input cell) or None, looking through `TimeDistributed` and
     `Bidirectional`."""
+    inner_layer = wrapped_consumer(layer)
+    if inner_layer is not None:
+        return layer_family(inner_layer)
     if isinstance(layer, keras.layers.TimeDistributed):
         return layer_family(layer.layer)
     if isinstance(layer, keras.layers.Bidirectional):
@@ -399,3 +411,10 @@ def layer_family(layer):
     if isinstance(layer, keras.layers.RNN) and input_cell(layer) is not None:
         return "recurrent"
     return None
+
+
+def wrapped_consumer(layer):
+    """The layer a keras-sngd wrapper stands for as a consumer of the LocalFisher before it (the RNN inside a
+    `keras_sngd.RecurrentWhitening`, whose input kernel reads the wrapper's input as it is), or None."""
+    get = getattr(type(layer), "_keras_sngd_consumer", None)
+    return None if get is None else get(layer)

@@ -17,6 +17,7 @@ from keras_sngd.graph import sequential_input
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
 from keras_sngd.inner_whitening import InnerWhitening
+from keras_sngd.recurrent_whitening import RecurrentWhitening
 from keras_sngd.step_bound import StepBound
 
 
@@ -37,7 +38,8 @@ def fold(model):
     (see `keras_sngd.consumers`: a layer at a non-first input such as the `Add` of a residual branch, a
     layer also called on other inputs, a raw operation, a layer with no kernel), so every path keeps `U`.
     Consumers inside a nested model absorb `U` there, and an `InnerWhitening` (LocalFishers inside a
-    composite layer's call) becomes the composite layer it wraps, each inner consumer absorbing its `U`.
+    composite layer's call) becomes the composite layer it wraps, each inner consumer absorbing its `U`, and a
+    `RecurrentWhitening` becomes the RNN layer it wraps, with `R = U_h R'` as its recurrent kernel.
     `FisherStatistics` and `StepBound` layers (the identity) are dropped.
     The result saves and loads with no custom objects.
 
@@ -89,9 +91,15 @@ def _fold(model, inherited=None):
     absorbs.update(inherited or {})
     pairs, mixings = [], []
 
+    unwrapped = []
+
     def clone(layer):
         if isinstance(layer, InnerWhitening):
             return layer.folded_layer()  # the wrapped layer, with its LocalFishers absorbed
+        if isinstance(layer, RecurrentWhitening):
+            new = layer.folded_layer()  # the RNN with R = U_h R'; its input kernel absorbs the LocalFisher before it
+            unwrapped.append((layer, new))
+            return new
         new = _fold_or_copy_whole(layer, absorbs) if isinstance(layer, keras.Model) else clone_layer(layer)
         pairs.append((layer, new))
         return new
@@ -143,7 +151,7 @@ def _fold(model, inherited=None):
     copy_weights([(original, new) for original, new in pairs if not isinstance(original, (FisherLayer, StepBound))])
     for dense, inverse_root in mixings:
         dense.kernel.assign(inverse_root)
-    for original, new in pairs:
+    for original, new in pairs + unwrapped:
         for local_fisher, binding in absorbs.get(original, ()):
             _absorb(local_fisher, binding, new)
     return new_model

@@ -290,6 +290,9 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         # The consumers' bindings when they are given, not found in a graph: a LocalFisher inside a composite
         # layer's call (`keras_sngd.inner_whitening.InnerWhitening`).
         object.__setattr__(self, "_inner_bindings", None)
+        # A caller that puts the optimizer's hand-over on a tensor of its own (`_take_handover`).
+        object.__setattr__(self, "_handover_elsewhere", False)
+        object.__setattr__(self, "_deferred_handover", None)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -383,19 +386,30 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
 
     def call(self, inputs, training=None, mask=None):
         outputs = super().call(inputs, training=training, mask=mask)
-        pending = self._pending
-        if pending is not None:
-            object.__setattr__(self, "_pending", None)
-            outputs = hand_over(outputs, *pending)
-        elif training and self.trainable and self._consumers_frozen():
+        handover = self._pending
+        object.__setattr__(self, "_pending", None)
+        if handover is None and training and self.trainable and self._consumers_frozen():
             # At rest before frozen consumers: the carriers keep their values (and the flag says no
             # refresh), so that the optimizer still finds a "gradient" for each.
             carriers = [variable for variable in self.variables if is_carrier(variable) and variable.trainable]
             if carriers:
                 values = [ops.zeros_like(variable.value) if variable is getattr(self, "pending_flag", None) else variable.value
                           for variable in carriers]
-                outputs = hand_over(outputs, carriers, values)
+                handover = (carriers, values)
+        if handover is not None:
+            if self._handover_elsewhere:
+                # A caller whose own output carries it (`keras_sngd.recurrent_whitening`: this layer's output
+                # is only read for its statistics) takes it with `_take_handover()`.
+                object.__setattr__(self, "_deferred_handover", handover)
+            else:
+                outputs = hand_over(outputs, *handover)
         return outputs
+
+    def _take_handover(self):
+        """The `(carriers, values)` of the last call made with `_handover_elsewhere` set, or None, once."""
+        handover = self._deferred_handover
+        object.__setattr__(self, "_deferred_handover", None)
+        return handover
 
     def get_config(self):
         config = super().get_config()

@@ -7,6 +7,7 @@ import keras
 
 from keras_sngd.binding import binding_for
 from keras_sngd.binding import bindings_for
+from keras_sngd.binding import layer_family
 from keras_sngd.binding import inner_binding
 from keras_sngd.binding import cannot_absorb_mixing
 from keras_sngd.binding import ATTENTION_TYPES
@@ -46,6 +47,10 @@ from keras_sngd.layer_defaults import constructor_parameters
 from keras_sngd.layer_defaults import fixed_feature_statistics
 from keras_sngd.layer_defaults import width_damping
 from keras_sngd.local_fisher import LocalFisher
+from keras_sngd.recurrent_whitening import RecurrentWhitening
+from keras_sngd.recurrent_whitening import recurrent_layers
+from keras_sngd.recurrent_whitening import state_binding
+from keras_sngd.recurrent_whitening import state_reason
 from keras_sngd.step_bound import StepBound
 
 logger = logging.getLogger("keras_sngd")
@@ -113,6 +118,7 @@ def reconstruct(
     per_layer_arguments=None,
     return_report=False,
     layer_class=LocalFisher,
+    recurrent_state=True,
 ):
     """A copy of `model` with a `LocalFisher` before every parameterized layer call (the SNGD network).
 
@@ -158,6 +164,11 @@ def reconstruct(
     names too; excluding the composite's name leaves it whole. With another `layer_class` (the NGD
     baseline's `FisherStatistics`) composites are left whole.
 
+    Recurrent layers (LSTM, GRU, SimpleRNN, `RNN` of such a cell, `Bidirectional` of one) also get a
+    LocalFisher on the state their recurrent kernel reads, `h_(t-1)` inside the loop over time: they are
+    wrapped in a `keras_sngd.RecurrentWhitening` of the same name, which computes with `R = U_h R'`
+    (`recurrent_state=False` leaves the recurrent kernels plain); the report names it `layer/state`.
+
     Args:
         model: a built `keras.Sequential` or Functional `keras.Model`.
         layer_types: None (every supported type) or a tuple of layer classes to give a LocalFisher, e.g.
@@ -180,6 +191,8 @@ def reconstruct(
         return_report: also return the `ReconstructionReport`. Defaults to `False`.
         layer_class: the layer to insert, `LocalFisher` or a subclass such as `FisherStatistics` (the
             NGD baseline's statistics without the reconstruction). Defaults to `LocalFisher`.
+        recurrent_state: bool; whether recurrent layers also get a LocalFisher on their recurrent state
+            (`keras_sngd.RecurrentWhitening`). Only with `layer_class=LocalFisher`. Defaults to `True`.
 
     Returns:
         The new model (same class: Sequential or Functional), or `(model, report)`. The report's one-line
@@ -207,6 +220,8 @@ def reconstruct(
             )
     if not (isinstance(layer_class, type) and issubclass(layer_class, FisherLayer)):
         raise ValueError(f"`layer_class` must be LocalFisher, FisherStatistics or a subclass of keras_sngd.fisher_layer.FisherLayer. Received: layer_class={layer_class!r}")
+    if not isinstance(recurrent_state, bool):
+        raise ValueError(f"`recurrent_state` must be a bool. Received: recurrent_state={recurrent_state!r}")
     if isinstance(exclude, str):
         raise ValueError(f"`exclude` must be a collection of layer names, not a string. Received: exclude={exclude!r}")
     exclude = set(exclude)
@@ -236,6 +251,7 @@ def reconstruct(
         "arguments": dict(default_arguments(model, layer_class), **local_fisher_arguments),
         "per_layer": per_layer_arguments,
         "layer_class": layer_class,
+        "recurrent_state": recurrent_state and layer_class is LocalFisher,
         "accepted": {parameter.name for parameter in constructor_parameters(layer_class)},
     }
     report = ReconstructionReport()
@@ -462,6 +478,43 @@ def _inner_whitening(original, new, args, kwargs, options, prefix, report):
     return InnerWhitening(new, fishers=specs, call_spec=call_spec(*standalone), name=original.name)
 
 
+def _recurrent_whitening(original, new, options, prefix, report):
+    """The `RecurrentWhitening` of `new` (the clone of the recurrent layer `original`), with a LocalFisher on
+    the state each of its recurrent kernels reads, or None (not a recurrent layer, or the report says why)."""
+    if (not options["recurrent_state"] or not is_layer(original) or isinstance(original, RecurrentWhitening)
+            or layer_family(original) != "recurrent"):
+        return None
+    path, kind = prefix + original.name + "/state", type(original).__name__
+    if isinstance(original, keras.layers.TimeDistributed):
+        if original.name not in options["exclude"]:
+            report.skipped.append((path, kind, (
+                "a recurrent layer inside TimeDistributed: its state is not whitened (RecurrentWhitening wraps "
+                "RNN and Bidirectional layers)")))
+        return None
+    if original.name in options["exclude"]:
+        return None  # recorded for the layer itself
+    if options["layer_types"] is not None and not isinstance(original, options["layer_types"]):
+        return None
+    reason = state_reason(original)
+    if reason is not None:
+        report.skipped.append((path, kind, reason))
+        return None
+    targets = recurrent_layers(original)
+    labels = [""] if len(targets) == 1 else ["_forward", "_backward"]
+    configs = []
+    for target, label in zip(targets, labels):
+        local_fisher = _decide(original, options, prefix, report, None, lambda: False,
+                               name=f"{original.name}{label}_state_local_fisher", path=path + label.replace("_", " "),
+                               bindings=[state_binding(target)])
+        if local_fisher is None:
+            return None
+        report.notes.append((local_fisher.name, (
+            f"on the state h_(t-1) read by the recurrent kernel of {kind} '{original.name}'"
+            f"{' (' + label[1:] + ')' if label else ''} (keras_sngd.RecurrentWhitening: R = U_h R')")))
+        configs.append(local_fisher.get_config())
+    return RecurrentWhitening(new, fishers=configs, name=original.name)
+
+
 def _inner_member_reason(sublayer, options):
     """None if the inner layer `sublayer` may share its group's LocalFisher, else why not."""
     reason = candidate_reason(sublayer)
@@ -579,7 +632,8 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
             local_fisher = _decide(layer, options, prefix, report, whitened, reads_fixed)
             if local_fisher is not None:
                 new_layers.append(local_fisher)
-            new_layers.append(clone(layer))
+            new = clone(layer)
+            new_layers.append(_recurrent_whitening(layer, new, options, prefix, report) or new)
             previous = layer
         new_model = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
     else:
@@ -618,7 +672,10 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
                         args, kwargs = _replaced(args, kwargs, places, whitened_tensor)
                     else:
                         args, kwargs = with_first_argument(args, kwargs, whitened_tensor)
-            return layer(*args, **kwargs)
+            key = (id(layer), "state")
+            if key not in shared:
+                shared[key] = _recurrent_whitening(original, layer, options, prefix, report)
+            return (shared[key] or layer)(*args, **kwargs)
 
         new_model = clone_functional(model, clone, rewrite_call)
     copy_weights(pairs)

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 import keras_sngd
+from keras_sngd.graph import walk_layers
 
 L = keras.layers
 
@@ -44,7 +45,8 @@ def check(name, shape, layers, rng):
     model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(features, labels, batch_size=16, epochs=3, verbose=0)
     after = keras.ops.convert_to_numpy(model(probe))
-    fishers = [layer for layer in model.layers if isinstance(layer, keras_sngd.LocalFisher)]
+    # The LocalFishers on recurrent states too (inside keras_sngd.RecurrentWhitening).
+    fishers = [layer for _, layer in walk_layers(model) if isinstance(layer, keras_sngd.LocalFisher)]
     refreshes = [int(keras.ops.convert_to_numpy(layer.refresh_count)) for layer in fishers]
     model.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     losses = model.fit(features, labels, batch_size=16, epochs=4, verbose=0).history["loss"]
@@ -55,7 +57,8 @@ def check(name, shape, layers, rng):
         model.save(path)
         loaded = keras.saving.load_model(path)
     return {
-        "inserted": [entry[0].split("/")[-1] for entry in report.inserted],
+        "inserted": [entry[0] for entry in report.inserted],
+        "skipped": [entry[0] for entry in report.skipped],
         "same_at_start": same_at_start,
         "refreshes": refreshes,
         "relative_change": float(np.max(np.abs(after - before)) / np.max(np.abs(before))),
