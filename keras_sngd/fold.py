@@ -59,11 +59,16 @@ def _fold_or_copy_whole(model, inherited=None):
     whole) is copied whole from its own config instead."""
     try:
         return _fold(model, inherited)
-    except LayerCloneError:
+    except LayerCloneError as error:
         absorbing = inherited or {}
         if any(isinstance(layer, (FisherLayer, StepBound)) or layer in absorbing for _, layer in walk_layers(model)):
             raise
-        return clone_model_whole(model)
+        try:
+            return clone_model_whole(model)
+        except Exception:
+            # Not from its own config either (a nested model whose layer's `from_config` fails): the model
+            # holding it may still copy whole (as `reconstruct` copied it, `_copied_whole`).
+            raise error from None
 
 
 def _fold_plan(model):

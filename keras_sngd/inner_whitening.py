@@ -67,6 +67,25 @@ _NOT_INNER = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D, keras.
               keras.layers.SeparableConv2D)
 
 
+def adopt_call_signature(wrapper, layer):
+    """Make Keras bind `wrapper`'s call arguments by `layer`'s call signature.
+
+    A wrapper's `call(*args, **kwargs)` passes everything on, but Keras binds a layer's call arguments by
+    its signature to decide which are tensors: with `**kwargs` all keyword arguments are one nested argument,
+    which may not mix tensors and Python values (KerasHub's T5 layer is called with `attention_mask=<tensor>,
+    position_bias=None, use_causal_mask=False`). Bound by the wrapped layer's own signature each is its own
+    argument, as when the layer is called itself; `training` and `mask` are passed on when it takes them."""
+    import inspect
+
+    signature = inspect.signature(layer.call)
+    wrapper._call_signature = signature
+    wrapper.call_signature_parameters = [parameter.name for parameter in signature.parameters.values()]
+    wrapper._call_has_training_arg = "training" in wrapper.call_signature_parameters
+    wrapper._call_has_mask_arg = "mask" in wrapper.call_signature_parameters
+    wrapper._call_has_context_arg = {argument: argument in wrapper.call_signature_parameters
+                                     for argument in wrapper._call_context_args}
+
+
 def inner_layers(layer):
     """The layers inside `layer` (depth first, in tracking order, `layer` itself left out)."""
     return list(layer._flatten_layers(include_self=False))
@@ -275,6 +294,7 @@ class InnerWhitening(keras.layers.Wrapper):
 
     def __init__(self, layer, fishers=(), call_spec=None, **kwargs):
         super().__init__(layer, **kwargs)
+        adopt_call_signature(self, layer)
         self._fisher_specs = [{"consumers": [int(i) for i in spec["consumers"]],
                                "input_shape": [None if size is None else int(size) for size in spec["input_shape"]],
                                "contracted": int(spec.get("contracted", 1)),

@@ -436,6 +436,10 @@ def _inner_whitening(original, new, args, kwargs, options, prefix, report):
         if len(originals) == len(copies):
             for before, after in zip(originals, copies):
                 after.trainable = before.trainable  # not part of the composite's config
+                # The user's names: a copy from the config numbers auto-named inner layers afresh (`dense`
+                # -> `dense_8`) and some composites derive them differently, while `exclude`,
+                # `per_layer_arguments` and the report speak of the original's inner layers.
+                after.name = before.name
         groups, skipped = composite_plan(new, *standalone)
     except Exception as error:  # a layer Keras cannot trace symbolically: keep it whole, and say so
         report.skipped.append((path, kind, (

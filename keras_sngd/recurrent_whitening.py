@@ -34,7 +34,11 @@ h_(t-1), t = 1..T:   [h_0, h_1, ..., h_(T-1)]       (h_0: the initial state, zer
 
 weighted by the layer's mask where it has one (a masked step does not use `h_(t-1)`). A training step
 therefore computes the RNN with the `U_h` from before the step's statistics; a refresh due in that step
-(which needs those statistics) takes effect from the next step, as a refresh always does on JAX.
+(which needs those statistics) takes effect from the next step, as a refresh always does on JAX. On
+TensorFlow and PyTorch the refresh re-expresses `R'` within that step, after the forward pass, so the
+optimizer applies that one step's gradient, `U_old^T grad_R`, to `R'_new`: the step on `R` is
+`U_new U_old^T grad_R` instead of `U_new U_new^T grad_R`, which differ by how far the warm-started refresh
+moved `U` (the trust region bounds the step either way).
 
 Which layers: LSTM, GRU and SimpleRNN, `RNN` with an LSTMCell, GRUCell or SimpleRNNCell, and
 `Bidirectional` of those (one LocalFisher per direction: each has its own states). Not: stacked cells

@@ -253,3 +253,78 @@ def test_transformers_get_the_stable_damping():
     fishers = [layer for _, layer in keras_sngd.graph.walk_layers(model) if isinstance(layer, keras_sngd.LocalFisher)]
     inside = [fisher for fisher in fishers if fisher.name.startswith("block_")]
     assert inside and all(fisher.damping == 0.1 for fisher in inside)
+
+
+@keras.saving.register_keras_serializable(package="test_inner_whitening")
+class MaskedBlock(keras.layers.Layer):
+    """Called with keyword arguments that mix a tensor and Python values (as KerasHub's T5 layer is:
+    `attention_mask=<tensor>, position_bias=None, use_causal_mask=False`); its inner layers auto-named."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.up = keras.layers.Dense(8)
+        self.down = keras.layers.Dense(4)
+
+    def call(self, x, weights=None, bias=None, flag=False):
+        y = self.down(keras.ops.relu(self.up(x)))
+        if flag:
+            y = y * keras.ops.expand_dims(weights, -1)
+        return x + y
+
+
+def masked_block_model():
+    x, weights = keras.Input((3, 4)), keras.Input((3,))
+    return keras.Model([x, weights], MaskedBlock(name="block")(x, weights=weights, bias=None, flag=True))
+
+
+def test_a_composite_called_with_tensors_and_python_values_as_keywords():
+    model = masked_block_model()
+    rng = np.random.default_rng(0)
+    data = [rng.normal(size=(5, 3, 4)).astype("float32"), rng.uniform(size=(5, 3)).astype("float32")]
+    sngd, report = keras_sngd.reconstruct(model, return_report=True)
+    assert isinstance(sngd.get_layer("block"), InnerWhitening) and len(report.inserted) == 2
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(sngd(data)), keras.ops.convert_to_numpy(model(data)))
+    sngd.compile(keras.optimizers.SGD(0.1), "mse")
+    sngd.fit(data, np.zeros((5, 3, 4), "float32"), epochs=2, verbose=0)
+    folded = keras_sngd.fold(sngd)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(folded(data)), keras.ops.convert_to_numpy(sngd(data)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_inner_layers_keep_the_names_of_the_original_model():
+    """A copy of a composite from its config numbers its auto-named inner layers afresh; the report, the
+    LocalFishers' names, `exclude` and `per_layer_arguments` use the user's model's names."""
+    model = masked_block_model()
+    names = [layer.name for layer in inner_layers(model.get_layer("block"))]
+    sngd, report = keras_sngd.reconstruct(model, return_report=True)
+    assert [path for path, *_ in report.inserted] == [f"block/{name}" for name in names]
+    assert [layer.name for layer in inner_layers(sngd.get_layer("block").layer)] == names
+    excluded, report = keras_sngd.reconstruct(model, exclude=[names[0]], return_report=True)
+    assert [path for path, *_ in report.inserted] == [f"block/{names[1]}"]
+    assert (f"block/{names[0]}", "Dense", "excluded by name") in report.skipped
+    tuned = keras_sngd.reconstruct(model, per_layer_arguments={names[1]: {"damping": 0.7}})
+    assert [fisher.damping for fisher in tuned.get_layer("block").fishers][-1] == 0.7
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras_hub") is None, reason="keras-hub is not installed (a test extra)")
+def test_fold_copies_whole_a_model_whose_nested_model_cannot_be_copied():
+    """KerasHub's SegFormer holds its MiT encoder as a plain nested Functional with a layer whose
+    `from_config` fails: neither can be rebuilt, but the SegFormer backbone copies whole from its own config.
+    `reconstruct` copied it whole; `fold` must too (it raised a TypeError)."""
+    import warnings
+
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    encoder = keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2], layerwise_sr_ratios=[4, 2],
+        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2], image_shape=(32, 32, 3),
+        hidden_dims=[8, 16])
+    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=8)
+    images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(backbone(images))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sngd = keras_sngd.reconstruct(backbone)
+    folded = keras_sngd.fold(sngd)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(folded(images)), expected)
