@@ -158,9 +158,10 @@ def parse_run(label):
         elif fixed is not None:
             layers = {layer.name: layer for _, layer in walk_layers(model)}
             _, report = keras_sngd.reconstruct(model, return_report=True, **result)
+            # (A recurrent layer's state, `layer/state`, is no layer's input from the data.)
             names = [path.split("/")[-1] for path, _, _, _, _ in report.inserted]
             result["per_layer_arguments"] = {name: {"damping": fixed} for name in names
-                                             if calls_read_fixed_features(layers[name])}
+                                             if name in layers and calls_read_fixed_features(layers[name])}
         return result
 
     if base == "muon":
