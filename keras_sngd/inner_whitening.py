@@ -210,6 +210,10 @@ def composite_plan(layer, args, kwargs):
                 candidates.append(index)
             else:
                 skipped.append((index, reason))
+        elif isinstance(sublayer, _NOT_INNER) and sublayer.trainable_weights:
+            # Reported, as in the model graph (EfficientNet's and MobileNet's blocks hold them).
+            skipped.append((index, f"{type(sublayer).__name__} filters each input channel separately: it cannot "
+                                   "absorb a mixing of channels"))
     seen = {index: [] for index in candidates}
     order = []  # the candidates in the order the call calls them
     patched = []

@@ -328,3 +328,25 @@ def test_fold_copies_whole_a_model_whose_nested_model_cannot_be_copied():
         sngd = keras_sngd.reconstruct(backbone)
     folded = keras_sngd.fold(sngd)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(folded(images)), expected)
+
+
+@keras.saving.register_keras_serializable(package="test_inner_whitening")
+class SeparableBlock(keras.layers.Layer):
+    """A depthwise then pointwise convolution, as in EfficientNet's and MobileNet's blocks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.depthwise = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")
+        self.pointwise = keras.layers.Conv2D(4, 1, name="pointwise")
+
+    def call(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+def test_a_depthwise_convolution_inside_a_composite_is_reported():
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, SeparableBlock(name="block")(inputs))
+    _, report = keras_sngd.reconstruct(model, return_report=True)
+    assert [path for path, *_ in report.inserted] == ["block/pointwise"]
+    (path, kind, reason), = [entry for entry in report.skipped if entry[0].startswith("block/")]
+    assert (path, kind) == ("block/depthwise", "DepthwiseConv2D") and "each input channel separately" in reason
