@@ -82,8 +82,9 @@ def adopt_call_signature(wrapper, layer):
     wrapper.call_signature_parameters = [parameter.name for parameter in signature.parameters.values()]
     wrapper._call_has_training_arg = "training" in wrapper.call_signature_parameters
     wrapper._call_has_mask_arg = "mask" in wrapper.call_signature_parameters
-    wrapper._call_has_context_arg = {argument: argument in wrapper.call_signature_parameters
-                                     for argument in wrapper._call_context_args}
+    if hasattr(wrapper, "_call_context_args"):  # recent Keras (not in every 3.x that pyproject allows)
+        wrapper._call_has_context_arg = {argument: argument in wrapper.call_signature_parameters
+                                         for argument in wrapper._call_context_args}
 
 
 def inner_layers(layer):
