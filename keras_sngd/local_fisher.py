@@ -290,9 +290,6 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         # The consumers' bindings when they are given, not found in a graph: a LocalFisher inside a composite
         # layer's call (`keras_sngd.inner_whitening.InnerWhitening`).
         object.__setattr__(self, "_inner_bindings", None)
-        # A caller that puts the optimizer's hand-over on a tensor of its own (`_take_handover`).
-        object.__setattr__(self, "_handover_elsewhere", False)
-        object.__setattr__(self, "_deferred_handover", None)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -397,19 +394,8 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
                           for variable in carriers]
                 handover = (carriers, values)
         if handover is not None:
-            if self._handover_elsewhere:
-                # A caller whose own output carries it (`keras_sngd.recurrent_whitening`: this layer's output
-                # is only read for its statistics) takes it with `_take_handover()`.
-                object.__setattr__(self, "_deferred_handover", handover)
-            else:
-                outputs = hand_over(outputs, *handover)
+            outputs = hand_over(outputs, *handover)
         return outputs
-
-    def _take_handover(self):
-        """The `(carriers, values)` of the last call made with `_handover_elsewhere` set, or None, once."""
-        handover = self._deferred_handover
-        object.__setattr__(self, "_deferred_handover", None)
-        return handover
 
     def get_config(self):
         config = super().get_config()

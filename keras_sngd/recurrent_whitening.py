@@ -42,7 +42,8 @@ moved `U` (the trust region bounds the step either way).
 
 Which layers: LSTM, GRU and SimpleRNN, `RNN` with an LSTMCell, GRUCell or SimpleRNNCell, and
 `Bidirectional` of those (one LocalFisher per direction: each has its own states). Not: stacked cells
-(`RNN(StackedRNNCells)`: the inner cells' states never leave the loop), other cells, ConvLSTM (its
+(`RNN(StackedRNNCells)`: the inner cells' states never leave the loop), layers with `return_state=True`
+(the optimizer's hand-over rides on the layer's output, which a sequence-to-sequence encoder does not use), other cells, ConvLSTM (its
 recurrent kernel is a convolution over the state's channels; not done), and frozen layers.
 
 Measured on real Fashion-MNIST (8,192 images, batch 64, 3 epochs, `SGD(lr)` at lr 0.3 / 0.1 / 0.03 /
@@ -61,7 +62,6 @@ from keras import ops
 
 from keras_sngd.binding import Binding
 from keras_sngd.binding import input_cell
-from keras_sngd.handoff import hand_over
 from keras_sngd.local_fisher import LocalFisher
 from keras_sngd.low_rank import root_times
 
@@ -88,6 +88,12 @@ def state_reason(layer):
             if reason is not None:
                 return f"its {'forward' if direction is layer.forward_layer else 'backward'} layer: {reason}"
         return None
+    if getattr(layer, "return_state", False):
+        # The optimizer's hand-over (the trust region's carriers, the JAX re-expression) rides on the
+        # layer's output; a model that reads only the states (a sequence-to-sequence encoder) would leave
+        # it behind, and the trust region would then measure the step from stale weights.
+        return ("it returns its states (return_state=True), which the optimizer's hand-over of its state "
+                "LocalFisher does not ride on yet")
     if not isinstance(layer, keras.layers.RNN):
         return f"{type(layer).__name__} is not a recurrent layer"
     cell = layer.cell
@@ -213,17 +219,14 @@ class RecurrentWhitening(keras.layers.Wrapper):
         outputs, states = (result[0], list(result[1:])) if target.return_state else (result, [])
         first = ops.cast(first, outputs.dtype)
         previous = ops.concatenate([ops.expand_dims(first, 1), outputs[:, :-1]], axis=1)
-        object.__setattr__(fisher, "_handover_elsewhere", True)
-        try:
-            fisher(ops.stop_gradient(previous), training=True, mask=mask)
-            handover = fisher._take_handover()
-        finally:
-            object.__setattr__(fisher, "_handover_elsewhere", False)
+        whitened = fisher(ops.stop_gradient(previous), training=True, mask=mask)
         if not returns_sequences:
             outputs = outputs[:, -1]
-        if handover is not None:
-            # The optimizer's hand-over (`keras_sngd.handoff`) rides on the layer's own output.
-            outputs = hand_over(outputs, *handover)
+        # The LocalFisher's output carries its hand-over to the optimizer (`keras_sngd.handoff`): a zero that
+        # depends on it joins the layer's output, so that the backward pass reaches it. Never NaN.
+        anchor = ops.sum(whitened) * 0.0
+        anchor = ops.where(ops.isfinite(anchor), anchor, 0.0)
+        outputs = outputs + ops.cast(anchor, outputs.dtype)
         return (outputs, *states) if target.return_state else outputs
 
     def compute_output_shape(self, *args, **kwargs):

@@ -45,7 +45,8 @@ def sequential():
 MODELS = {
     # name: (builder, the state LocalFishers expected)
     "gru": (gru, 1),
-    "lstm_masked": (lstm_masked, 2),
+    # lstm_1 returns its states: left out (`state_reason`).
+    "lstm_masked": (lstm_masked, 1),
     "bidirectional": (bidirectional, 3),
     "sequential": (None, 1),
 }
