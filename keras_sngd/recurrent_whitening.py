@@ -32,7 +32,13 @@ to what the layer returns), and the LocalFisher takes in the rows
 h_(t-1), t = 1..T:   [h_0, h_1, ..., h_(T-1)]       (h_0: the initial state, zeros by default)
 ```
 
-weighted by the layer's mask where it has one (a masked step does not use `h_(t-1)`). A training step
+weighted by the layer's mask where it has one (a masked step does not use `h_(t-1)`). The LocalFisher's
+own output is only read for these statistics, so its hand-over to the optimizer (`keras_sngd.handoff`)
+rides on what the layer returns: a zero that depends on it (never NaN) is added to the output and to each
+returned state (`return_state=True`: a sequence-to-sequence encoder is read only through its states;
+without the states' share the trust region measured the encoder's steps from stale carriers and shrank its
+`R'` to zero). The hand-over's gradient returns its values once however many of these paths reach it.
+A training step
 therefore computes the RNN with the `U_h` from before the step's statistics; a refresh due in that step
 (which needs those statistics) takes effect from the next step, as a refresh always does on JAX. On
 TensorFlow and PyTorch the refresh re-expresses `R'` within that step, after the forward pass, so the
@@ -42,8 +48,7 @@ moved `U` (the trust region bounds the step either way).
 
 Which layers: LSTM, GRU and SimpleRNN, `RNN` with an LSTMCell, GRUCell or SimpleRNNCell, and
 `Bidirectional` of those (one LocalFisher per direction: each has its own states). Not: stacked cells
-(`RNN(StackedRNNCells)`: the inner cells' states never leave the loop), layers with `return_state=True`
-(the optimizer's hand-over rides on the layer's output, which a sequence-to-sequence encoder does not use), other cells, ConvLSTM (its
+(`RNN(StackedRNNCells)`: the inner cells' states never leave the loop), other cells, ConvLSTM (its
 recurrent kernel is a convolution over the state's channels; not done), and frozen layers.
 
 Measured on real Fashion-MNIST (8,192 images, batch 64, 3 epochs, `SGD(lr)` at lr 0.3 / 0.1 / 0.03 /
@@ -88,12 +93,6 @@ def state_reason(layer):
             if reason is not None:
                 return f"its {'forward' if direction is layer.forward_layer else 'backward'} layer: {reason}"
         return None
-    if getattr(layer, "return_state", False):
-        # The optimizer's hand-over (the trust region's carriers, the JAX re-expression) rides on the
-        # layer's output; a model that reads only the states (a sequence-to-sequence encoder) would leave
-        # it behind, and the trust region would then measure the step from stale weights.
-        return ("it returns its states (return_state=True), which the optimizer's hand-over of its state "
-                "LocalFisher does not ride on yet")
     if not isinstance(layer, keras.layers.RNN):
         return f"{type(layer).__name__} is not a recurrent layer"
     cell = layer.cell
@@ -224,9 +223,12 @@ class RecurrentWhitening(keras.layers.Wrapper):
             outputs = outputs[:, -1]
         # The LocalFisher's output carries its hand-over to the optimizer (`keras_sngd.handoff`): a zero that
         # depends on it joins the layer's output, so that the backward pass reaches it. Never NaN.
+        # A sequence-to-sequence encoder is read only through its states, so the zero joins them too: the
+        # hand-over's custom gradient returns its values once, however many paths reach it.
         anchor = ops.sum(whitened) * 0.0
         anchor = ops.where(ops.isfinite(anchor), anchor, 0.0)
         outputs = outputs + ops.cast(anchor, outputs.dtype)
+        states = [state + ops.cast(anchor, state.dtype) for state in states]
         return (outputs, *states) if target.return_state else outputs
 
     def compute_output_shape(self, *args, **kwargs):

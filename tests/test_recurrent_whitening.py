@@ -133,12 +133,14 @@ def test_what_is_not_whitened_and_why():
     assert "stacked cells" in skipped["stacked/state"]
     assert "constraint" in skipped["constrained/state"]
     assert "frozen" in skipped["frozen"]  # the layer itself, and so its state
-    # An encoder read only through its states: its state LocalFisher's hand-over would ride on the unused
-    # output (the trust region then measured steps from stale weights and shrank R' to zero): left out.
+    # An encoder read only through its states is whitened (its hand-over rides on the states too;
+    # `scripts/recurrent_whitening_check.py`'s seq2seq trains it).
     encoder_inputs = keras.Input((5, 3))
     _, h, c = L.LSTM(4, return_state=True, name="encoder")(encoder_inputs)
-    _, seq2seq = keras_sngd.reconstruct(keras.Model(encoder_inputs, h), return_report=True)
-    assert "return_state" in dict((path, reason) for path, _, reason in seq2seq.skipped)["encoder/state"]
+    encoder, seq2seq = keras_sngd.reconstruct(keras.Model(encoder_inputs, h), return_report=True)
+    assert "encoder/state" in [entry[0] for entry in seq2seq.inserted]
+    assert isinstance(encoder.get_layer("encoder"), RecurrentWhitening)
+    assert "encoder/state" not in dict((path, reason) for path, _, reason in seq2seq.skipped)
     assert not any(isinstance(layer, RecurrentWhitening) for layer in sngd.layers)
     assert not any(path.startswith("conv_lstm/") for path in skipped)  # ConvLSTM: its input kernel only
 
