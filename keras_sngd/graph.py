@@ -7,6 +7,9 @@ import keras
 from keras.src.models.functional import Functional
 from keras.src.ops.core import Cast
 
+from keras_sngd.config_repair import mark_repaired
+from keras_sngd.config_repair import repair_of
+from keras_sngd.config_repair import repaired_clone
 from keras_sngd.handoff import without_carriers
 
 
@@ -38,6 +41,9 @@ def clone_layer(layer):
     """A fresh layer (or raw operation) with the same config (weights are copied once the new model is
     built).
 
+    A config its class cannot rebuild is repaired where `keras_sngd.config_repair` can (keys the
+    constructor does not take, a required argument left out).
+
     Raises:
         ValueError: the layer cannot be rebuilt from its own `get_config()` (a bug of that layer, which
             `keras.models.clone_model` and `keras.saving.load_model` meet too); names the layer and keeps
@@ -48,10 +54,20 @@ def clone_layer(layer):
         # Python lambdas, as `keras.models.clone_model` does). A Lambda holds no weights.
         return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
                                    arguments=dict(layer.arguments), **keras.layers.Layer.get_config(layer))
+    config = None
     try:
-        return layer.__class__.from_config(layer.get_config())
+        config = layer.get_config()
+        clone = layer.__class__.from_config(config)
     except Exception as error:
-        raise LayerCloneError(layer, error) from error
+        # A config that does not match the constructor (`keras_sngd.config_repair`), repaired if a clone
+        # from the repaired config records the same config.
+        clone = None if config is None else repaired_clone(layer, config)
+        if clone is None:
+            raise LayerCloneError(layer, error) from error
+        return clone
+    if repair_of(layer) is not None:
+        mark_repaired(clone, repair_of(layer))
+    return clone
 
 
 class LayerCloneError(ValueError):
@@ -142,7 +158,13 @@ def copy_weights(pairs):
             continue
         values = original.get_weights()
         if values:
-            clone.set_weights(values)
+            try:
+                clone.set_weights(values)
+            except ValueError as error:
+                if repair_of(clone) is None:
+                    raise
+                # A repaired config that rebuilt other weights (`keras_sngd.config_repair`): not the layer.
+                raise LayerCloneError(original, error) from error
         restore_derived_state(original, clone)
 
 

@@ -188,7 +188,7 @@ def transformer_decoder():
 
 def vit_image_classifier():
     """A KerasHub ViT classifier: its backbone's `ViTPatchingAndEmbedding` cannot be rebuilt from its own
-    config (keras-hub 0.32 puts derived values in it), so the backbone is copied whole."""
+    config as it is (keras-hub 0.32 puts derived values in it); `keras_sngd.config_repair` repairs it."""
     import keras_hub
 
     backbone = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=1, num_heads=2,

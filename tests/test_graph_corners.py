@@ -334,13 +334,50 @@ class DerivedConfig(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "twice_the_units": 2 * self.units}
 
 
+class UnrebuildableConfig(keras.layers.Layer):
+    """A layer whose `get_config` leaves out a required argument that it keeps under another name: neither
+    its class nor `keras_sngd.config_repair` can rebuild it from its config."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.width = units
+        self.dense = keras.layers.Dense(units)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "twice_the_units": 2 * self.width}
+
+
+@keras.saving.register_keras_serializable(package="test_graph_corners")
+class MissingArgument(keras.layers.Layer):
+    """A layer whose `get_config` leaves out a required argument it keeps as an attribute of the same name
+    (as KerasHub's `Qwen3TransformerDecoder` leaves out `head_dim` in keras-hub 0.32)."""
+
+    def __init__(self, head_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.head_dim = head_dim
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(self.head_dim,), initializer="ones", name="scale")
+
+    def call(self, inputs):
+        return inputs * self.scale
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("head_dim", None)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="test_graph_corners")
 class ConstructedBackbone(keras.Model):
     """A Functional subclass whose config is its constructor's arguments, as a KerasHub backbone's."""
 
     def __init__(self, units, **kwargs):
         inputs = keras.Input((4,))
-        outputs = keras.layers.Dense(units, activation="relu", name="inner_dense")(DerivedConfig(units, name="derived")(inputs))
+        outputs = keras.layers.Dense(units, activation="relu", name="inner_dense")(UnrebuildableConfig(units, name="derived")(inputs))
         super().__init__(inputs, outputs, **kwargs)
         self.units = units
 
@@ -390,10 +427,72 @@ def test_a_nested_model_that_cannot_be_rebuilt_layer_by_layer_is_copied_whole(tm
     assert_outputs_close(alone(x), backbone(x), rtol=0.0)
     assert type(keras_sngd.fold(alone)) is ConstructedBackbone
     # A plain Functional model holding such a layer cannot be copied from its config either: the error names it.
-    plain_inner = keras.Model(inputs, DerivedConfig(3, name="derived")(inputs), name="plain_inner")
+    plain_inner = keras.Model(inputs, UnrebuildableConfig(3, name="derived")(inputs), name="plain_inner")
     outer_inputs = keras.Input((4,))
     with pytest.raises(LayerCloneError, match="(?s)Cannot clone layer 'derived'.*twice_the_units"):
         keras_sngd.reconstruct(keras.Model(outer_inputs, keras.layers.Dense(2)(plain_inner(outer_inputs))))
+
+
+@keras.saving.register_keras_serializable(package="test_graph_corners")
+class RepairableBackbone(keras.Model):
+    """A backbone whose layers' configs do not match their constructors in the two ways
+    `keras_sngd.config_repair` repairs: a derived key the constructor rejects, a required argument left out."""
+
+    def __init__(self, units, **kwargs):
+        inputs = keras.Input((4,))
+        x = DerivedConfig(units, name="derived")(inputs)
+        x = MissingArgument(units, name="missing")(x)
+        outputs = keras.layers.Dense(units, activation="relu", name="inner_dense")(x)
+        super().__init__(inputs, outputs, **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "units": self.units}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_layers_whose_config_does_not_match_their_constructor_are_repaired(tmp_path):
+    """Such layers made `reconstruct` copy their whole backbone with no LocalFisher inside (KerasHub's ViT,
+    GPT-NeoX and Qwen3 backbones). Repaired, the backbone is rebuilt layer by layer; the reconstruction and
+    its folded model save to `.keras` files that load."""
+    from keras_sngd.config_repair import repair_of
+
+    keras.utils.set_random_seed(0)
+    backbone = RepairableBackbone(6, name="backbone")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(backbone(inputs)))
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "copied whole" warning
+        sngd, report = keras_sngd.reconstruct(model, return_report=True)
+    # The composite `derived` is whitened inside (`keras_sngd.InnerWhitening`), around its repaired clone.
+    assert [path for path, *_ in report.inserted] == ["backbone/derived/dense", "backbone/inner_dense", "head"]
+    rebuilt = sngd.get_layer("backbone")
+    assert type(rebuilt) is not RepairableBackbone  # rebuilt layer by layer, a plain Functional
+    derived, missing = rebuilt.get_layer("derived").layer, rebuilt.get_layer("missing")
+    assert repair_of(derived) == (("twice_the_units",), ()) and repair_of(missing) == ((), ("head_dim",))
+    assert "twice_the_units" not in derived.get_config() and missing.get_config()["head_dim"] == 6
+    assert repair_of(backbone.get_layer("derived")) is None  # the original layers are left alone
+    assert_outputs_close(sngd(x), model(x), rtol=0.0)
+    sngd.compile(keras.optimizers.SGD(0.1), "mse")
+    sngd.fit(x, np.ones((16, 3), "float32"), batch_size=4, epochs=2, verbose=0)
+    assert int(rebuilt.get_layer("inner_dense_local_fisher").step.numpy()) == 8
+    folded = keras_sngd.fold(sngd)
+    assert_outputs_close(folded(x), sngd(x), rtol=1e-5)
+    assert repair_of(folded.get_layer("backbone").get_layer("missing")) == ((), ("head_dim",))
+    sngd.save(tmp_path / "sngd.keras")
+    folded.save(tmp_path / "folded.keras")
+    loaded = keras.saving.load_model(tmp_path / "sngd.keras")
+    assert_outputs_close(loaded(x), sngd(x), rtol=1e-6)
+    assert_outputs_close(keras.saving.load_model(tmp_path / "folded.keras")(x), sngd(x), rtol=1e-5)
+    # The loaded model holds the layers as their classes build them; fold repairs them again.
+    assert_outputs_close(keras_sngd.fold(loaded)(x), sngd(x), rtol=1e-5)
+    # A repair that does not rebuild the same config is refused: the backbone is copied whole, as before.
+    assert [path for path, *_ in keras_sngd.reconstruct(
+        keras.Model(inputs, ConstructedBackbone(6, name="other")(inputs)), return_report=True)[1].inserted] == []
 
 
 def test_layers_called_with_keyword_inputs_get_a_local_fisher():

@@ -161,25 +161,36 @@ def test_bad_arguments(kwargs, message):
 
 
 def test_layer_that_cannot_be_rebuilt_from_its_config_gets_a_clear_error():
-    """A layer whose `get_config` holds keys its constructor refuses (as KerasHub 0.32's
-    ViTPatchingAndEmbedding does) cannot be cloned: the error names it, with the cause kept."""
+    """A layer whose `get_config` leaves out a required argument of its constructor, kept under another
+    name, cannot be cloned, nor repaired (`keras_sngd.config_repair`): the error names it, with the cause
+    kept. One whose config only holds a key its constructor refuses (as KerasHub 0.32's
+    ViTPatchingAndEmbedding does) is repaired."""
 
     class Scale(keras.layers.Layer):
-        def __init__(self, factor=2.0, **kwargs):
+        def __init__(self, factor, **kwargs):
             super().__init__(**kwargs)
-            self.factor = factor
+            self.stored_factor = factor
 
         def call(self, inputs):
-            return inputs * self.factor
+            return inputs * self.stored_factor
 
         def get_config(self):
-            return {**super().get_config(), "factor": self.factor, "derived": 3}
+            return {**super().get_config(), "derived": 3}
+
+    class Derived(Scale):
+        def get_config(self):
+            return {**super().get_config(), "factor": self.stored_factor}
 
     inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(Scale(name="scale")(inputs)))
-    with pytest.raises(ValueError, match=r"Cannot clone layer 'scale' \(Scale\).*from_config.*derived") as info:
+    model = keras.Model(inputs, keras.layers.Dense(2)(Scale(2.0, name="scale")(inputs)))
+    with pytest.raises(ValueError, match=r"(?s)Cannot clone layer 'scale' \(Scale\).*from_config.*factor") as info:
         keras_sngd.reconstruct(model)
     assert isinstance(info.value.__cause__, TypeError)
+    repairable = keras.Model(inputs, keras.layers.Dense(2)(Derived(2.0, name="scale")(inputs)))
+    sngd = keras_sngd.reconstruct(repairable)
+    assert "derived" not in sngd.get_layer("scale").get_config() and len(local_fishers(sngd)) == 1
+    probe = np.random.default_rng(0).standard_normal((3, 4)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(sngd(probe)), np.asarray(repairable(probe)))
 
 
 def test_layer_with_a_kernel_constraint_is_skipped_unless_named():
