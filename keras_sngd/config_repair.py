@@ -4,28 +4,37 @@
 (`cls.from_config(layer.get_config())`, as `keras.models.clone_model` and `keras.saving.load_model` do). A
 common bug of third-party layers breaks that one call while the layer itself works, and the model holding it
 still saves and loads because its own config holds its constructor's arguments rather than its layers'
-(a KerasHub backbone). Two forms of it (KerasHub 0.32: ViT's and DeiT's patch embeddings, MiT's encoder
-blocks, GPT-NeoX's and Qwen3's decoder blocks):
+(a KerasHub backbone). Three forms of it (KerasHub 0.32: ViT's patch embedding, GPT-NeoX's and Qwen3's
+decoder blocks, DeiT's encoder):
 
-- `get_config()` returns keys the constructor does not take (derived attributes such as `num_patches`,
-  sublayers): `TypeError: Unrecognized keyword arguments passed to ...`;
+- `get_config()` returns keys the constructor does not take (derived attributes such as `num_patches`):
+  `TypeError: Unrecognized keyword arguments passed to ...`;
 - `get_config()` leaves out a required argument of the constructor (`missing 1 required positional
-  argument: 'head_dim'`) that the layer keeps as an attribute of the same name.
+  argument: 'head_dim'`) that the layer keeps as an attribute of the same name;
+- `get_config()` itself fails (it reads an attribute the constructor never set).
 
-`repaired_clone(layer)` repairs the config in those two ways only: it drops the keys that no `__init__` of
-the layer's classes names, and adds each required argument the config lacks from the layer's attribute of
-that name. It accepts the repair only if the clone's own `get_config()` equals the original's, so that
-every value the config records (the dropped, derived ones included) is rebuilt the same (where a
-config records what `build` saw, after building the clone as `load_model` builds a layer), and, once the new
-model is built, that it takes the original's weights (`keras_sngd.graph.copy_weights`; a clone with other
-weights is refused there, and the model holding it is copied whole as before). The clone then
-answers `get_config()` with the repaired config (an attribute of the instance; the class is left
-alone), so a model holding it saves to a `.keras` file that loads, and cloning the clone repairs again.
-A model loaded from that file holds the layer as its class builds it, and `reconstruct` or `fold` of the
-loaded model repairs it again; saving the loaded model a second time as it is meets the layer's own bug.
+`repaired_clone(layer, config)` repairs those and nothing else:
+
+1. It drops the keys that no `__init__` of the layer's classes names, and adds each required argument the
+   config lacks from the layer's attribute of that name. It accepts the repair only if the clone's own
+   `get_config()` equals the original's, so that every value the config records (the dropped, derived
+   ones included) is rebuilt the same (where a config records what `build` saw, after building the clone
+   as `load_model` builds a layer).
+2. Where `get_config()` fails, it rebuilds the layer from the constructor arguments Keras recorded when
+   the layer was made (`Operation.__new__` keeps them when they are all plain values: numbers, strings,
+   None and lists or dicts of them; a layer given an initializer object has none, and stays unrepaired).
+
+In both cases, once the new model is built the clone must take the original's weights
+(`keras_sngd.graph.copy_weights`; a clone with other weights is refused there, and the model holding it is
+copied whole as before). The clone then answers `get_config()` with the repaired config (an attribute of
+the instance; the class is left alone), so a model holding it saves to a `.keras` file that loads, and
+cloning the clone repairs again. A model loaded from that file holds the layer as its class builds it:
+`reconstruct` or `fold` of the loaded model repairs it again, but saving the loaded model a second time as
+it is meets the layer's own bug.
 """
 
 import inspect
+import typing
 import warnings
 
 import keras
@@ -33,10 +42,21 @@ import keras
 _REPAIR = "_keras_sngd_config_repair"
 
 
+class Repair(typing.NamedTuple):
+    """How a clone's config is repaired: keys dropped, arguments added from the layer's attributes, or (for
+    a layer whose `get_config()` itself fails) the constructor arguments Keras recorded."""
+
+    dropped: tuple = ()
+    added: tuple = ()
+    arguments: dict = None
+
+
 def repaired_clone(layer, config):
-    """A clone of `layer` from `config` (its `get_config()`, which its class cannot rebuild) repaired as the
-    module says, or None if no such repair rebuilds the same config."""
+    """A clone of `layer` from `config` (its `get_config()`, which its class cannot rebuild; None where
+    `get_config()` itself fails) repaired as the module says, or None if no such repair rebuilds it."""
     cls = type(layer)
+    if config is None:
+        return _from_recorded_arguments(layer)
     accepted = _constructor_arguments(cls)
     if accepted is None:
         return None
@@ -44,7 +64,7 @@ def repaired_clone(layer, config):
     added = tuple(name for name in _required_arguments(cls) if name not in config and hasattr(layer, name))
     if not dropped and not added:
         return None
-    repair = (dropped, added)
+    repair = Repair(dropped, added)
     try:
         clone = cls.from_config(_repaired_config(layer, config, repair))
         same = _same(clone.get_config(), config)
@@ -63,26 +83,43 @@ def repaired_clone(layer, config):
     return clone
 
 
+def _from_recorded_arguments(layer):
+    """A layer whose `get_config()` fails, rebuilt from the constructor arguments Keras recorded when it
+    was made (`Operation.__new__` keeps them where they are all plain values), or None."""
+    recorded = getattr(layer, "_auto_config", None)
+    if recorded is None:
+        return None
+    repair = Repair(arguments=dict(recorded.config))
+    try:
+        clone = type(layer).from_config(_repaired_config(layer, None, repair))
+    except Exception:
+        return None
+    mark_repaired(clone, repair)
+    return clone
+
+
 def repair_of(layer):
-    """The repair a clone carries (`(dropped keys, added arguments)`), or None."""
+    """The `Repair` a clone carries, or None."""
     return layer.__dict__.get(_REPAIR)
 
 
 def mark_repaired(layer, repair):
-    """Make `layer.get_config()` return its class's config repaired by `repair`."""
+    """Make `layer.get_config()` return its config repaired by `repair`."""
     original = type(layer).get_config
 
     def get_config():
-        return _repaired_config(layer, original(layer), repair)
+        return _repaired_config(layer, None if repair.arguments is not None else original(layer), repair)
 
     object.__setattr__(layer, _REPAIR, repair)
     object.__setattr__(layer, "get_config", get_config)
 
 
 def _repaired_config(layer, config, repair):
-    dropped, added = repair
-    repaired = {key: value for key, value in config.items() if key not in dropped}
-    for name in added:
+    if repair.arguments is not None:
+        # The base layer's part (name, trainable, dtype) as the layer is now, and the recorded arguments.
+        return {**keras.layers.Layer.get_config(layer), **repair.arguments}
+    repaired = {key: value for key, value in config.items() if key not in repair.dropped}
+    for name in repair.added:
         repaired[name] = getattr(layer, name)
     return repaired
 

@@ -61,7 +61,7 @@ def clone_layer(layer):
     except Exception as error:
         # A config that does not match the constructor (`keras_sngd.config_repair`), repaired if a clone
         # from the repaired config records the same config.
-        clone = None if config is None else repaired_clone(layer, config)
+        clone = repaired_clone(layer, config)
         if clone is None:
             raise LayerCloneError(layer, error) from error
         return clone

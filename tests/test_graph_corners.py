@@ -372,6 +372,22 @@ class MissingArgument(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="test_graph_corners")
+class FailingConfig(keras.layers.Layer):
+    """A layer whose `get_config` reads an attribute its constructor never set (as KerasHub's `DeiTEncoder`
+    reads `key_dim` in keras-hub 0.32); made with plain arguments, which Keras records."""
+
+    def __init__(self, units, activation="tanh", **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units, activation=activation)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="test_graph_corners")
 class ConstructedBackbone(keras.Model):
     """A Functional subclass whose config is its constructor's arguments, as a KerasHub backbone's."""
 
@@ -435,13 +451,15 @@ def test_a_nested_model_that_cannot_be_rebuilt_layer_by_layer_is_copied_whole(tm
 
 @keras.saving.register_keras_serializable(package="test_graph_corners")
 class RepairableBackbone(keras.Model):
-    """A backbone whose layers' configs do not match their constructors in the two ways
-    `keras_sngd.config_repair` repairs: a derived key the constructor rejects, a required argument left out."""
+    """A backbone whose layers' configs do not match their constructors in the three ways
+    `keras_sngd.config_repair` repairs: a derived key the constructor rejects, a required argument left out,
+    a `get_config` that fails."""
 
     def __init__(self, units, **kwargs):
         inputs = keras.Input((4,))
         x = DerivedConfig(units, name="derived")(inputs)
         x = MissingArgument(units, name="missing")(x)
+        x = FailingConfig(units, activation="relu", name="failing")(x)
         outputs = keras.layers.Dense(units, activation="relu", name="inner_dense")(x)
         super().__init__(inputs, outputs, **kwargs)
         self.units = units
@@ -469,12 +487,17 @@ def test_layers_whose_config_does_not_match_their_constructor_are_repaired(tmp_p
         warnings.simplefilter("error")  # no "copied whole" warning
         sngd, report = keras_sngd.reconstruct(model, return_report=True)
     # The composite `derived` is whitened inside (`keras_sngd.InnerWhitening`), around its repaired clone.
-    assert [path for path, *_ in report.inserted] == ["backbone/derived/dense", "backbone/inner_dense", "head"]
+    failing_dense = "backbone/failing/" + backbone.get_layer("failing").dense.name  # auto-named
+    assert [path for path, *_ in report.inserted] == ["backbone/derived/" + backbone.get_layer("derived").dense.name,
+                                                      failing_dense, "backbone/inner_dense", "head"]
     rebuilt = sngd.get_layer("backbone")
     assert type(rebuilt) is not RepairableBackbone  # rebuilt layer by layer, a plain Functional
     derived, missing = rebuilt.get_layer("derived").layer, rebuilt.get_layer("missing")
-    assert repair_of(derived) == (("twice_the_units",), ()) and repair_of(missing) == ((), ("head_dim",))
+    assert repair_of(derived)[:2] == (("twice_the_units",), ()) and repair_of(missing)[:2] == ((), ("head_dim",))
     assert "twice_the_units" not in derived.get_config() and missing.get_config()["head_dim"] == 6
+    failing = rebuilt.get_layer("failing").layer
+    assert repair_of(failing).arguments == {"units": 6, "activation": "relu"}
+    assert failing.get_config()["name"] == "failing" and failing.dense.activation is keras.activations.relu
     assert repair_of(backbone.get_layer("derived")) is None  # the original layers are left alone
     assert_outputs_close(sngd(x), model(x), rtol=0.0)
     sngd.compile(keras.optimizers.SGD(0.1), "mse")
@@ -482,7 +505,7 @@ def test_layers_whose_config_does_not_match_their_constructor_are_repaired(tmp_p
     assert int(rebuilt.get_layer("inner_dense_local_fisher").step.numpy()) == 8
     folded = keras_sngd.fold(sngd)
     assert_outputs_close(folded(x), sngd(x), rtol=1e-5)
-    assert repair_of(folded.get_layer("backbone").get_layer("missing")) == ((), ("head_dim",))
+    assert repair_of(folded.get_layer("backbone").get_layer("missing"))[:2] == ((), ("head_dim",))
     sngd.save(tmp_path / "sngd.keras")
     folded.save(tmp_path / "folded.keras")
     loaded = keras.saving.load_model(tmp_path / "sngd.keras")
