@@ -7,8 +7,10 @@ inserted and how many of them inside composite layers, what was left out inside 
 of the outputs at the start (`same`: must be 0), their relative change through 16 steps of `SGD(0.0)`
 with the refreshes that fall in them (`sgd0`: the refresh keeps the function), how many LocalFishers
 refreshed, the training loss of 3 epochs of `SGD(0.05)` towards zero outputs, the relative difference of
-`fold`'s model (`fold`) and the difference after a `.keras` round trip (`load`). A backbone that cannot be
-rebuilt from its own config (a KerasHub bug) is copied whole, with no LocalFisher (`inserted` 0).
+`fold`'s model (`fold`) and the difference after a `.keras` round trip (`load`). Llama's, GPT-NeoX's and
+Qwen3's decoder blocks cannot be rebuilt from their own configs in keras-hub 0.32 (a KerasHub bug);
+`keras_sngd.config_repair` repairs them. A backbone with a layer it cannot repair is copied whole, with no
+LocalFisher (`inserted` 0).
 
     python benchmarks/keras_hub_backbones.py                       # every backbone
     KERAS_BACKEND=jax python benchmarks/keras_hub_backbones.py --backbones gpt2,gemma
@@ -46,6 +48,8 @@ def backbones():
         "opt": lambda: models.OPTBackbone(num_heads=2, max_sequence_length=16, **TINY),
         "roberta": lambda: models.RobertaBackbone(num_heads=2, max_sequence_length=16, **TINY),
         "distil_bert": lambda: models.DistilBertBackbone(num_heads=2, max_sequence_length=16, **TINY),
+        "gpt_neox": lambda: models.GPTNeoXBackbone(num_heads=2, max_sequence_length=16, rotary_percentage=0.5, **TINY),
+        "qwen3": lambda: models.Qwen3Backbone(head_dim=4, **heads, **TINY),
     }
 
 

@@ -5,7 +5,7 @@
 common bug of third-party layers breaks that one call while the layer itself works, and the model holding it
 still saves and loads because its own config holds its constructor's arguments rather than its layers'
 (a KerasHub backbone). Three forms of it (KerasHub 0.32: ViT's patch embedding, GPT-NeoX's and Qwen3's
-decoder blocks, DeiT's encoder):
+decoder blocks, DeiT's encoder, Llama's decoder blocks):
 
 - `get_config()` returns keys the constructor does not take (derived attributes such as `num_patches`):
   `TypeError: Unrecognized keyword arguments passed to ...`;
@@ -22,7 +22,10 @@ decoder blocks, DeiT's encoder):
    as `load_model` builds a layer).
 2. Where `get_config()` fails, it rebuilds the layer from the constructor arguments Keras recorded when
    the layer was made (`Operation.__new__` keeps them when they are all plain values: numbers, strings,
-   None and lists or dicts of them; a layer given an initializer object has none, and stays unrepaired).
+   None and lists or dicts of them), or, where Keras recorded none (an initializer object among them),
+   from the layer's attributes named as the constructor's arguments (every argument must have one, and
+   the clone must end up with the same attributes: KerasHub's Llama decoder block, whose `get_config`
+   reads an attribute that was renamed).
 
 In both cases, once the new model is built the clone must take the original's weights
 (`keras_sngd.graph.copy_weights`; a clone with other weights is refused there, and the model holding it is
@@ -87,15 +90,52 @@ def _from_recorded_arguments(layer):
     """A layer whose `get_config()` fails, rebuilt from the constructor arguments Keras recorded when it
     was made (`Operation.__new__` keeps them where they are all plain values), or None."""
     recorded = getattr(layer, "_auto_config", None)
-    if recorded is None:
+    arguments = dict(recorded.config) if recorded is not None else _arguments_from_attributes(layer)
+    if arguments is None:
         return None
-    repair = Repair(arguments=dict(recorded.config))
+    repair = Repair(arguments=arguments)
     try:
         clone = type(layer).from_config(_repaired_config(layer, None, repair))
+        if recorded is None and not all(_same(_plain(getattr(clone, name)), _plain(getattr(layer, name)))
+                                        for name in arguments):
+            return None
     except Exception:
         return None
     mark_repaired(clone, repair)
     return clone
+
+
+def _arguments_from_attributes(layer):
+    """Each named argument of the layer's constructor read back from the layer's attribute of the same name
+    (values Keras can serialize: an initializer, an activation, numbers), or None if one has no such
+    attribute. The clone made from them must hold the same attributes (a constructor that transforms an
+    argument on the way in, `self.units = 2 * units`, would not)."""
+    try:
+        parameters = inspect.signature(type(layer).__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    names = [name for name, parameter in parameters.items() if name != "self"
+             and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+             and name not in ("name", "trainable", "dtype")]
+    if not all(name in layer.__dict__ or hasattr(type(layer), name) and hasattr(layer, name) for name in names):
+        return None
+    try:
+        return {name: _plain(getattr(layer, name)) for name in names}
+    except Exception:
+        return None
+
+
+def _plain(value):
+    """`value` as a config holds it: Keras objects and functions serialized, tuples as lists."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    return keras.saving.serialize_keras_object(value)
 
 
 def repair_of(layer):

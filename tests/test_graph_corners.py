@@ -388,6 +388,28 @@ class FailingConfig(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="test_graph_corners")
+class RenamedAttribute(keras.layers.Layer):
+    """A layer whose `get_config` reads an attribute that was renamed (as KerasHub's Llama decoder block reads
+    `rope_scaling_factor` in keras-hub 0.32), made with an initializer object, which Keras does not record;
+    every constructor argument is kept as an attribute of the same name (`scale_by` after a transform when
+    `double` is set, which a clone made from the attributes would apply twice)."""
+
+    def __init__(self, units, kernel_initializer="glorot_uniform", scale_by=1.0, double=False, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.double = double
+        self.scale_by = 2.0 * scale_by if double else scale_by
+        self.dense = keras.layers.Dense(units, kernel_initializer=self.kernel_initializer)
+
+    def call(self, inputs):
+        return self.dense(inputs) * self.scale_by
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "factor": self.renamed_factor}
+
+
+@keras.saving.register_keras_serializable(package="test_graph_corners")
 class ConstructedBackbone(keras.Model):
     """A Functional subclass whose config is its constructor's arguments, as a KerasHub backbone's."""
 
@@ -460,6 +482,7 @@ class RepairableBackbone(keras.Model):
         x = DerivedConfig(units, name="derived")(inputs)
         x = MissingArgument(units, name="missing")(x)
         x = FailingConfig(units, activation="relu", name="failing")(x)
+        x = RenamedAttribute(units, keras.initializers.Orthogonal(), scale_by=0.5, name="renamed")(x)
         outputs = keras.layers.Dense(units, activation="relu", name="inner_dense")(x)
         super().__init__(inputs, outputs, **kwargs)
         self.units = units
@@ -487,9 +510,8 @@ def test_layers_whose_config_does_not_match_their_constructor_are_repaired(tmp_p
         warnings.simplefilter("error")  # no "copied whole" warning
         sngd, report = keras_sngd.reconstruct(model, return_report=True)
     # The composite `derived` is whitened inside (`keras_sngd.InnerWhitening`), around its repaired clone.
-    failing_dense = "backbone/failing/" + backbone.get_layer("failing").dense.name  # auto-named
-    assert [path for path, *_ in report.inserted] == ["backbone/derived/" + backbone.get_layer("derived").dense.name,
-                                                      failing_dense, "backbone/inner_dense", "head"]
+    inner = [f"backbone/{name}/" + backbone.get_layer(name).dense.name for name in ("derived", "failing", "renamed")]
+    assert [path for path, *_ in report.inserted] == inner + ["backbone/inner_dense", "head"]
     rebuilt = sngd.get_layer("backbone")
     assert type(rebuilt) is not RepairableBackbone  # rebuilt layer by layer, a plain Functional
     derived, missing = rebuilt.get_layer("derived").layer, rebuilt.get_layer("missing")
@@ -498,6 +520,9 @@ def test_layers_whose_config_does_not_match_their_constructor_are_repaired(tmp_p
     failing = rebuilt.get_layer("failing").layer
     assert repair_of(failing).arguments == {"units": 6, "activation": "relu"}
     assert failing.get_config()["name"] == "failing" and failing.dense.activation is keras.activations.relu
+    renamed = rebuilt.get_layer("renamed").layer
+    assert repair_of(renamed).arguments["scale_by"] == 0.5 and renamed.scale_by == 0.5
+    assert isinstance(renamed.kernel_initializer, keras.initializers.Orthogonal)
     assert repair_of(backbone.get_layer("derived")) is None  # the original layers are left alone
     assert_outputs_close(sngd(x), model(x), rtol=0.0)
     sngd.compile(keras.optimizers.SGD(0.1), "mse")
@@ -513,6 +538,14 @@ def test_layers_whose_config_does_not_match_their_constructor_are_repaired(tmp_p
     assert_outputs_close(keras.saving.load_model(tmp_path / "folded.keras")(x), sngd(x), rtol=1e-5)
     # The loaded model holds the layers as their classes build them; fold repairs them again.
     assert_outputs_close(keras_sngd.fold(loaded)(x), sngd(x), rtol=1e-5)
+    # Read back from the attributes, `double=True` would double `scale_by` again: refused.
+    from keras_sngd.config_repair import repaired_clone
+
+    doubling = RenamedAttribute(3, keras.initializers.Orthogonal(), scale_by=0.5, double=True)
+    assert doubling._auto_config is None and repaired_clone(doubling, None) is None
+    assert repaired_clone(RenamedAttribute(3, keras.initializers.Orthogonal(), scale_by=0.5), None).scale_by == 0.5
+    # Made with plain values, Keras recorded the arguments themselves: those rebuild it, `double` or not.
+    assert repaired_clone(RenamedAttribute(3, scale_by=0.5, double=True), None).scale_by == 1.0
     # A repair that does not rebuild the same config is refused: the backbone is copied whole, as before.
     assert [path for path, *_ in keras_sngd.reconstruct(
         keras.Model(inputs, ConstructedBackbone(6, name="other")(inputs)), return_report=True)[1].inserted] == []
