@@ -37,6 +37,7 @@ it is meets the layer's own bug.
 """
 
 import inspect
+import types
 import typing
 import warnings
 
@@ -144,14 +145,14 @@ def repair_of(layer):
 
 
 def mark_repaired(layer, repair):
-    """Make `layer.get_config()` return its config repaired by `repair`."""
-    original = type(layer).get_config
-
-    def get_config():
-        return _repaired_config(layer, None if repair.arguments is not None else original(layer), repair)
-
+    """Make `layer.get_config()` return its config repaired by `repair` (a method bound to the instance)."""
     object.__setattr__(layer, _REPAIR, repair)
-    object.__setattr__(layer, "get_config", get_config)
+    object.__setattr__(layer, "get_config", types.MethodType(_repaired_get_config, layer))
+
+
+def _repaired_get_config(layer):
+    repair = layer.__dict__[_REPAIR]
+    return _repaired_config(layer, None if repair.arguments is not None else type(layer).get_config(layer), repair)
 
 
 def _repaired_config(layer, config, repair):

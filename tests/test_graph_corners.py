@@ -574,3 +574,4 @@ def test_layers_called_with_keyword_inputs_get_a_local_fisher():
     folded = keras_sngd.fold(by_hand)
     assert not any(isinstance(layer, LocalFisher) for layer in folded.layers)
     assert_outputs_close(folded(probe), by_hand(probe))
+
