@@ -17,7 +17,7 @@ full (generation 2) garbage collections, which tracing's many new objects trigge
   `keras_sngd.FunctionPreservingRefresh` sets on JAX, set by hand here: the layers then never refresh);
   what the statistics, the whitening and the trust region cost alone.
 
-    python benchmarks/first_fit_parts.py [--repeats 3] [--backend tensorflow]
+    python benchmarks/first_fit_parts.py [--repeats 3] [--variants SGD,Adam,SNGD] [--grappler off]
 """
 
 import argparse
@@ -45,11 +45,17 @@ VARIANTS = {
 }
 
 
-def first_fits(label, data_dir, batches=12):
-    """`(first fit seconds, second fit seconds)` of a fresh paper MLP trained as `label` says."""
+def first_fits(label, data_dir, batches=12, grappler=True):
+    """`(first fit seconds, second fit seconds)` of a fresh paper MLP trained as `label` says (with
+    TensorFlow's graph optimizer Grappler switched off where `grappler` is False)."""
     import time
 
     import keras
+
+    if not grappler and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
     import keras_sngd
     from keras_sngd.datasets import load_dataset
@@ -100,6 +106,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    parser.add_argument("--grappler", choices=("on", "off"), default="on",
+                        help="TensorFlow's graph optimizer (off: how much of the first fit it takes)")
     args = parser.parse_args(argv)
     labels = [label.strip() for label in args.variants.split(",") if label.strip()]
     unknown = [label for label in labels if label not in VARIANTS]
@@ -108,11 +116,11 @@ def main(argv=None):
     import keras
 
     print(f"paper MLP, first fit of a new process (12 batches of 64), medians of {args.repeats}; keras "
-          f"{keras.__version__}, backend {keras.backend.backend()}")
+          f"{keras.__version__}, backend {keras.backend.backend()}; Grappler {args.grappler}")
     print("| run | LocalFisher arguments | first fit (s) | second fit (s) | full garbage collections in the first fit (s) |")
     print("|---|---|---|---|---|")
     for label in labels:
-        fits = [run_fresh(first_fits, label, args.data_dir) for _ in range(args.repeats)]
+        fits = [run_fresh(first_fits, label, args.data_dir, 12, args.grappler == "on") for _ in range(args.repeats)]
         first = statistics.median(fit[0] for fit in fits)
         second = statistics.median(fit[1] for fit in fits)
         collections = statistics.median(fit[2] for fit in fits)
