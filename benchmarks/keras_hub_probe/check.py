@@ -5,7 +5,9 @@ new process.
 For the model: `reconstruct` (LocalFishers refreshing every 2 steps) must compute what the model computes
 (relative difference at most 1e-5); 3 steps of `SGD(0.01)` towards zero outputs must stay finite; `fold`
 must agree with the trained reconstruction within 1e-3; both reload from `.keras` files (the
-reconstruction exactly, to 1e-6; the folded model to 1e-3). It also lists the Dense, EinsumDense and
+reconstruction exactly, to 1e-6; the folded model to 1e-3; or, for a model whose own `.keras` round trip
+already drifts once its weights move, within twice that drift: `plain_load_rel`, the plain model's with
+its weights moved by noise of 1e-2). It also lists the Dense, EinsumDense and
 convolution layers that the report neither whitened nor skipped with a reason (`unaccounted`).
 
     KERAS_BACKEND=jax python benchmarks/keras_hub_probe/check.py vit
@@ -176,7 +178,19 @@ def main(name):
             p2 = os.path.join(d, "folded.keras")
             folded.save(p2)
             res["load_folded_rel"] = rel(keras.saving.load_model(p2)(x), trained)
-        res["load_ok"] = res["load_rel"] <= 1e-6 and res["load_folded_rel"] <= 1e-3
+            # The plain model's own round trip, its weights moved as training moves them: a model whose
+            # reload drifts by itself (DINOv2 recomputes its interpolated position embeddings from the
+            # trained ones on loading) drifts as much reconstructed.
+            rng = np.random.default_rng(1)
+            for weight in model.weights:
+                value = npy(weight)
+                if np.issubdtype(value.dtype, np.floating):
+                    weight.assign(value + 1e-2 * rng.standard_normal(value.shape).astype(value.dtype))
+            p3 = os.path.join(d, "plain.keras")
+            model.save(p3)
+            res["plain_load_rel"] = rel(keras.saving.load_model(p3)(x), model(x))
+        own = 2.0 * res["plain_load_rel"]
+        res["load_ok"] = res["load_rel"] <= max(1e-6, own) and res["load_folded_rel"] <= max(1e-3, own)
         res["stage"] = "done"
         res["pass"] = bool(res["reconstruct_ok"] and res["losses_finite"] and res["trained_finite"]
                            and res["fold_ok"] and res["load_ok"])
