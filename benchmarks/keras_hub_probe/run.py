@@ -62,8 +62,11 @@ def main(argv=None):
     parser.add_argument("--models", default=None, help="comma-separated names from models.py (default: all)")
     parser.add_argument("--timeout", type=int, default=400, help="seconds per model")
     args = parser.parse_args(argv)
-    sys.path.insert(0, HERE)
-    import models
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("keras_hub_probe_models", os.path.join(HERE, "models.py"))
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
 
     names = list(models.BUILDERS) if args.models is None else [name.strip() for name in args.models.split(",")]
     unknown = [name for name in names if name not in models.BUILDERS]
