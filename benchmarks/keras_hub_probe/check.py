@@ -187,9 +187,12 @@ def main(name):
                 if np.issubdtype(value.dtype, np.floating):
                     weight.assign(value + 1e-2 * rng.standard_normal(value.shape).astype(value.dtype))
             p3 = os.path.join(d, "plain.keras")
-            model.save(p3)
-            res["plain_load_rel"] = rel(keras.saving.load_model(p3)(x), model(x))
-        own = 2.0 * res["plain_load_rel"]
+            try:
+                model.save(p3)
+                res["plain_load_rel"] = rel(keras.saving.load_model(p3)(x), model(x))
+            except Exception as error:  # the plain model's own round trip fails (a KerasHub bug): no allowance
+                res["plain_load_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+        own = 2.0 * res.get("plain_load_rel", 0.0)
         res["load_ok"] = res["load_rel"] <= max(1e-6, own) and res["load_folded_rel"] <= max(1e-3, own)
         res["stage"] = "done"
         res["pass"] = bool(res["reconstruct_ok"] and res["losses_finite"] and res["trained_finite"]

@@ -44,6 +44,8 @@ def row(result):
     for reason, (count, paths) in sorted((result.get("skipped") or {}).items()):
         if "copied whole" in reason or "could not be traced" in reason:
             notes.append(f"left whole: {', '.join(paths)} ({reason.split(':')[0]})")
+    if result.get("plain_load_error"):
+        notes.append(f"the plain model's own reload fails ({result['plain_load_error'][:80]})")
     if result.get("plain_load_rel"):
         notes.append(f"the plain model's own reload drifts by {result['plain_load_rel']:.1e}")
     if result.get("unaccounted"):
