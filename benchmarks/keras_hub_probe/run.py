@@ -54,7 +54,7 @@ def row(result):
     inserted = "" if result.get("inserted") is None else f"{result['inserted']} ({result.get('inner', 0)})"
     return (f"| {result['model']} | {result.get('class', '')} | {verdict} | {inserted} | {number('reconstruct_rel')} | "
             f"{number('fold_rel')} | {number('load_rel')} / {number('load_folded_rel')} | "
-            f"{'; '.join(notes).replace('|', '/')} |")
+            f"{' '.join('; '.join(notes).replace('|', '/').split())} |")
 
 
 def main(argv=None):
