@@ -193,11 +193,20 @@ def restore_derived_state(original, clone):
         if _loads_its_own_way(target, "load_own_variables"):
             store = {}
             source.save_own_variables(store)
-            target.load_own_variables(store)
+            # Copies, not the original's variables: on JAX assigning a variable shares its array, which
+            # the clone's training then donates, deleting the original model's weights under it.
+            target.load_own_variables({key: _copied(value) for key, value in store.items()})
         if _loads_its_own_way(target, "load_assets"):
             with tempfile.TemporaryDirectory() as directory:
                 source.save_assets(directory)
                 target.load_assets(directory)
+
+
+def _copied(value):
+    """A NumPy copy of a variable or tensor (other values as they are)."""
+    if isinstance(value, keras.Variable) or keras.ops.is_tensor(value):
+        return keras.ops.convert_to_numpy(value).copy()
+    return value
 
 
 def _loads_its_own_way(layer, method):

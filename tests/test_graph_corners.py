@@ -575,3 +575,13 @@ def test_layers_called_with_keyword_inputs_get_a_local_fisher():
     assert not any(isinstance(layer, LocalFisher) for layer in folded.layers)
     assert_outputs_close(folded(probe), by_hand(probe))
 
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_the_original_model_is_left_intact_by_training_its_reconstruction(backend):
+    from tests.test_backends import run_on_installed
+
+    report = run_on_installed(backend, os.path.join(os.path.dirname(__file__), "scripts", "original_intact_check.py"))
+    assert report["backend"] == backend
+    assert "original_error" not in report, report
+    assert report["original_change"] == 0.0
