@@ -154,7 +154,7 @@ def copy_weights(pairs):
         if saved is not None:
             # A FisherLayer: its state, not the transient carriers it may hold on JAX (`keras_sngd.handoff`).
             for target, source in zip(clone._saved_variables(), saved()):
-                target.assign(source.value)
+                target.assign(_copied(source))  # not the original's array (JAX donates the clone's)
             continue
         values = original.get_weights()
         if values:

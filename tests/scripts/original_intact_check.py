@@ -44,7 +44,17 @@ def main():
     folded = keras_sngd.fold(sngd)
     folded.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     folded.fit(features, labels, batch_size=16, epochs=1, verbose=0)
+    # Reconstructing the reconstruction (as after unfreezing layers) copies the LocalFishers' state: training
+    # the new one must leave the first one usable too.
+    first = keras.ops.convert_to_numpy(sngd(features[:8]))
+    again = keras_sngd.reconstruct(sngd)
+    again.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    again.fit(features, labels, batch_size=16, epochs=1, verbose=0)
     report = {"backend": keras.backend.backend()}
+    try:
+        report["reconstruction_change"] = float(np.max(np.abs(keras.ops.convert_to_numpy(sngd(features[:8])) - first)))
+    except Exception as error:  # noqa: BLE001 - the report says what broke
+        report["reconstruction_error"] = f"{type(error).__name__}: {error}"[:300]
     try:
         after = keras.ops.convert_to_numpy(model(features[:8]))
         report["original_change"] = float(np.max(np.abs(after - before)))
