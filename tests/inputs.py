@@ -37,3 +37,23 @@ def train_a_few_steps(model, steps=4, seed=1, learning_rate=0.01, batch=16):
     model.compile(keras.optimizers.SGD(learning_rate), ["mse"] * len(targets) if len(targets) > 1 else "mse")
     for _ in range(steps):
         model.train_on_batch(inputs, targets if len(targets) > 1 else targets[0])
+
+
+def channels_first_convolutions_run():
+    """Whether this backend runs a plain `Conv2D(data_format="channels_first")` here. TensorFlow's CPU
+    kernels run NCHW convolutions only when built with oneDNN on a processor it uses (AVX-512); elsewhere the
+    plain layer itself fails with "The Conv2D op currently only supports the NHWC tensor format on the
+    CPU", eagerly and in a graph, so there is no function for SNGD to keep."""
+    try:
+        layer = keras.layers.Conv2D(1, 1, data_format="channels_first")
+        keras.ops.convert_to_numpy(layer(np.zeros((1, 2, 3, 3), "float32")))
+    except Exception as error:  # noqa: BLE001 - the backend's own error type (tf.errors.UnimplementedError)
+        if "NHWC" in str(error) or "NCHW" in str(error):
+            return False
+        raise
+    return True
+
+
+CHANNELS_FIRST_UNSUPPORTED = ("this TensorFlow build cannot run a plain channels_first Conv2D on this CPU "
+                              "(no oneDNN: 'only supports the NHWC tensor format on the CPU'); the JAX "
+                              "backend runs the same case")

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from keras_sngd import LocalFisher
+from tests.inputs import CHANNELS_FIRST_UNSUPPORTED
+from tests.inputs import channels_first_convolutions_run
 
 
 def inputs_for(shape, seed=0):
@@ -33,6 +35,8 @@ CENTERABLE = {"dense", "dense_3d", "conv1d", "conv2d_valid", "conv2d_channels_fi
 
 
 def refresh_once(name, center):
+    if "channels_first" in name and not channels_first_convolutions_run():
+        pytest.skip(CHANNELS_FIRST_UNSUPPORTED)
     shape, make, axis = CONSUMERS[name]
     local_fisher = LocalFisher(axis=axis, update_every=3, center=center, damping=1e-2)
     model = keras.Sequential([keras.Input(shape), local_fisher, make()])
