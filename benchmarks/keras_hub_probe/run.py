@@ -9,6 +9,7 @@ failed or was left whole.
     python benchmarks/keras_hub_probe/run.py                                 # TensorFlow, every model
     python benchmarks/keras_hub_probe/run.py --backend jax --models vit,qwen3
     python benchmarks/keras_hub_probe/run.py --backend torch --python /path/to/venv/bin/python
+    python benchmarks/keras_hub_probe/run.py --set applications             # keras.applications models
 """
 
 import argparse
@@ -46,6 +47,8 @@ def row(result):
             notes.append(f"left whole: {', '.join(paths)} ({reason.split(':')[0]})")
     if result.get("plain_load_error"):
         notes.append(f"the plain model's own reload fails ({result['plain_load_error'][:80]})")
+    if result.get("plain_trained_finite") is False:
+        notes.append("not finite after the 3 steps, as the plain model is after the same steps")
     if result.get("plain_load_rel"):
         notes.append(f"the plain model's own reload drifts by {result['plain_load_rel']:.1e}")
     if result.get("unaccounted"):
@@ -61,12 +64,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"))
     parser.add_argument("--python", default=sys.executable, help="the interpreter (one with the backend installed)")
-    parser.add_argument("--models", default=None, help="comma-separated names from models.py (default: all)")
+    parser.add_argument("--set", default="keras_hub", choices=("keras_hub", "applications"),
+                        help="the KerasHub models of models.py, or the keras.applications ones of applications.py")
+    parser.add_argument("--models", default=None, help="comma-separated names from the set (default: all)")
     parser.add_argument("--timeout", type=int, default=400, help="seconds per model")
     args = parser.parse_args(argv)
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("keras_hub_probe_models", os.path.join(HERE, "models.py"))
+    module = "models.py" if args.set == "keras_hub" else "applications.py"
+    spec = importlib.util.spec_from_file_location("keras_hub_probe_models", os.path.join(HERE, module))
     models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(models)
 
