@@ -13,8 +13,6 @@ full (generation 2) garbage collections, which tracing's many new objects trigge
 - `statistics every batch`: `statistics_every=1` (no conditional around the statistics);
 - `no refresh`: `update_every` beyond the run (the refresh is traced but never runs);
 - `bare`: all four;
-- `SNGD, refresh in the graph (before)`: defaults, with the drift check and the refresh traced into the
-  step's graph instead of run on the host when due (`keras_sngd.host_refresh`), as before;
 - `no refresh in the step`: defaults, but the step holds no refresh at all (the flag
   `keras_sngd.FunctionPreservingRefresh` sets on JAX, set by hand here: the layers then never refresh);
   what the statistics, the whitening and the trust region cost alone.
@@ -44,7 +42,6 @@ VARIANTS = {
     "no refresh": {"update_every": NEVER},
     "bare": {"max_step": None, "refresh_tolerance": 0.0, "statistics_every": 1, "update_every": NEVER},
     "no refresh in the step": {},
-    "SNGD, refresh in the graph (before)": {},
 }
 
 
@@ -75,11 +72,6 @@ def first_fits(label, data_dir, batches=12, grappler=True):
         optimizer = keras.optimizers.SGD(0.1)
         if label != "SGD":
             model = keras_sngd.reconstruct(model, local_fisher_arguments=dict(VARIANTS[label]))
-            if label == "SNGD, refresh in the graph (before)":
-                # Traced into the step's graph, as before the host refresh (`keras_sngd.host_refresh`).
-                for layer in model.layers:
-                    if isinstance(layer, keras_sngd.LocalFisher):
-                        object.__setattr__(layer, "_host_refresh", False)
             if label == "no refresh in the step":
                 for layer in model.layers:
                     if isinstance(layer, keras_sngd.LocalFisher):

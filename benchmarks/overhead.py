@@ -114,13 +114,6 @@ class EveryBatch(LocalFisher):
         super().__init__(**kwargs)
 
 
-class RefreshInGraph(LocalFisher):
-    """The LocalFisher defaults, with the drift check and the refresh traced into the train step's graph
-    on TensorFlow, as before they ran on the host when due (`keras_sngd.host_refresh`)."""
-
-    _host_refresh = False
-
-
 class FixedPeriod(LocalFisher):
     """The LocalFisher defaults but `adaptive_statistics=False`: the 784-wide input's statistics every 4th
     batch throughout, as before `reconstruct` passed `adaptive_statistics=True` for wide fixed features."""
@@ -297,8 +290,6 @@ def parse_arguments(argv=None):
     parser.add_argument("--time-to-adam-images", type=int, default=20000)
     parser.add_argument("--time-to-adam-epochs", type=int, default=5)
     parser.add_argument("--time-to-adam-repeats", type=int, default=3, help="fits of each model for table 2")
-    parser.add_argument("--time-to-adam-runs", default="",
-                        help="semicolon-separated labels of table 2's SNGD rows to run (default: all)")
     parser.add_argument("--compile-repeats", type=int, default=3, help="first fits of each model for table 3")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: mlp, cnn, adam, compile")
     parser.add_argument("--update-every", type=int, default=None, help="LocalFisher update_every (default: the layer's)")
@@ -349,19 +340,12 @@ def main(argv=None):
         epochs = args.time_to_adam_epochs
         runs = {
             "SNGD SGD lr 0.1": (LocalFisher, args.local_fisher),
-            "SNGD SGD lr 0.1, refresh traced into the step (before)": (RefreshInGraph, args.local_fisher),
             "SNGD SGD lr 0.1, fixed statistics period (before)": (FixedPeriod, args.local_fisher),
             "SNGD SGD lr 0.1, statistics_every=1": (EveryBatch, args.local_fisher),
             "SNGD SGD lr 0.1, dense U (rank=None)": (DenseRoot, args.local_fisher),
             # Before `reconstruct` damped the layer on the raw pixels (docs/generalization.md).
             "SNGD SGD lr 0.1, damping 0.01 everywhere": (LocalFisher, dict(args.local_fisher, damping=0.01)),
         }
-        if args.time_to_adam_runs:
-            chosen = [label.strip() for label in args.time_to_adam_runs.split(";") if label.strip()]
-            unknown = [label for label in chosen if label not in runs]
-            if unknown:
-                raise SystemExit(f"unknown --time-to-adam-runs {unknown}; known: {list(runs)}")
-            runs = {label: runs[label] for label in chosen}
         adam, curves = time_to_adam(args.time_to_adam_images, epochs, runs, args.time_to_adam_repeats)
         adam_losses, adam_ends = adam[0][:2]
         target = adam_losses[-1]

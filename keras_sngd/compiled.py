@@ -17,9 +17,6 @@ due steps and layers of the same width compute the same thing. `shared` makes su
 Measured (`python benchmarks/compile_cost.py`, MobileNetV2 with 35 LocalFishers; and
 `python benchmarks/overhead.py`'s first-fit table for the paper's MLP): see the README's speed section.
 The numerics are those of the function itself: the same operations run, only their graph is shared.
-Where the drift check and the refresh run on the host (`keras_sngd.host_refresh`, TensorFlow graphs
-without XLA), these functions are called eagerly from there, still compiled once per signature, and
-traced when a layer of that width first needs them rather than with the step.
 
 On JAX, inside the train step there is nothing to share: JAX traces the step into one XLA program, and
 XLA inlines any function called from it, so its compilation does not follow TensorFlow's graph sizes
@@ -86,44 +83,9 @@ def shared(function):
         return full_precision
     if backend != "tensorflow":
         return function
-    return _tensorflow_shared(function)
-
-
-def _tensorflow_shared(function):
-    """`function` as one `tf.function` per input signature (called, not inlined).
-
-    One `tf.function` per signature rather than one for all: called eagerly with many shapes (the refresh
-    run on the host, `keras_sngd.host_refresh`, in a network with layers of many widths), a single
-    `tf.function` retraces at each new shape and TensorFlow warns about frequent retracing, although each
-    shape is traced once and kept.
-    """
     import tensorflow as tf
 
-    functions = {}
-
-    def signature(leaf):
-        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):  # a tensor or a variable
-            return tuple(leaf.shape), str(leaf.dtype)
-        return type(leaf).__name__, repr(leaf)
-
-    @functools.wraps(function)
-    def call(*args, **kwargs):
-        structure = tf.nest.map_structure(lambda _: None, (args, kwargs))
-        key = (repr(structure), tuple(signature(leaf) for leaf in tf.nest.flatten((args, kwargs))))
-        compiled = functions.get(key)
-        if compiled is None:
-            # (A `partial`, not `function` itself: TensorFlow counts traces per Python function's code,
-            # and would warn about frequent retracing of the one function behind every signature.)
-            python_function = functools.partial(function)
-            python_function.__name__ = function.__name__  # the traced graph's name (no `__wrapped__`: above)
-            compiled = functions[key] = tf.function(python_function, autograph=False,
-                                                    experimental_attributes={"_noinline": True})
-        return compiled(*args, **kwargs)
-
-    call.functions = functions
-    # How many traces in all (each signature's function is traced once), as `tf.function` counts them.
-    call.experimental_get_tracing_count = lambda: sum(f.experimental_get_tracing_count() for f in functions.values())
-    return call
+    return tf.function(function, autograph=False, experimental_attributes={"_noinline": True})
 
 
 def _jax_shared(function):

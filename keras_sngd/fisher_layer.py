@@ -9,7 +9,6 @@ from keras.src.backend.common.stateless_scope import get_stateless_scope
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.backend.common.variables import AutocastScope
 
-from keras_sngd import host_refresh
 from keras_sngd import host_schedule
 from keras_sngd.compiled import shared
 from keras_sngd.compiled import warn_if_tensor_float_32
@@ -136,10 +135,6 @@ class FisherLayer(keras.layers.Layer):
     inside `fit`, like a frozen `BatchNormalization`: no statistics, no counters, no refresh; so do frozen
     consumers (`_consumers_frozen`).
     """
-
-    # Whether the drift check and the refresh may run on the host when due, where `keras_sngd.host_refresh`
-    # applies (False: traced into the step's graph, as before; for comparisons).
-    _host_refresh = True
 
     def __init__(
         self,
@@ -483,8 +478,6 @@ class FisherLayer(keras.layers.Layer):
                 self._count_refresh(result.accepted, due=True)
             return (*result, ops.convert_to_tensor(True))
 
-        if self._host_refresh and host_refresh.available():
-            return self._refresh_on_host_if_due(check, moving, bindings, unchanged(), rows)
         if self.refresh_tolerance == 0:
             return ops.cond(check, refreshed, unchanged)
 
@@ -496,34 +489,6 @@ class FisherLayer(keras.layers.Layer):
             return ops.cond(due, lambda: refreshed(fisher), unchanged)
 
         return ops.cond(check, checked, unchanged)
-
-    def _refresh_on_host_if_due(self, check, moving, bindings, unchanged, rows=None):
-        """`_refresh_if_due` with the checking branch run on the host when it runs (TensorFlow graphs,
-        `keras_sngd.host_refresh`): the same drift, refresh, re-expression and counters, eagerly, on
-        this step's statistics; `unchanged` is the result of a step that does not refresh."""
-        batch_rows = rows() if rows is not None else ops.zeros((), "float32")
-
-        def on_host(second_moment, mean, weight, accepted, batch_rows_now):
-            moving_now = MovingMoments(second_moment, mean, weight, accepted)
-            fisher = self._local_fisher(moving_now)
-            if self.refresh_tolerance > 0 and int(ops.convert_to_numpy(self.refresh_count.value)) > 0:
-                drift = float(ops.convert_to_numpy(self._drift(moving_now, fisher)))
-                if drift <= self.refresh_tolerance:  # (a NaN drift refreshes, and the refresh counts its failure)
-                    return (*self._unchanged(self.inverse_root.value, self._current_shift(), self._current_root()),
-                            ops.convert_to_tensor(False))
-            result = self._refresh(moving_now, bindings, write=True, fisher=fisher,
-                                   rows=None if rows is None else (lambda: batch_rows_now))
-            self._count_refresh(result.accepted, due=True)
-            return (*result, ops.convert_to_tensor(True))
-
-        variables = list(self.variables)
-        for binding in bindings:
-            variables.extend([binding.kernel] + ([binding.bias] if binding.bias is not None else []))
-
-        def on_check():
-            return host_refresh.call_on_host(on_host, [*moving, batch_rows], unchanged, variables)
-
-        return ops.cond(check, on_check, lambda: unchanged)
 
     def _local_fisher(self, moving):
         """`G` from the moving moments (`keras_sngd.statistics.local_fisher_matrix`)."""

@@ -95,10 +95,7 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
     (`keras_sngd.distributed`), so every replica holds the same `U`. Masked positions (padding from
     `Embedding(mask_zero=True)` or `Masking`) stay out of the statistics, as in `BatchNormalization`.
 
-    The refresh is part of the compiled train step (`keras.ops.cond`); on TensorFlow the branch that checks
-    the drift calls back into Python when it runs (`tf.py_function`, `keras_sngd.host_refresh`), so that
-    the step's graph does not hold the refresh and a new process does not trace it before its first step;
-    the numbers are the same. **Function-preserving refresh**
+    The refresh runs inside the compiled train step (`keras.ops.cond`). **Function-preserving refresh**
     (default): the layers this one feeds (found in the model graph, so also when inserted by hand or
     loaded from `.keras`) have their kernels re-expressed so that the effective weights `U W'`, and so the
     model's outputs, do not change (as in PRONG, Desjardins et al. 2015); between refreshes, SGD on `W'` is
