@@ -19,8 +19,11 @@ def test_shared_gives_the_function_s_results():
     result = shared(warm_refresh)(fisher, old, 0.01)
     assert type(result) is type(expected)
     for got, want in zip(result, expected):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), rtol=1e-6,
-                                   atol=1e-6)
+        want = keras.ops.convert_to_numpy(want)
+        # (Relative to the largest entry: the compiled graph's products and the eager ones round apart,
+        # by up to 1e-6 of the largest entry with Eigen's kernels, on a CPU without oneDNN.)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-5,
+                                   atol=2e-6 * max(1.0, float(np.abs(want).max(initial=0.0))))
 
 
 def test_shared_is_the_identity_on_numpy(monkeypatch):
