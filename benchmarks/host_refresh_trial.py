@@ -1,4 +1,4 @@
-"""A trial, not adopted: the drift check and the refresh run on the host when due (TensorFlow, issue #7).
+"""A trial, not adopted yet: the drift check and the refresh run on the host when due (TensorFlow, issue #7).
 
 The first `fit` of a reconstructed model in a new process costs about a second more than Adam's, and the
 refresh is where that second goes (`benchmarks/first_fit_parts.py`: with no refresh in the step the first
