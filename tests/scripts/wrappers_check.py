@@ -16,16 +16,17 @@ import numpy as np
 
 import keras_sngd
 from keras_sngd.graph import walk_layers
+from tests.inputs import channels_first_convolutions_run
 
 L = keras.layers
 
 
-def models():
+def models(channels_first_runs):
     yield "bidirectional_gru", (5, 6), [L.Bidirectional(L.GRU(8)), L.Dense(3)]
     yield "bidirectional_lstm_sum", (5, 6), [L.Bidirectional(L.LSTM(8, return_sequences=True), merge_mode="sum"),
                                              L.GlobalAveragePooling1D(), L.Dense(3)]
     yield "time_distributed_dense", (5, 6), [L.TimeDistributed(L.Dense(4, activation="relu")), L.Flatten(), L.Dense(3)]
-    if channels_first_convolutions_run():
+    if channels_first_runs:
         yield "time_distributed_conv_channels_first", (3, 2, 6, 6), [
             L.TimeDistributed(L.Conv2D(4, 3, data_format="channels_first")), L.Flatten(), L.Dense(3)]
     yield "time_distributed_bidirectional", (3, 5, 6), [L.TimeDistributed(L.Bidirectional(L.LSTM(4))), L.Flatten(),
@@ -70,24 +71,13 @@ def check(name, shape, layers, rng):
     }
 
 
-def channels_first_convolutions_run():
-    """Whether this backend runs a plain channels_first Conv2D here (TensorFlow's CPU kernels need oneDNN on
-    an AVX-512 processor for NCHW; elsewhere the plain layer itself fails)."""
-    try:
-        layer = L.Conv2D(1, 1, data_format="channels_first")
-        keras.ops.convert_to_numpy(layer(np.zeros((1, 2, 3, 3), "float32")))
-    except Exception as error:  # noqa: BLE001 - the backend's own error type
-        if "NHWC" in str(error) or "NCHW" in str(error):
-            return False
-        raise
-    return True
-
-
 def main():
     rng = np.random.default_rng(0)
-    results = {name: check(name, shape, layers, rng) for name, shape, layers in models()}
+    # TensorFlow without oneDNN cannot run a plain channels_first Conv2D on a CPU (tests.inputs).
+    channels_first_runs = channels_first_convolutions_run()
+    results = {name: check(name, shape, layers, rng) for name, shape, layers in models(channels_first_runs)}
     print(json.dumps({"backend": keras.backend.backend(), "models": results,
-                      "channels_first_runs": channels_first_convolutions_run()}))
+                      "channels_first_runs": channels_first_runs}))
 
 
 if __name__ == "__main__":
