@@ -28,7 +28,10 @@ def test_recurrent_layers_train_refresh_fold_and_load(backend):
         fishers = result["state_local_fishers"]
         assert len(fishers) == result["expected"], (name, fishers)
         assert set(fishers) <= set(result["inserted"]), (name, result["inserted"])
-        assert result["same_at_start"] == 0.0, name
+        # Exact on TensorFlow and JAX. On PyTorch a kernel from Keras's orthogonal initializer is stored
+        # transposed (strides (1, n)), and `h @ R` reads it in another order than the contiguous `U_h R'`
+        # (with U_h = I, the same values): the outputs differ in the last bit (1.2e-7 measured).
+        assert result["same_at_start"] <= (1e-6 if backend == "torch" else 0.0), (name, result["same_at_start"])
         assert result["steps"] == [24] * len(fishers), (name, result["steps"])  # one call per training step
         assert all(count >= 1 for count in result["refreshes"]), (name, result["refreshes"])
         assert result["failed_refreshes"] == [0] * len(fishers), name
