@@ -29,7 +29,15 @@ the final training loss and the accuracy on the 10,000 test images of each run o
   momentum 0.9, KL clip 1e-4), the Kronecker-factored natural gradient with the output side `S = E[g g^T]`
   that SNGD replaces by a scalar;
 - any label followed by `cosine`: the learning rate decays from LR to 0 over the run
-  (`keras.optimizers.schedules.CosineDecay`), e.g. `Muon 0.003 cosine`, `SNGD 0.2 cosine`.
+  (`keras.optimizers.schedules.CosineDecay`), e.g. `Muon 0.003 cosine`, `SNGD 0.2 cosine`;
+- any label followed by `ema`: the optimizer keeps an exponential moving average of the trainable weights
+  (Keras's `use_ema=True`, momentum 0.99) and the model is evaluated with it (Keras writes it into the
+  weights at the end of `fit`). After `reconstruct` it averages the whitened kernels `W'`, while `U` is
+  the last one: a refresh within the average's horizon mixes coordinates, which is why the LocalFishers
+  refuse it (`SNGD ... ema` stops with their ValueError);
+- an SNGD label followed by `average`: the same average (momentum 0.99, every step, the first step copies)
+  kept on the host for the effective weights `W = U W'` (`EffectiveAverage`), which no refresh changes;
+  the test accuracy is that of `keras_sngd.fold(model)` with the averages written in.
 
     python benchmarks/generalization.py                  # the MLP, the default runs, 3 seeds: about 6 minutes on 2 cores
     python benchmarks/generalization.py --runs "SNGD 0.1 fixed-feature damping 0.3,SNGD 0.1 damping 1"
@@ -56,6 +64,7 @@ import numpy as np  # noqa: E402
 import keras_sngd  # noqa: E402
 from benchmarks.stability_common import load_subset  # noqa: E402
 from benchmarks.stability_common import plain_model  # noqa: E402
+from keras_sngd.consumers import consumer_bindings  # noqa: E402
 from keras_sngd.graph import calls_read_fixed_features  # noqa: E402
 from keras_sngd.graph import walk_layers  # noqa: E402
 from keras_sngd.layer_defaults import default_arguments  # noqa: E402
@@ -83,19 +92,27 @@ class Run(NamedTuple):
     optimizer: Callable
     reconstruct_arguments: Optional[Callable]
     prepare: Optional[Callable] = None
+    average: bool = False
 
 
 def parse_run(label):
     """The `Run` of a run label (see the module docstring)."""
     words = label.split()
-    cosine = bool(words) and words[-1] == "cosine"
-    if cosine:
+    cosine = ema = False
+    average = False
+    while words and words[-1] in ("cosine", "ema", "average"):
+        cosine, ema = cosine or words[-1] == "cosine", ema or words[-1] == "ema"
+        average = average or words[-1] == "average"
         words = words[:-1]
+    if average and (ema or not words or words[0] != "SNGD"):
+        raise ValueError(f"Bad run {label!r}: 'average' is for SNGD runs, without 'ema'.")
     try:
         name, rate, rest = words[0], float(words[1]), words[2:]
     except (IndexError, ValueError):
         raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR', 'K-FAC LR' or 'SNGD LR [...]', "
                          "optionally followed by 'cosine'.") from None
+
+    averaging = {"use_ema": True} if ema else {}
 
     def learning_rate(decay_steps):
         if cosine and decay_steps:
@@ -104,12 +121,12 @@ def parse_run(label):
 
     if name in ("Adam", "Muon") and not rest:
         make = keras.optimizers.Adam if name == "Adam" else keras.optimizers.Muon
-        return Run(lambda decay_steps=None: make(learning_rate=learning_rate(decay_steps)), None)
+        return Run(lambda decay_steps=None: make(learning_rate=learning_rate(decay_steps), **averaging), None)
     if name == "K-FAC" and not rest:
         from keras_sngd.optimizers import KFAC
         from keras_sngd.optimizers import prepare_kfac
 
-        return Run(lambda decay_steps=None: KFAC(learning_rate=learning_rate(decay_steps)), None, prepare_kfac)
+        return Run(lambda decay_steps=None: KFAC(learning_rate=learning_rate(decay_steps), **averaging), None, prepare_kfac)
     if name != "SNGD":
         raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR', 'K-FAC LR' or 'SNGD LR [...]'.")
 
@@ -165,8 +182,51 @@ def parse_run(label):
         return result
 
     if base == "muon":
-        return Run(lambda decay_steps=None: keras.optimizers.Muon(learning_rate=learning_rate(decay_steps)), arguments)
-    return Run(lambda decay_steps=None: keras.optimizers.SGD(learning_rate(decay_steps), **sgd_options), arguments)
+        return Run(lambda decay_steps=None: keras.optimizers.Muon(learning_rate=learning_rate(decay_steps), **averaging),
+                   arguments, average=average)
+    return Run(lambda decay_steps=None: keras.optimizers.SGD(learning_rate(decay_steps), **sgd_options, **averaging),
+               arguments, average=average)
+
+
+class EffectiveAverage(keras.callbacks.Callback):
+    """Keras's weight average (`use_ema`, momentum 0.99, the first step copies), kept on the host for the
+    effective weights of a reconstruction: `W = U W'` for each whitened kernel (`binding.mix(U)`, what
+    `fold` absorbs), the other trainable weights as they are. A refresh changes `U` and `W'` but not `W`,
+    so this average does not mix coordinate systems, as an average of `W'` would (the reason the
+    LocalFishers refuse `use_ema`). `folded()` is `keras_sngd.fold(model)` with the averages written in."""
+
+    def __init__(self, momentum=0.99):
+        super().__init__()
+        self.momentum = momentum
+
+    def on_train_begin(self, logs=None):
+        self.pairs = [(fisher, binding) for _, fisher in walk_layers(self.model)
+                      if isinstance(fisher, keras_sngd.LocalFisher)
+                      for binding in consumer_bindings(fisher, self.model).bindings]
+        whitened = {id(binding.kernel) for _, binding in self.pairs}
+        self.others = [v for v in self.model.trainable_variables if id(v) not in whitened]
+        self.kernels, self.values, self.steps = None, None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        kernels = [np.asarray(binding.mix(keras.ops.convert_to_numpy(fisher.inverse_root)))
+                   for fisher, binding in self.pairs]
+        values = [keras.ops.convert_to_numpy(v) for v in self.others]
+        if self.kernels is None:
+            self.kernels, self.values = kernels, values
+        else:
+            m = self.momentum
+            self.kernels = [m * a + (1 - m) * k for a, k in zip(self.kernels, kernels)]
+            self.values = [m * a + (1 - m) * v for a, v in zip(self.values, values)]
+
+    def folded(self):
+        folded = keras_sngd.fold(self.model)
+        for (_, binding), kernel in zip(self.pairs, self.kernels):
+            folded.get_layer(binding.layer.name).kernel.assign(kernel)
+        by_path = {v.path: v for v in folded.trainable_variables}
+        for variable, value in zip(self.others, self.values):
+            if variable.path in by_path:  # (not the LocalFishers' own hand-over carriers)
+                by_path[variable.path].assign(value)
+        return folded
 
 
 def run(model_name, label, seed, train, test, epochs):
@@ -180,7 +240,11 @@ def run(model_name, label, seed, train, test, epochs):
         model = spec.prepare(model)
     optimizer = spec.optimizer(decay_steps=epochs * -(-len(train[0]) // 64))
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    loss = model.fit(*train, batch_size=64, epochs=epochs, verbose=0).history["loss"][-1]
+    callbacks = [EffectiveAverage()] if spec.average else []
+    loss = model.fit(*train, batch_size=64, epochs=epochs, verbose=0, callbacks=callbacks).history["loss"][-1]
+    if spec.average:
+        model = callbacks[0].folded()
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     accuracy = model.evaluate(*test, batch_size=512, verbose=0, return_dict=True)["accuracy"]
     return (loss if np.isfinite(loss) else float("nan")), accuracy
 
