@@ -98,19 +98,17 @@ class Run(NamedTuple):
 def parse_run(label):
     """The `Run` of a run label (see the module docstring)."""
     words = label.split()
-    cosine = ema = False
-    average = False
+    suffixes = set()
     while words and words[-1] in ("cosine", "ema", "average"):
-        cosine, ema = cosine or words[-1] == "cosine", ema or words[-1] == "ema"
-        average = average or words[-1] == "average"
-        words = words[:-1]
+        suffixes.add(words.pop())
+    cosine, ema, average = ("cosine" in suffixes), ("ema" in suffixes), ("average" in suffixes)
     if average and (ema or not words or words[0] != "SNGD"):
         raise ValueError(f"Bad run {label!r}: 'average' is for SNGD runs, without 'ema'.")
     try:
         name, rate, rest = words[0], float(words[1]), words[2:]
     except (IndexError, ValueError):
         raise ValueError(f"Bad run {label!r}: expected 'Adam LR', 'Muon LR', 'K-FAC LR' or 'SNGD LR [...]', "
-                         "optionally followed by 'cosine'.") from None
+                         "optionally followed by 'cosine', 'ema' or (SNGD) 'average'.") from None
 
     averaging = {"use_ema": True} if ema else {}
 
@@ -205,7 +203,7 @@ class EffectiveAverage(keras.callbacks.Callback):
                       for binding in consumer_bindings(fisher, self.model).bindings]
         whitened = {id(binding.kernel) for _, binding in self.pairs}
         self.others = [v for v in self.model.trainable_variables if id(v) not in whitened]
-        self.kernels, self.values, self.steps = None, None, 0
+        self.kernels, self.values = None, None
 
     def on_train_batch_end(self, batch, logs=None):
         kernels = [np.asarray(binding.mix(keras.ops.convert_to_numpy(fisher.inverse_root)))
