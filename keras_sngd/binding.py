@@ -238,7 +238,8 @@ def binding_for(layer):
     if not layer.built:
         return None, "not built"
     if isinstance(layer, keras.layers.Dense):
-        return Binding(layer, layer.kernel, 0, -1, layer.bias), None
+        centering = None if layer.bias is not None else "no bias to absorb the shift"
+        return Binding(layer, layer.kernel, 0, -1, layer.bias, centering=centering), None
     if isinstance(layer, _CONVOLUTIONS + _TRANSPOSED):
         if getattr(layer, "groups", 1) != 1:
             return None, f"grouped convolution (groups={layer.groups}) cannot absorb a mixing across groups"
@@ -348,8 +349,24 @@ def _einsum_binding(layer, trailing=False):
     axes = tuple(kernel_letters.index(letter) for letter in contracted)
     return Binding(
         layer, layer.kernel, axes[0] if len(axes) == 1 else axes, -1, getattr(layer, "bias", None),
-        centering="EinsumDense bias axes need not cover every output axis",
+        centering=_einsum_centering(layer, kernel_letters, contracted),
     ), None
+
+
+def _einsum_centering(layer, kernel_letters, contracted):
+    """None where the EinsumDense's bias absorbs a constant shift of its input exactly, else why not.
+
+    A shift `mu` of the contracted axis adds `contract(K, mu)` to every output: a vector over the kernel's
+    one other axis when the kernel is `(features, units)`, which a bias on exactly that axis absorbs (as for
+    `Dense` on inputs of any rank, `"abc,cd->abd"` with `bias_axes="d"`). A kernel with more output axes, or
+    a bias on other axes, could not hold it."""
+    if getattr(layer, "bias", None) is None:
+        return "no bias to absorb the shift"
+    others = [letter for letter in kernel_letters if letter not in contracted]
+    if len(contracted) != 1 or len(others) != 1 or (layer.bias_axes or "") != others[0]:
+        return ("EinsumDense bias axes cover its kernel's output axis only for a (features, units) kernel with "
+                "a bias on its units")
+    return None
 
 
 def inner_binding(layer):

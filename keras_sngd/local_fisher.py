@@ -197,8 +197,14 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         damping: float >= 0, Tikhonov damping relative to the mean eigenvalue of `G`; it bounds the
             condition number by `d / damping` and the iteration count with it. Defaults to `0.01`.
         center: bool; subtract the mean `mu` and whiten with the covariance instead of `E[x x^T]`.
-            Defaults to `False`, the paper's uncentered `E[x x^T]`. With a `same`-padded convolution
-            after it, the bias absorbs the shift exactly only away from the borders.
+            Defaults to `False`, the paper's uncentered `E[x x^T]`. A refresh moves the shift into the
+            consumer's bias (`b' <- b' + (U W')^T (mu_old - mu_new)`): a consumer without a bias, or whose
+            bias does not span the response `contract(K, mu)` (an EinsumDense kernel with several output
+            axes; an attention's projections; a transposed convolution), cannot keep the function
+            centered, so the refresh falls back to replacing `U` with a warning. With a `same`- or
+            `causal`-padded convolution after it, the bias absorbs the shift exactly only away from the
+            borders, and a warning says so. `reconstruct` does not center a LocalFisher inside a
+            composite layer whose inner consumer cannot absorb the shift (the report says so).
         activation_factor: float > 0, the paper's `E(v_f)`. Defaults to `1.0`.
         iterations: int >= 1 or None; Newton-Schulz iterations per refresh, None for the residual stopping
             rule of `newton_schulz`. Defaults to `None`.
@@ -420,6 +426,9 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
     def _found_bindings(self):
         """`(bindings, reason)` of the consumers: given (inside a composite layer), or found in the graph."""
         if self._inner_bindings is not None:
+            for binding in self._inner_bindings if self.center else ():
+                if binding.centering:  # as `keras_sngd.consumers` refuses such a consumer in the graph
+                    return [], f"center=True, but {binding.centering}"
             return list(self._inner_bindings), None
         return consumer_bindings(self)
 
@@ -557,6 +566,9 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         if not bindings:
             return [], RefreshMode(REPLACING, reason)
         names = ", ".join(f"'{binding.name}'" for binding in bindings)
+        if self.center and not all(binding.exact_centering for binding in bindings):
+            names += " (exactly only away from the borders: center=True before a padded convolution)"
+            self._warn_inexact_centering()
         if in_step and self._hands_off():
             if not self._handoff_bindings:
                 return [], RefreshMode(REPLACING, _FROZEN_ON_JAX)
@@ -564,6 +576,18 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
             # function-preserving refresh, one step later, so the same mode as on the other backends.
             return [], RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names}")
         return bindings, RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names}")
+
+    def _warn_inexact_centering(self):
+        if getattr(self, "_warned_inexact_centering", False):
+            return
+        object.__setattr__(self, "_warned_inexact_centering", True)
+        warnings.warn(
+            f"LocalFisher '{self.name}' (center=True) feeds a 'same'- or 'causal'-padded convolution: a refresh "
+            "moves the shift mu into the convolution's bias, which the zero-padded border positions do not see, "
+            "so the refresh keeps the model's function exactly only away from the borders (outputs at the "
+            "borders move). Pass center=False to keep the function everywhere, or use padding='valid'.",
+            stacklevel=4,
+        )
 
     def _reexpress(self, bindings, result, old_inverse_root, old_shift):
         # Assigned inside the refresh branch, so that only refresh steps touch the consumers' weights.

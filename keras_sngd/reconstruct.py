@@ -469,8 +469,17 @@ def _inner_whitening(original, new, args, kwargs, options, prefix, report):
                                bindings=[inner_binding(members[0])[0]])
         if local_fisher is None:
             continue
-        report.notes.append((local_fisher.name, (
-            f"inside {kind} '{original.name}' (keras_sngd.InnerWhitening), before {', '.join(names)}")))
+        note = f"inside {kind} '{original.name}' (keras_sngd.InnerWhitening), before {', '.join(names)}"
+        cannot_center = [(binding.centering or (None if binding.exact_centering else
+                                                 "a padded convolution's border positions do not see the shift"))
+                         for binding in (inner_binding(member)[0] for member in members)]
+        cannot_center = next((reason for reason in cannot_center if reason), None)
+        if local_fisher.center and cannot_center:
+            # Inside a composite layer there is no graph to put the shift back into (fold puts a
+            # Normalization layer before a graph consumer whose bias cannot absorb it): no centering.
+            local_fisher = type(local_fisher).from_config(dict(local_fisher.get_config(), center=False))
+            note += f"; not centered ({cannot_center})"
+        report.notes.append((local_fisher.name, note))
         specs.append({"consumers": [sublayers.index(member) for member in members], "input_shape": shape,
                       "contracted": contracted, "config": local_fisher.get_config()})
     for index, reason in skipped:
@@ -676,6 +685,15 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
                         args, kwargs = _replaced(args, kwargs, places, whitened_tensor)
                     else:
                         args, kwargs = with_first_argument(args, kwargs, whitened_tensor)
+            if isinstance(original, ATTENTION_TYPES) and (id(layer), "output") not in shared:
+                shared[(id(layer), "output")] = True
+                fishers = [shared.get((id(layer), group)) for group, _, _ in groups]
+                fishers = [fisher for fisher in fishers if fisher is not None]
+                output = getattr(original, "_output_dense", None)
+                if fishers and output is not None:
+                    report.notes.append((fishers[0].name, (
+                        f"the output projection '{output.name}' reads the attention's result, made inside the call: "
+                        "no LocalFisher before it")))
             key = (id(layer), "state")
             if key not in shared:
                 shared[key] = _recurrent_whitening(original, layer, options, prefix, report)

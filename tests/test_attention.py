@@ -47,6 +47,15 @@ def test_bindings_of_attention():
     assert all(b.kernel is not attention._output_dense.kernel for b in (query, key, value))
 
 
+def test_the_report_says_the_output_projection_gets_no_local_fisher():
+    inputs = keras.Input((5, 6))
+    outputs = L.Dense(3)(L.Flatten()(L.MultiHeadAttention(2, 4, name="attention")(inputs, inputs)))
+    _, report = keras_sngd.reconstruct(keras.Model(inputs, outputs), return_report=True)
+    notes = [note for name, note in report.notes if name.startswith("attention")]
+    assert any("output projection 'attention_output'" in note and "no LocalFisher" in note for note in notes), notes
+    assert "output projection 'attention_output'" in str(report)
+
+
 
 
 def test_hand_inserted_local_fisher_before_self_attention_is_absorbed():

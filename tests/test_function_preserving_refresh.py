@@ -31,7 +31,8 @@ CONSUMERS = {
     "simple_rnn": ((6, 8), lambda: keras.layers.SimpleRNN(5), -1),
     "einsum_dense": ((4, 8), lambda: keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 5), bias_axes="d"), -1),
 }
-CENTERABLE = {"dense", "dense_3d", "conv1d", "conv2d_valid", "conv2d_channels_first", "conv3d", "lstm", "gru", "gru_v1", "simple_rnn"}
+CENTERABLE = {"dense", "dense_3d", "conv1d", "conv2d_valid", "conv2d_channels_first", "conv3d", "lstm", "gru", "gru_v1",
+              "simple_rnn", "einsum_dense"}  # EinsumDense: a (features, units) kernel with a bias on its units
 
 
 def refresh_once(name, center):
@@ -69,11 +70,20 @@ def test_centered_refresh_keeps_outputs(name):
     assert model.layers[0].refresh_mode.kind == "function-preserving"
     assert np.abs(model.layers[0].shift.numpy()).max() > 0.1
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    # `fold` absorbs the shift into the bias: the plain consumer alone, the same function.
+    from keras_sngd import fold
+
+    folded = fold(model)
+    assert [type(layer) for layer in folded.layers] == [type(model.layers[1])]
+    probe = inputs_for((8,) + CONSUMERS[name][0], seed=10)
+    np.testing.assert_allclose(np.asarray(folded(probe)), after, rtol=1e-4, atol=1e-4 * np.abs(after).max())
 
 
 def test_centered_same_padding_is_exact_only_inside():
-    """Centering before a `same`-padded convolution is not exactly foldable at the borders."""
-    model, before, after, _ = refresh_once("conv2d_same", center=True)
+    """Centering before a `same`-padded convolution is not exactly foldable at the borders, and says so."""
+    with pytest.warns(UserWarning, match="exactly only away from the borders"):
+        model, before, after, _ = refresh_once("conv2d_same", center=True)
+    assert "away from the borders" in model.layers[0].refresh_mode.reason
     difference = np.abs(after - before)
     # Output 4x4 (stride 2) on a 7x7 input: rows/columns 1..2 see no padding, 0 and 3 do.
     assert difference[:, 1:3, 1:3].max() < 1e-4 * np.abs(before).max()
@@ -156,3 +166,30 @@ def test_other_keras_optimizers_train_the_reconstruction_through_refreshes(optim
     model.compile(getattr(keras.optimizers, optimizer)(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     losses = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("shape, make", [
+    ((12,), lambda: keras.layers.Dense(5, use_bias=False)),
+    ((12,), lambda: keras.layers.EinsumDense("ab,bcd->acd", output_shape=(2, 3), bias_axes="cd")),
+    ((4, 12), lambda: keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 5))),
+], ids=["dense_without_bias", "einsum_kernel_with_two_output_axes", "einsum_without_bias"])
+def test_a_centered_layer_whose_consumer_cannot_absorb_the_shift_replaces_and_says_why(shape, make):
+    """A consumer whose bias cannot hold `contract(K, mu)` cannot take the centered refresh: it falls back
+    to the replacing refresh with a warning (it used to fail inside the refresh's conditional on
+    TensorFlow, `None.assign`, and move the outputs silently on JAX), and `fold` still gives the trained
+    function (the shift as a Normalization layer, `U` as a Dense mixing)."""
+    from keras_sngd import fold
+
+    local_fisher = LocalFisher(update_every=2, center=True, damping=1e-2)
+    model = keras.Sequential([keras.Input(shape), local_fisher, make()])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    targets = np.zeros_like(np.asarray(model(inputs_for((16,) + shape))))
+    with pytest.warns(UserWarning, match="cannot keep the model's function"):
+        for seed in range(4):
+            model.train_on_batch(inputs_for((16,) + shape, seed), targets)
+    assert local_fisher.refresh_mode.kind == "replacing"
+    assert "center=True, but" in local_fisher.refresh_mode.reason
+    assert int(local_fisher.refresh_count.numpy()) >= 1 and np.abs(local_fisher.shift.numpy()).max() > 0.1
+    probe = inputs_for((8,) + shape, seed=10)
+    expected = np.asarray(model(probe))
+    np.testing.assert_allclose(np.asarray(fold(model)(probe)), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
