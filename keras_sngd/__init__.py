@@ -1,6 +1,7 @@
 """keras-sngd: structured natural gradient descent (SNGD) for Keras 3 `model.fit`."""
 
 from keras_sngd import callbacks
+from keras_sngd import optimizers  # keras_sngd.optimizers.NGD, KFAC, RAdam after `import keras_sngd`
 from keras_sngd.callbacks import FunctionPreservingRefresh
 from keras_sngd.fisher_statistics import FisherStatistics
 from keras_sngd.fold import fold
@@ -25,6 +26,7 @@ __all__ = [
     "callbacks",
     "fold",
     "newton_schulz",
+    "optimizers",
     "reconstruct",
     "__version__",
 ]

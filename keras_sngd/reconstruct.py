@@ -68,7 +68,8 @@ class ReconstructionReport:
         notes: list of `(local_fisher_name, note)`: arguments chosen for one inserted layer, and why.
     """
 
-    def __init__(self):
+    def __init__(self, layer_name="LocalFisher"):
+        self.layer_name = layer_name  # the inserted layers' class, for the printed rows
         self.inserted = []
         self.skipped = []
         self.notes = []
@@ -83,7 +84,7 @@ class ReconstructionReport:
 
     def summary(self):
         """One line: how many LocalFishers were inserted, and the skipped layers grouped by type and reason."""
-        line = f"reconstruct: {len(self.inserted)} LocalFisher layers inserted, {len(self.skipped)} layers skipped"
+        line = f"reconstruct: {len(self.inserted)} {self.layer_name} layers inserted, {len(self.skipped)} layers skipped"
         groups = {}
         for path, kind, reason in self.skipped:
             groups.setdefault((kind, reason), []).append(path)
@@ -101,7 +102,7 @@ class ReconstructionReport:
         for name, note in self.notes:
             notes.setdefault(name, []).append(note)
         for path, kind, name, features, axis in self.inserted:
-            rows.append(f"  + {path} ({kind}): LocalFisher '{name}', {features} features on axis {axis}"
+            rows.append(f"  + {path} ({kind}): {self.layer_name} '{name}', {features} features on axis {axis}"
                         + "".join(f"; {note}" for note in notes.get(name, [])))
         for path, kind, reason in self.skipped:
             rows.append(f"  - {path} ({kind}): skipped, {reason}")
@@ -254,7 +255,7 @@ def reconstruct(
         "recurrent_state": recurrent_state and layer_class is LocalFisher,
         "accepted": {parameter.name for parameter in constructor_parameters(layer_class)},
     }
-    report = ReconstructionReport()
+    report = ReconstructionReport(layer_class.__name__)
     try:
         new_model = _reconstruct(model, options, report, prefix="", inputs_are_fixed=True)
     except LayerCloneError as error:

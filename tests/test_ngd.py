@@ -1,5 +1,7 @@
 """The NGD baseline: FisherStatistics + the NGD optimizer, and its equivalence with SNGD."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -98,3 +100,24 @@ def test_attach_skips_weightless_consumers_and_refuses_shared_kernels():
     shared = keras.Model([inputs, other], [dense(statistics), dense(other)])
     with pytest.raises(ValueError, match="cannot precondition consumer 'dense': the layer is also called on inputs"):
         NGD(0.1).attach(shared)
+
+
+def test_optimizers_are_reachable_after_import_keras_sngd_alone():
+    """The docstrings write `keras_sngd.optimizers.NGD(...)` after `import keras_sngd`: a new process, where
+    no other test imported the subpackage first."""
+    import subprocess
+    import sys
+
+    code = "import keras_sngd; print(keras_sngd.optimizers.NGD.__name__, keras_sngd.optimizers.KFAC.__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["NGD", "KFAC"]
+
+
+def test_the_report_names_the_inserted_layer_class():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    _, report = keras_sngd.reconstruct(model, layer_class=keras_sngd.FisherStatistics, return_report=True)
+    assert "1 FisherStatistics layers inserted" in str(report)
+    assert "FisherStatistics 'dense_local_fisher'" in str(report) and "LocalFisher" not in str(report)
