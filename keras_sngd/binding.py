@@ -98,6 +98,15 @@ class Binding:
         self.exact_centering = exact_centering
 
     @property
+    def exact_centering_refusal(self):
+        """None where the bias absorbs a centering shift exactly at every output position, else why not:
+        `centering`, or the border positions of a padded convolution (which a graph LocalFisher can still
+        center, `fold` putting the shift before the layer; one inside a composite layer cannot)."""
+        if self.centering:
+            return self.centering
+        return None if self.exact_centering else "a padded convolution's border positions do not see the shift"
+
+    @property
     def name(self):
         """The consumer's name, with the binding's label (the backward direction of a `Bidirectional` layer,
         an attention layer's projection)."""

@@ -441,7 +441,7 @@ class InnerWhitening(keras.layers.Wrapper):
         new.set_weights(self.layer.get_weights())
         sublayers = inner_layers(new)
         for fisher, spec in zip(self.fishers, self._fisher_specs):
-            if fisher.center and not all(b.exact_centering and not b.centering for b in fisher._inner_bindings):
+            if fisher.center and any(binding.exact_centering_refusal for binding in fisher._inner_bindings):
                 raise ValueError(
                     f"Cannot fold LocalFisher '{fisher.name}' inside '{self.name}': it centers (center=True) and "
                     "an inner layer it feeds cannot absorb the shift in its bias. keras_sngd.reconstruct does not "

@@ -292,6 +292,7 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         object.__setattr__(self, "_pending", None)
         object.__setattr__(self, "_previous", {})
         object.__setattr__(self, "_warned_no_previous", False)
+        object.__setattr__(self, "_warned_inexact_centering", False)
         object.__setattr__(self, "_forward_root", None)
         # The consumers' bindings when they are given, not found in a graph: a LocalFisher inside a composite
         # layer's call (`keras_sngd.inner_whitening.InnerWhitening`).
@@ -578,7 +579,7 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         return bindings, RefreshMode(FUNCTION_PRESERVING, f"re-expresses {names}")
 
     def _warn_inexact_centering(self):
-        if getattr(self, "_warned_inexact_centering", False):
+        if self._warned_inexact_centering:
             return
         object.__setattr__(self, "_warned_inexact_centering", True)
         warnings.warn(

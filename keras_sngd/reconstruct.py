@@ -471,10 +471,8 @@ def _inner_whitening(original, new, args, kwargs, options, prefix, report):
         if local_fisher is None:
             continue
         note = f"inside {kind} '{original.name}' (keras_sngd.InnerWhitening), before {', '.join(names)}"
-        cannot_center = [(binding.centering or (None if binding.exact_centering else
-                                                 "a padded convolution's border positions do not see the shift"))
-                         for binding in (inner_binding(member)[0] for member in members)]
-        cannot_center = next((reason for reason in cannot_center if reason), None)
+        cannot_center = next((reason for reason in (inner_binding(member)[0].exact_centering_refusal
+                                                    for member in members) if reason), None)
         if local_fisher.center and cannot_center:
             # Inside a composite layer there is no graph to put the shift back into (fold puts a
             # Normalization layer before a graph consumer whose bias cannot absorb it): no centering.
