@@ -82,11 +82,18 @@ class LayerCloneError(ValueError):
         reason: a short sentence: which call fails, and its error.
     """
 
-    def __init__(self, layer, error):
+    def __init__(self, layer, error, rebuilt=False):
         kind = type(layer).__name__
         self.layer = layer
-        self.reason = (f"`{kind}.from_config(layer.get_config())` fails for layer {getattr(layer, 'name', layer)!r} "
-                       f"({type(error).__name__}: {error})")
+        if rebuilt:
+            # `from_config` worked, but what it built holds other variables than the layer.
+            self.reason = (f"`{kind}.from_config(layer.get_config())` rebuilds layer {getattr(layer, 'name', layer)!r} "
+                           f"with other variables than it holds ({type(error).__name__}: {error}); its config does "
+                           "not describe what was done to it after it was built (for example inner layers "
+                           "quantized by `model.quantize`, which a MultiHeadAttention's config does not record)")
+        else:
+            self.reason = (f"`{kind}.from_config(layer.get_config())` fails for layer {getattr(layer, 'name', layer)!r} "
+                           f"({type(error).__name__}: {error})")
         super().__init__(
             f"Cannot clone layer {getattr(layer, 'name', layer)!r} ({kind}): {self.reason}. Rebuilding the "
             "graph layer by layer needs it; a saved model that holds this layer outside a model with its "
@@ -108,7 +115,7 @@ def clone_model_whole(model):
     shapes = [tuple(weight.shape) for weight in model.weights]
     if len(old_layers) != len(new_layers) or shapes != [tuple(weight.shape) for weight in new.weights]:
         raise ValueError(f"Copying model {model.name!r} from its config gave a different model.")
-    new.set_weights(model.get_weights())
+    set_weights_from(model, new)
     restore_derived_state(model, new)
     # Parents before their layers (a parent's flag is set on its layers too, then each layer's own).
     for old, copy in zip(old_layers, new_layers):
@@ -156,16 +163,53 @@ def copy_weights(pairs):
             for target, source in zip(clone._saved_variables(), saved()):
                 target.assign(_copied(source))  # not the original's array (JAX donates the clone's)
             continue
-        values = original.get_weights()
-        if values:
+        if original.weights:
             try:
-                clone.set_weights(values)
+                set_weights_from(original, clone)
             except ValueError as error:
-                if repair_of(clone) is None:
-                    raise
-                # A repaired config that rebuilt other weights (`keras_sngd.config_repair`): not the layer.
-                raise LayerCloneError(original, error) from error
+                # A config that rebuilds other weights: a repaired one (`keras_sngd.config_repair`), or one
+                # that does not record a change made after building. Either way not the layer.
+                raise LayerCloneError(original, error, rebuilt=repair_of(clone) is None) from error
         restore_derived_state(original, clone)
+
+
+def set_weights_from(original, clone):
+    """Copy the variables of `original` (a layer or model) into `clone`, its copy rebuilt from its config.
+
+    By name where both hold the same variables in another order, else in order (`set_weights`). Some
+    layers create their variables in another order when rebuilt from their config than when they were
+    built and then changed: a Dense layer quantized with `layer.quantize("float8")` holds `kernel, bias`
+    and then its six scale and amax-history variables, and the same layer built from its config (whose
+    dtype policy says float8) creates the six first. Keras's own saving stores each layer's variables by
+    name and does not meet this; `set_weights` copies by position and would fail on the shapes, or, where
+    the shapes agree, copy one scale into another. The names compared are the variables' paths below the
+    layer's own (`kernel`, `query/kernel`), so a clone under another parent still matches.
+
+    Raises:
+        ValueError: the two hold different variables (from `set_weights`).
+    """
+    source_names = _relative_paths(original)
+    target_names = _relative_paths(clone)
+    if (
+        source_names is not None
+        and target_names is not None
+        and source_names != target_names
+        and len(set(source_names)) == len(source_names)
+        and sorted(source_names) == sorted(target_names)
+    ):
+        by_name = dict(zip(source_names, original.get_weights()))
+        clone.set_weights([by_name[name] for name in target_names])
+        return
+    clone.set_weights(original.get_weights())
+
+
+def _relative_paths(layer):
+    """The paths of `layer`'s variables below the layer's own path, or None where one is not below it."""
+    prefix = f"{getattr(layer, 'path', layer.name)}/"
+    paths = [getattr(variable, "path", variable.name) for variable in layer.weights]
+    if not all(path.startswith(prefix) for path in paths):
+        return None
+    return [path[len(prefix):] for path in paths]
 
 
 def restore_derived_state(original, clone):

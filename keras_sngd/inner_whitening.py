@@ -52,6 +52,7 @@ from keras_sngd.binding import inner_binding
 from keras_sngd.binding import is_supported_type
 from keras_sngd.graph import clone_layer
 from keras_sngd.graph import first_argument
+from keras_sngd.graph import set_weights_from
 from keras_sngd.graph import with_first_argument
 from keras_sngd.local_fisher import LocalFisher
 
@@ -438,7 +439,7 @@ class InnerWhitening(keras.layers.Wrapper):
             new(*call_args, **call_kwargs)
         elif self.layer.get_build_config():
             new.build_from_config(self.layer.get_build_config())
-        new.set_weights(self.layer.get_weights())
+        set_weights_from(self.layer, new)
         sublayers = inner_layers(new)
         for fisher, spec in zip(self.fishers, self._fisher_specs):
             if fisher.center and any(binding.exact_centering_refusal for binding in fisher._inner_bindings):

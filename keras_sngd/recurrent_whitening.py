@@ -248,10 +248,11 @@ class RecurrentWhitening(keras.layers.Wrapper):
         before the wrapper to absorb)."""
         from keras_sngd.fold import _absorb  # fold imports this module
         from keras_sngd.graph import clone_layer
+        from keras_sngd.graph import set_weights_from
 
         new = clone_layer(self.layer)
         new.build_from_config(self.layer.get_build_config())
-        new.set_weights(self.layer.get_weights())
+        set_weights_from(self.layer, new)
         for fisher, binding, target in zip(self.fishers, self._bindings, recurrent_layers(new)):
             _absorb(fisher, binding, target, state_binding(target))
         return new
