@@ -37,6 +37,21 @@ _NO_PREVIOUS = (
 )
 
 
+# The config key of the trust region's carriers of a prepared layer: `[tag, kernel shape, bias shape or
+# None]` per consumer, in the order the layer created them. A copy built from the config
+# (`keras.models.clone_model`, `keras.saving.load_model`) creates the same carriers at build, so that its
+# weight list is the original's (`get_weights`/`set_weights` between the two), and binds them to its
+# consumers at the first training call, without the "not prepared" fallback.
+_CARRIER_PLAN = "trust_region_carriers"
+
+
+def _creation_index(layer, variable):
+    for index, candidate in enumerate(layer._trainable_variables):
+        if candidate is variable:
+            return index
+    return len(layer._trainable_variables)
+
+
 @keras.saving.register_keras_serializable(package="keras_sngd")
 class LocalFisher(CarriersLeftOut, FisherLayer):
     """Local Fisher layer for structured natural gradient descent (SNGD).
@@ -130,8 +145,10 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
     to the layer's size as LARS's trust ratio, independent of the learning rate;
     `keras_sngd.trust_region`), by a constraint on the consumer's kernel (`keras_sngd.handoff`), on every
     backend. Its state (non-saved carriers of the consumers' weights) is created by
-    `prepare_handoff()`, which `reconstruct` and `load_model` call. A layer inserted by hand and not
-    prepared warns; it then bounds each step at the start of the next training step instead (the last
+    `prepare_handoff()`, which `reconstruct` and `load_model` call; a prepared layer's config lists those
+    carriers, so that a copy built from it (`keras.models.clone_model`) creates them at build (the copy's
+    weight list is the original's, for `set_weights`) and binds them at its first training call. A layer
+    inserted by hand and not prepared warns; it then bounds each step at the start of the next training step instead (the last
     step of a fit stays unbounded; `bounded_step_count` counts these), and on JAX not at all.
     Why convolutional networks need it, with stronger damping: `docs/stability.md`.
 
@@ -291,6 +308,10 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         object.__setattr__(self, "_handoff_bindings", None)
         object.__setattr__(self, "_pending", None)
         object.__setattr__(self, "_previous", {})
+        # Carriers a copy built from a prepared layer's config creates at build (`_CARRIER_PLAN`), by
+        # consumer, bound to that consumer's weights at the first call that needs them.
+        object.__setattr__(self, "_planned_carriers", {})
+        object.__setattr__(self, "_carrier_plan", None)
         object.__setattr__(self, "_warned_no_previous", False)
         object.__setattr__(self, "_warned_inexact_centering", False)
         object.__setattr__(self, "_forward_root", None)
@@ -318,6 +339,13 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
                 self.pending_mixing = carrier(self, "pending_mixing", (dim, dim), "identity")
                 self.pending_roots = None
             self.pending_shift = carrier(self, "pending_shift", (dim,)) if self.center else None
+        if self.max_step is not None and self.preserve_function:
+            for tag, kernel_shape, bias_shape in self._carrier_plan or ():
+                variables = [carrier(self, f"previous_kernel_{tag}", tuple(kernel_shape))]
+                variables[0]._keras_sngd_tag = tag
+                if bias_shape is not None:
+                    variables.append(carrier(self, f"previous_bias_{tag}", tuple(bias_shape)))
+                self._planned_carriers[tag] = variables
 
     def _hands_off(self):
         """Whether consumer updates go through the optimizer (`keras_sngd.handoff`): on JAX, whose trainer
@@ -350,6 +378,7 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
                 finally:
                     self._tracker.lock()
                 self._previous[id(binding.kernel)] = variables
+                variables[0]._keras_sngd_tag = tag
 
     def _install_regularizers(self):
         """Keep each consumer's own kernel regularizer on its effective kernel `U W'`
@@ -370,8 +399,18 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         return binding.mix(inverse_root, kernel)
 
     def _previous_carriers(self, binding):
-        """The carriers of `binding`'s (W', b) as the forward pass read them, or None."""
-        return self._previous.get(id(binding.kernel))
+        """The carriers of `binding`'s (W', b) as the forward pass read them, or None.
+
+        Carriers planned for `binding`'s consumer (a copy of a prepared layer, `_CARRIER_PLAN`) are bound to
+        it here, where their shapes match its weights: no variable is created, so this may run in a trace."""
+        variables = self._previous.get(id(binding.kernel))
+        if variables is None:
+            planned = self._planned_carriers.get(binding.name)
+            shapes = [tuple(binding.kernel.shape)] + ([] if binding.bias is None else [tuple(binding.bias.shape)])
+            if planned is not None and [tuple(variable.shape) for variable in planned] == shapes:
+                variables = self._previous[id(binding.kernel)] = planned
+                del self._planned_carriers[binding.name]
+        return variables
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
@@ -408,7 +447,27 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         config = super().get_config()
         config["max_step"] = self.max_step
         config["leverage_scaling"] = self.leverage_scaling
+        plan = [list(entry) for entry in self._carrier_plan or ()]
+        planned_tags = {entry[0] for entry in plan}
+        for tag, variables in self._prepared_carriers():
+            if tag not in planned_tags:
+                plan.append([tag, list(variables[0].shape), list(variables[1].shape) if len(variables) > 1 else None])
+        if plan:
+            config[_CARRIER_PLAN] = plan
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        plan = config.pop(_CARRIER_PLAN, None)
+        layer = super().from_config(config)
+        object.__setattr__(layer, "_carrier_plan", [tuple(entry) for entry in plan] if plan else None)
+        return layer
+
+    def _prepared_carriers(self):
+        """`(tag, carriers)` of the trust region's carriers this layer holds, in the order it created them."""
+        tagged = [(variables[0]._keras_sngd_tag, variables) for variables in self._previous.values()]
+        return sorted(tagged, key=lambda item: _creation_index(self, item[1][0]))
 
     def _consumers_frozen(self):
         bindings, _ = self._found_bindings()

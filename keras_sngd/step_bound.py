@@ -46,6 +46,13 @@ from keras_sngd.trust_region import bounded_step
 from keras_sngd.validation import check_float
 
 
+# The config key of a prepared StepBound's carrier shapes (the bounded layer's trainable weights, in
+# order): a copy built from the config (`keras.models.clone_model`, `keras.saving.load_model`) creates them
+# at build, so that it holds the original's weight list, and binds them at `prepare()` or its first
+# training call.
+_CARRIER_PLAN = "carrier_shapes"
+
+
 @keras.saving.register_keras_serializable(package="keras_sngd")
 class StepBound(CarriersLeftOut, keras.layers.Layer):
     """The identity, bounding the optimizer step of the layer it feeds (see the module docstring).
@@ -58,7 +65,9 @@ class StepBound(CarriersLeftOut, keras.layers.Layer):
     The layer it bounds is the one layer that takes its output as its first input; call `prepare()` once the
     model is built (`reconstruct` and `keras.saving.load_model` do) to create the carriers and install the
     constraint. Until then, and without a single such layer, it is the identity and bounds nothing (a
-    training call says so once, with a warning). By hand:
+    training call says so once, with a warning). A prepared layer's config lists its carriers' shapes, so
+    that a copy built from it (`keras.models.clone_model`) creates them at build and binds them at its
+    first training call. By hand:
 
     ```python
     model = keras.Sequential([
@@ -81,8 +90,16 @@ class StepBound(CarriersLeftOut, keras.layers.Layer):
         object.__setattr__(self, "_bounded", None)  # (the layer, its trainable weights, their carriers)
         object.__setattr__(self, "_pass", None)  # weak reference to the forward pass that handed over last
         object.__setattr__(self, "_warned", False)
+        # The carriers' shapes of the prepared layer this one was copied from (its config's
+        # `_CARRIER_PLAN`), and the carriers built for them, bound at `prepare()` or the first training call.
+        object.__setattr__(self, "_carrier_plan", None)
+        object.__setattr__(self, "_planned_carriers", None)
 
     def build(self, input_shape):
+        if self._carrier_plan:
+            # Created now, in the original's order, so that the copy holds the original's weight list.
+            carriers = [carrier(self, f"previous_{index}", tuple(shape)) for index, shape in enumerate(self._carrier_plan)]
+            object.__setattr__(self, "_planned_carriers", carriers)
         self.built = True
 
     def compute_output_shape(self, input_shape):
@@ -119,23 +136,37 @@ class StepBound(CarriersLeftOut, keras.layers.Layer):
     def prepare(self):
         """Create the carriers of the bounded layer's weights and install the constraint (once), outside the
         train step. A no-op before the layer is called in a graph."""
+        self._prepare(create=True)
+
+    def _prepare(self, create):
+        """`prepare()`; with `create` False only with the carriers built from the config's plan (no variable
+        is created: it may run in a trace), and only where their shapes match the bounded layer's weights."""
         if self._bounded is not None:
             return
         layer = self.bounded_layer()
         if layer is None or not layer.built:
             return
         weights = list(layer.trainable_weights)
-        self._tracker.unlock()  # state added after build, as Keras's own `Dense.enable_lora` does
-        try:
-            carriers = [carrier(self, f"previous_{index}", weight.shape) for index, weight in enumerate(weights)]
-        finally:
-            self._tracker.lock()
+        planned = self._planned_carriers
+        if planned is not None and [tuple(c.shape) for c in planned] == [tuple(w.shape) for w in weights]:
+            carriers = planned
+        elif not create:
+            return
+        else:
+            self._tracker.unlock()  # state added after build, as Keras's own `Dense.enable_lora` does
+            try:
+                carriers = [carrier(self, f"previous_{index}", weight.shape) for index, weight in enumerate(weights)]
+            finally:
+                self._tracker.lock()
+        object.__setattr__(self, "_planned_carriers", None)
         object.__setattr__(self, "_bounded", (layer, weights, carriers))
         first = weights[0]
         if not isinstance(first.constraint, StepBoundConstraint):
             first.constraint = StepBoundConstraint(self, previous=first.constraint)
 
     def call(self, inputs, training=None):
+        if training and self._bounded is None and self._planned_carriers is not None:
+            self._prepare(create=False)  # a copy of a prepared layer (`keras.models.clone_model`)
         bounded = self._bounded
         if training and bounded is None and not self._warned and self.bounded_layer() is not None:
             object.__setattr__(self, "_warned", True)
@@ -163,7 +194,20 @@ class StepBound(CarriersLeftOut, keras.layers.Layer):
         return hand_over(inputs, carriers, values)
 
     def get_config(self):
-        return dict(super().get_config(), max_step=self.max_step)
+        config = dict(super().get_config(), max_step=self.max_step)
+        if self._bounded is not None:
+            config[_CARRIER_PLAN] = [list(c.shape) for c in self._bounded[2]]
+        elif self._carrier_plan:
+            config[_CARRIER_PLAN] = [list(shape) for shape in self._carrier_plan]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        plan = config.pop(_CARRIER_PLAN, None)
+        layer = super().from_config(config)
+        object.__setattr__(layer, "_carrier_plan", [tuple(shape) for shape in plan] if plan else None)
+        return layer
 
 
 class StepBoundConstraint(keras.constraints.Constraint):
