@@ -38,6 +38,12 @@ from keras_sngd.graph import source_operation
 from keras_sngd.graph import source_tensor
 
 NO_CONSUMER = "no consumer layer in a model graph"
+# A LocalFisher called in a model graph whose output no layer takes: a model output (a layer put last by
+# mistake). Unlike `NO_CONSUMER` (a layer used on its own, outside a graph), this warns.
+FEEDS_NOTHING = (
+    "it feeds no layer: its output is a model output, which each refresh changes (put a LocalFisher right "
+    "before the Dense, Conv or RNN layer it preconditions)"
+)
 
 
 class Consumer(NamedTuple):
@@ -63,7 +69,7 @@ class Absorption(NamedTuple):
     Attributes:
         bindings: one `Binding` per consumer when every consumer can absorb `U`, else empty.
         reason: None when `bindings` is complete, else why `U` cannot be absorbed
-            (`NO_CONSUMER` when nothing consumes the output).
+            (`NO_CONSUMER` when nothing consumes the output outside a graph, `FEEDS_NOTHING` in one).
     """
 
     bindings: list
@@ -114,7 +120,7 @@ def consumer_bindings(local_fisher, model=None):
     """
     consumers = consumers_of(local_fisher, model)
     if not consumers:
-        return Absorption([], NO_CONSUMER)
+        return Absorption([], FEEDS_NOTHING if local_fisher._inbound_nodes else NO_CONSUMER)
     for consumer in consumers:
         if consumer.binding is None:
             return Absorption([], f"consumer '{consumer.operation.name}': {consumer.reason}")

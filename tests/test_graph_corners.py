@@ -585,3 +585,20 @@ def test_the_original_model_is_left_intact_by_training_its_reconstruction(backen
     assert report["backend"] == backend
     assert "original_error" not in report and "reconstruction_error" not in report, report
     assert report["original_change"] == 0.0 and report["reconstruction_change"] == 0.0
+
+
+def test_a_local_fisher_that_feeds_no_layer_warns():
+    """Put last by mistake, a LocalFisher's output is the model's output: its refreshes change it. That is
+    said once, with where the layer belongs; a layer used on its own (no graph) stays quiet."""
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="dense"),
+                              LocalFisher(update_every=1, name="last")])
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
+    with pytest.warns(UserWarning, match="'last'.*feeds no layer: its output is a model output.*right before"):
+        model.train_on_batch(x, np.zeros((8, 4), "float32"))
+    assert model.get_layer("last").refresh_mode.kind == "replacing"
+    alone = LocalFisher(update_every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alone(x, training=True)
+    assert "no consumer layer in a model graph" in alone.describe()
