@@ -10,6 +10,8 @@ the SNGD step takes several seconds more than SGD's (in the first epoch, so in T
 
     python benchmarks/overhead.py                       # the full table (about 10 minutes on 2 cores)
     python benchmarks/overhead.py --images 4000 --repeats 1 --time-to-adam-images 4000   # a quick look
+    python benchmarks/overhead.py --skip mlp,cnn,compile --time-to-adam-images 60000 \
+        --time-to-adam-repeats 5 --time-to-adam-runs default     # table 2 on all images, defaults only
 
 Table 1, paper MLP (784-80-80-10) on real Fashion-MNIST, batch 50: epoch time as a ratio to SGD of
   bare `y = x U` (a layer that only multiplies) with a dense `U` and with the low-rank `U` that
@@ -290,6 +292,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--time-to-adam-images", type=int, default=20000)
     parser.add_argument("--time-to-adam-epochs", type=int, default=5)
     parser.add_argument("--time-to-adam-repeats", type=int, default=3, help="fits of each model for table 2")
+    parser.add_argument("--time-to-adam-runs", choices=("all", "default"), default="all",
+                        help="table 2's SNGD runs: all variants, or only the defaults (a quicker re-measure)")
     parser.add_argument("--compile-repeats", type=int, default=3, help="first fits of each model for table 3")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: mlp, cnn, adam, compile")
     parser.add_argument("--update-every", type=int, default=None, help="LocalFisher update_every (default: the layer's)")
@@ -346,6 +350,8 @@ def main(argv=None):
             # Before `reconstruct` damped the layer on the raw pixels (docs/generalization.md).
             "SNGD SGD lr 0.1, damping 0.01 everywhere": (LocalFisher, dict(args.local_fisher, damping=0.01)),
         }
+        if args.time_to_adam_runs == "default":
+            runs = {"SNGD SGD lr 0.1": runs["SNGD SGD lr 0.1"]}
         adam, curves = time_to_adam(args.time_to_adam_images, epochs, runs, args.time_to_adam_repeats)
         adam_losses, adam_ends = adam[0][:2]
         target = adam_losses[-1]
