@@ -173,9 +173,12 @@ class FisherLayer(keras.layers.Layer):
         )
         self._statistics_period = None  # set by `build`: `statistics_period(statistics_every, input_shape)`
         self.adaptive_statistics = check_bool("adaptive_statistics", adaptive_statistics)
-        if isinstance(rank, str) and rank != AUTO_RANK:
-            raise ValueError(f"`rank` must be an int >= 1, None or 'auto'. Received: rank={rank!r}")
-        self.rank = rank if rank == AUTO_RANK else check_int("rank", rank, minimum=1, allow_none=True)
+        if rank != AUTO_RANK:
+            try:
+                rank = check_int("rank", rank, minimum=1, allow_none=True)
+            except ValueError:
+                raise ValueError(f"`rank` must be an int >= 1, None or 'auto'. Received: rank={rank!r}") from None
+        self.rank = rank
         self._resolved_rank = None  # set by `build`: `keras_sngd.low_rank.resolve_rank`
         self.supports_masking = True
         self.refresh_mode = RefreshMode(NOT_TRACED, "")
