@@ -92,10 +92,42 @@ def without_carriers(variables):
     return [variable for variable in variables if not is_carrier(variable)]
 
 
+# The config key under which a prepared layer lists the carriers it created after build (what
+# `CarriersLeftOut._current_carrier_plan` returns). A copy built from the config (`keras.models.clone_model`,
+# `keras.saving.load_model`) finds the list in `_carrier_plan`, creates the same carriers at build, so that
+# its weight list is the original's (`get_weights`/`set_weights` between the two), and binds them at its
+# first training call, without the "not prepared" fallback.
+CARRIER_PLAN = "carrier_plan"
+
+
 class CarriersLeftOut:
     """Mixin for a layer holding carriers: they are trainable only so that the optimizer overwrites them, so
     they are transport, not parameters of the layer, whose own weight lists leave them out (a model's
-    `variables`, which its trainer and optimizer use, still hold them)."""
+    `variables`, which its trainer and optimizer use, still hold them). Its config lists the carriers it
+    created after build (`CARRIER_PLAN`), and a copy built from that config gets the list as
+    `_carrier_plan` (None without one)."""
+
+    _carrier_plan = None
+
+    def get_config(self):
+        config = super().get_config()
+        plan = self._current_carrier_plan()
+        if plan:
+            config[CARRIER_PLAN] = plan
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        plan = config.pop(CARRIER_PLAN, None)
+        layer = super().from_config(config)
+        object.__setattr__(layer, "_carrier_plan", plan or None)
+        return layer
+
+    def _current_carrier_plan(self):
+        """The JSON-serializable list of the carriers this layer holds beyond its build (default: the plan it
+        was built from)."""
+        return self._carrier_plan
 
     @property
     def trainable_weights(self):

@@ -37,21 +37,6 @@ _NO_PREVIOUS = (
 )
 
 
-# The config key of the trust region's carriers of a prepared layer: `[tag, kernel shape, bias shape or
-# None]` per consumer, in the order the layer created them. A copy built from the config
-# (`keras.models.clone_model`, `keras.saving.load_model`) creates the same carriers at build, so that its
-# weight list is the original's (`get_weights`/`set_weights` between the two), and binds them to its
-# consumers at the first training call, without the "not prepared" fallback.
-_CARRIER_PLAN = "trust_region_carriers"
-
-
-def _creation_index(layer, variable):
-    for index, candidate in enumerate(layer._trainable_variables):
-        if candidate is variable:
-            return index
-    return len(layer._trainable_variables)
-
-
 @keras.saving.register_keras_serializable(package="keras_sngd")
 class LocalFisher(CarriersLeftOut, FisherLayer):
     """Local Fisher layer for structured natural gradient descent (SNGD).
@@ -308,10 +293,9 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         object.__setattr__(self, "_handoff_bindings", None)
         object.__setattr__(self, "_pending", None)
         object.__setattr__(self, "_previous", {})
-        # Carriers a copy built from a prepared layer's config creates at build (`_CARRIER_PLAN`), by
+        # Carriers a copy built from a prepared layer's config creates at build (`handoff.CARRIER_PLAN`), by
         # consumer, bound to that consumer's weights at the first call that needs them.
         object.__setattr__(self, "_planned_carriers", {})
-        object.__setattr__(self, "_carrier_plan", None)
         object.__setattr__(self, "_warned_no_previous", False)
         object.__setattr__(self, "_warned_inexact_centering", False)
         object.__setattr__(self, "_forward_root", None)
@@ -401,7 +385,7 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
     def _previous_carriers(self, binding):
         """The carriers of `binding`'s (W', b) as the forward pass read them, or None.
 
-        Carriers planned for `binding`'s consumer (a copy of a prepared layer, `_CARRIER_PLAN`) are bound to
+        Carriers planned for `binding`'s consumer (a copy of a prepared layer, `handoff.CARRIER_PLAN`) are bound to
         it here, where their shapes match its weights: no variable is created, so this may run in a trace."""
         variables = self._previous.get(id(binding.kernel))
         if variables is None:
@@ -447,27 +431,20 @@ class LocalFisher(CarriersLeftOut, FisherLayer):
         config = super().get_config()
         config["max_step"] = self.max_step
         config["leverage_scaling"] = self.leverage_scaling
-        plan = [list(entry) for entry in self._carrier_plan or ()]
-        planned_tags = {entry[0] for entry in plan}
-        for tag, variables in self._prepared_carriers():
-            if tag not in planned_tags:
-                plan.append([tag, list(variables[0].shape), list(variables[1].shape) if len(variables) > 1 else None])
-        if plan:
-            config[_CARRIER_PLAN] = plan
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        plan = config.pop(_CARRIER_PLAN, None)
-        layer = super().from_config(config)
-        object.__setattr__(layer, "_carrier_plan", [tuple(entry) for entry in plan] if plan else None)
-        return layer
-
-    def _prepared_carriers(self):
-        """`(tag, carriers)` of the trust region's carriers this layer holds, in the order it created them."""
-        tagged = [(variables[0]._keras_sngd_tag, variables) for variables in self._previous.values()]
-        return sorted(tagged, key=lambda item: _creation_index(self, item[1][0]))
+    def _current_carrier_plan(self):
+        """`[tag, kernel shape, bias shape or None]` per consumer whose trust-region carriers this layer
+        holds, in the order it created them (`keras_sngd.handoff.CARRIER_PLAN`)."""
+        plan = [list(entry) for entry in self._carrier_plan or ()]
+        planned_tags = {entry[0] for entry in plan}
+        by_kernel = {id(variables[0]): variables for variables in self._previous.values()}
+        for variable in self._trainable_variables:
+            variables = by_kernel.get(id(variable))
+            if variables is not None and variable._keras_sngd_tag not in planned_tags:
+                plan.append([variable._keras_sngd_tag, list(variable.shape),
+                             list(variables[1].shape) if len(variables) > 1 else None])
+        return plan
 
     def _consumers_frozen(self):
         bindings, _ = self._found_bindings()

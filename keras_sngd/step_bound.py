@@ -46,13 +46,6 @@ from keras_sngd.trust_region import bounded_step
 from keras_sngd.validation import check_float
 
 
-# The config key of a prepared StepBound's carrier shapes (the bounded layer's trainable weights, in
-# order): a copy built from the config (`keras.models.clone_model`, `keras.saving.load_model`) creates them
-# at build, so that it holds the original's weight list, and binds them at `prepare()` or its first
-# training call.
-_CARRIER_PLAN = "carrier_shapes"
-
-
 @keras.saving.register_keras_serializable(package="keras_sngd")
 class StepBound(CarriersLeftOut, keras.layers.Layer):
     """The identity, bounding the optimizer step of the layer it feeds (see the module docstring).
@@ -90,9 +83,8 @@ class StepBound(CarriersLeftOut, keras.layers.Layer):
         object.__setattr__(self, "_bounded", None)  # (the layer, its trainable weights, their carriers)
         object.__setattr__(self, "_pass", None)  # weak reference to the forward pass that handed over last
         object.__setattr__(self, "_warned", False)
-        # The carriers' shapes of the prepared layer this one was copied from (its config's
-        # `_CARRIER_PLAN`), and the carriers built for them, bound at `prepare()` or the first training call.
-        object.__setattr__(self, "_carrier_plan", None)
+        # The carriers built for the plan of the prepared layer this one was copied from (`_carrier_plan`,
+        # `keras_sngd.handoff.CARRIER_PLAN`), bound at `prepare()` or the first training call.
         object.__setattr__(self, "_planned_carriers", None)
 
     def build(self, input_shape):
@@ -194,20 +186,14 @@ class StepBound(CarriersLeftOut, keras.layers.Layer):
         return hand_over(inputs, carriers, values)
 
     def get_config(self):
-        config = dict(super().get_config(), max_step=self.max_step)
-        if self._bounded is not None:
-            config[_CARRIER_PLAN] = [list(c.shape) for c in self._bounded[2]]
-        elif self._carrier_plan:
-            config[_CARRIER_PLAN] = [list(shape) for shape in self._carrier_plan]
-        return config
+        return dict(super().get_config(), max_step=self.max_step)
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        plan = config.pop(_CARRIER_PLAN, None)
-        layer = super().from_config(config)
-        object.__setattr__(layer, "_carrier_plan", [tuple(shape) for shape in plan] if plan else None)
-        return layer
+    def _current_carrier_plan(self):
+        """The shapes of the carriers of the bounded layer's trainable weights, in order
+        (`keras_sngd.handoff.CARRIER_PLAN`)."""
+        if self._bounded is not None:
+            return [list(c.shape) for c in self._bounded[2]]
+        return self._carrier_plan
 
 
 class StepBoundConstraint(keras.constraints.Constraint):
