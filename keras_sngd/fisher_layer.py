@@ -37,6 +37,7 @@ from keras_sngd.validation import check_bool
 from keras_sngd.validation import check_choice
 from keras_sngd.validation import check_float
 from keras_sngd.validation import check_int
+from keras_sngd.width import warn_if_wide
 
 REFRESH_DTYPES = ("float32", "float64")
 AUTO = "auto"
@@ -205,6 +206,7 @@ class FisherLayer(keras.layers.Layer):
                 f"{tuple(input_shape)}."
             )
         self.input_spec = keras.InputSpec(ndim=rank, axes={self.axis: dim})
+        warn_if_wide(self.name, dim)
         self._statistics_period = statistics_period(self.statistics_every, input_shape)
         warn_if_tensor_float_32(self.name, self.refresh_dtype)
         _check_refresh_dtype(self.refresh_dtype)

@@ -176,10 +176,11 @@ def hand_over(outputs, carriers, values):
 
 
 def user_constraint(variable):
-    """The user's own constraint on `variable`, or None: a `HandoffConstraint` (installed by a
-    LocalFisher) is looked through to the constraint it wraps."""
+    """The user's own constraint on `variable`, or None: the constraints keras-sngd installs (a
+    LocalFisher's `HandoffConstraint`, a StepBound's `StepBoundConstraint`, marked `installed_by_sngd`) are
+    looked through to the constraint they wrap."""
     constraint = getattr(variable, "constraint", None)
-    while isinstance(constraint, HandoffConstraint):
+    while getattr(constraint, "installed_by_sngd", False):
         constraint = constraint.previous
     return constraint
 
@@ -192,6 +193,8 @@ class HandoffConstraint(keras.constraints.Constraint):
         binding: the consumer's `keras_sngd.binding.Binding`.
         previous: the kernel's constraint before this one (applied last), or None.
     """
+
+    installed_by_sngd = True
 
     def __init__(self, fisher, binding, previous=None):
         self.fisher = fisher

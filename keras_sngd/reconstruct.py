@@ -52,6 +52,9 @@ from keras_sngd.recurrent_whitening import recurrent_layers
 from keras_sngd.recurrent_whitening import state_binding
 from keras_sngd.recurrent_whitening import state_reason
 from keras_sngd.step_bound import StepBound
+from keras_sngd.width import MAX_FEATURES
+from keras_sngd.width import check_max_features
+from keras_sngd.width import too_wide_reason
 
 logger = logging.getLogger("keras_sngd")
 
@@ -120,6 +123,7 @@ def reconstruct(
     return_report=False,
     layer_class=LocalFisher,
     recurrent_state=True,
+    max_features=MAX_FEATURES,
 ):
     """A copy of `model` with a `LocalFisher` before every parameterized layer call (the SNGD network).
 
@@ -194,6 +198,11 @@ def reconstruct(
             NGD baseline's statistics without the reconstruction). Defaults to `LocalFisher`.
         recurrent_state: bool; whether recurrent layers also get a LocalFisher on their recurrent state
             (`keras_sngd.RecurrentWhitening`). Only with `layer_class=LocalFisher`. Defaults to `True`.
+        max_features: None or an int >= 1; a layer whose input has more features than this stays plain
+            (the report says so), with a `StepBound` before it where the LocalFishers have a trust region:
+            a LocalFisher keeps `(d, d)` state and refreshes it at `O(d^3)`, 5 GB for the 25,088 features
+            `keras.applications.VGG16`'s `fc1` reads at 224x224 (`keras_sngd.width`). Naming the layer in
+            `per_layer_arguments` whitens it anyway; None whitens every width. Defaults to `8192`.
 
     Returns:
         The new model (same class: Sequential or Functional), or `(model, report)`. The report's one-line
@@ -223,6 +232,7 @@ def reconstruct(
         raise ValueError(f"`layer_class` must be LocalFisher, FisherStatistics or a subclass of keras_sngd.fisher_layer.FisherLayer. Received: layer_class={layer_class!r}")
     if not isinstance(recurrent_state, bool):
         raise ValueError(f"`recurrent_state` must be a bool. Received: recurrent_state={recurrent_state!r}")
+    max_features = check_max_features(max_features)
     if isinstance(exclude, str):
         raise ValueError(f"`exclude` must be a collection of layer names, not a string. Received: exclude={exclude!r}")
     exclude = set(exclude)
@@ -253,6 +263,7 @@ def reconstruct(
         "per_layer": per_layer_arguments,
         "layer_class": layer_class,
         "recurrent_state": recurrent_state and layer_class is LocalFisher,
+        "max_features": max_features,
         "accepted": {parameter.name for parameter in constructor_parameters(layer_class)},
     }
     report = ReconstructionReport(layer_class.__name__)
@@ -311,6 +322,7 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
     if options["layer_types"] is not None and not isinstance(layer, options["layer_types"]):
         report.skipped.append((path, kind, "type not in layer_types"))
         return None
+    bindings_given = bindings is not None
     if bindings is None:
         bindings, reason = bindings_for(layer)
         if not bindings:
@@ -320,7 +332,11 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
     # One LocalFisher for all of the layer's kernels on its input (both directions of a Bidirectional, an
     # attention layer's projections of one tensor): they read the same features.
     binding = bindings[0]
-    if already_whitened is not None:
+    wide = None
+    if layer.name not in options["per_layer"]:
+        wide = too_wide_reason(binding.features, options["max_features"], layer.name)
+    # (A StepBound before a wide layer is this rule's own, from reconstructing before.)
+    if already_whitened is not None and not (wide is not None and isinstance(already_whitened, StepBound)):
         report.skipped.append((path, kind, f"already has LocalFisher '{already_whitened.name}'"))
         return None
     if not all(each.trainable for each in bindings):
@@ -335,6 +351,13 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
             "{}}, to insert one anyway)"
         )))
         return None
+    if wide is not None:
+        if bindings_given or group is not None or isinstance(layer, ATTENTION_TYPES):
+            # Inside a composite layer, on a recurrent state or an attention layer's inputs: no StepBound
+            # (it bounds the one layer its output feeds as that layer's only input).
+            report.skipped.append((path, kind, wide))
+            return None
+        return _skipped_or_bounded(layer, options, report, path, wide, already_whitened, bound=True)
     own = options["per_layer"].get(layer.name, {})
     arguments = dict(options["arguments"], **own)
     if name is None:
@@ -378,16 +401,16 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
     return local_fisher
 
 
-def _skipped_or_bounded(layer, options, report, path, reason, already_bounded):
+def _skipped_or_bounded(layer, options, report, path, reason, already_bounded, bound=False):
     """Record that `layer` gets no LocalFisher, for `reason`; return the `StepBound` to put before it when it
-    is a trainable layer SNGD cannot whiten (`keras_sngd.binding.cannot_absorb_mixing`) whose output does not
-    go straight into a normalization layer, and the LocalFishers have a trust region
-    (`keras_sngd.step_bound`), else None."""
+    is a trainable layer SNGD cannot whiten (`keras_sngd.binding.cannot_absorb_mixing`) or one it leaves
+    plain by choice (`bound`: an input wider than `max_features`) whose output does not go straight into a
+    normalization layer, and the LocalFishers have a trust region (`keras_sngd.step_bound`), else None."""
     kind = type(layer).__name__
     arguments = dict(options["arguments"], **options["per_layer"].get(layer.name, {}))
     radius = arguments.get("max_step")
     if (
-        cannot_absorb_mixing(layer)
+        (bound or cannot_absorb_mixing(layer))
         and radius is not None
         and "max_step" in options["accepted"]
         and options["layer_types"] is None

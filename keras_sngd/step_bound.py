@@ -201,6 +201,8 @@ class StepBoundConstraint(keras.constraints.Constraint):
     optimizer's update, every trainable weight of that layer is moved back toward its value before the
     update so that the joint step is at most `max_step` times their norm; the others are assigned here."""
 
+    installed_by_sngd = True
+
     def __init__(self, step_bound, previous=None):
         self.step_bound = step_bound
         self.previous = previous
