@@ -51,6 +51,7 @@ MODEL_NAMES = [
     "seq_in_seq", "normalization_adapted", "conv_regularized_strided", "shared_td",
     "float64_policy", "mixed_bfloat16", "masking_lstm", "wide_dense_lowrank", "nobias_everything",
     "hub_albert", "hub_transformer_encoder_layer", "einsum_noncontract_last", "rnn_stacked_return_state",
+    "unet_skip_concat", "siamese_shared_encoder", "transformer_block_causal", "conv1d_gru_attention_pool",
 ]
 
 
@@ -524,6 +525,48 @@ def build(name):
         x = L.GlobalAveragePooling1D()(x)
         m = keras.Model(i, L.Dense(2)(x))
         xs = rng.integers(0, 20, (N, 6)).astype("int32")
+    elif name == "unet_skip_concat":
+        # An image-to-image U-Net: skips concatenated after upsampling, a transposed convolution, a 1x1 head.
+        i = keras.Input((8, 8, 2))
+        c1 = L.Conv2D(4, 3, padding="same", activation="relu")(i)
+        d1 = L.MaxPooling2D()(c1)
+        c2 = L.Conv2D(6, 3, padding="same", activation="relu")(d1)
+        u1 = L.UpSampling2D()(c2)
+        t1 = L.Conv2DTranspose(4, 2, strides=2, padding="same")(c2)
+        x = L.Concatenate()([u1, t1, c1])
+        x = L.Conv2D(4, 3, padding="same", activation="relu")(x)
+        m = keras.Model(i, L.Conv2D(1, 1)(x))
+        xs = rnd(8, 8, 2)
+    elif name == "siamese_shared_encoder":
+        # One encoder model called on two inputs; the difference of the codes into the head.
+        e_in = keras.Input((6,))
+        e = L.Dense(8, activation="relu")(e_in)
+        encoder = keras.Model(e_in, L.Dense(4)(e), name="encoder")
+        a, b = keras.Input((6,), name="left"), keras.Input((6,), name="right")
+        distance = L.Subtract()([encoder(a), encoder(b)])
+        m = keras.Model([a, b], L.Dense(1)(distance))
+        xs = [rnd(6), rnd(6)]
+    elif name == "transformer_block_causal":
+        # A pre-norm decoder block from Keras layers: causal self-attention, a feed-forward net, residuals.
+        i = keras.Input((6, 8))
+        h = L.LayerNormalization()(i)
+        h = L.MultiHeadAttention(2, 4)(h, h, use_causal_mask=True)
+        x = L.Add()([i, h])
+        h = L.LayerNormalization()(x)
+        h = L.Dense(16, activation="gelu")(h)
+        h = L.Dropout(0.1)(L.Dense(8)(h))
+        x = L.Add()([x, h])
+        m = keras.Model(i, L.Dense(3)(L.LayerNormalization()(x)))
+        xs = rnd(6, 8)
+    elif name == "conv1d_gru_attention_pool":
+        # Conv1D features into a GRU, pooled by a learned attention over time (Dense scores, softmax, mean).
+        i = keras.Input((10, 3))
+        x = L.Conv1D(6, 3, padding="same", activation="relu")(i)
+        x = L.GRU(5, return_sequences=True)(x)
+        scores = L.Softmax(axis=1)(L.Dense(1)(x))
+        pooled = L.GlobalAveragePooling1D()(L.Multiply()([x, scores]))
+        m = keras.Model(i, L.Dense(2)(pooled))
+        xs = rnd(10, 3)
     else:
         raise KeyError(name)
     outs = m.outputs
