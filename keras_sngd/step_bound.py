@@ -26,7 +26,8 @@ and a constraint on the layer's first weight that bounds all of them right after
 LocalFishers have a trust region (`max_step`), with the same radius, except where the layer's output goes
 straight into a normalization layer (`keras_sngd.layer_defaults.feeds_normalization`: normalization
 makes its output independent of its weights' scale, and bounding such layers cost training loss on
-MobileNetV2), and `fold` drops it.
+MobileNetV2), and `fold` drops it. It also puts one before a layer it leaves plain because its input is
+wider than `reconstruct(max_features=...)` (`keras_sngd.width`), for the same reason.
 """
 
 import warnings
