@@ -20,7 +20,8 @@ plain, says so in its report, and (where the LocalFishers have a trust region) p
 it, as before the convolutions it cannot whiten, so that its plain steps are bounded like the others'.
 At `MAX_FEATURES = 8192` the two matrices take 0.5 GB. `max_features=None` whitens every width, and
 naming the layer in `per_layer_arguments` whitens that one; a LocalFisher built by hand on a wider input
-warns (`warn_if_wide`).
+warns (`warn_if_wide`). The K-FAC baseline's `keras_sngd.optimizers.prepare_kfac(max_features=...)` keeps
+the same limit for its factors, which are dense square matrices too.
 """
 
 import warnings

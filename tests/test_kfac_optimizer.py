@@ -157,3 +157,25 @@ def test_shared_layer_is_refused():
     model = keras.Model(inputs, shared(shared(inputs)))
     with pytest.raises(ValueError, match="no shared layers"):
         prepare_kfac(model)
+
+
+def test_layers_with_factors_wider_than_max_features_stay_plain():
+    # small_cnn: conv 3x3x3 -> 8 (A: 28 with the bias), conv 3x3x8 -> 8 (A: 73), Dense 8 -> 4 (A: 9); a limit
+    # of 30 leaves the second convolution plain, and it still trains (the plain SGD step).
+    model = small_cnn()
+    sizes = {layer.name: layer.kernel.shape for layer in model.layers if hasattr(layer, "kernel")}
+    prepared = prepare_kfac(model, max_features=30)
+    kinds = [type(layer).__name__ for layer in prepared.layers if layer.weights]
+    assert kinds == ["KFACConv2D", "BatchNormalization", "Conv2D", "KFACDense"], sizes
+    inputs, labels = data((12, 12, 3), 4, count=16)
+    np.testing.assert_allclose(prepared.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-6)
+    prepared.compile(KFAC(learning_rate=0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain = prepared.layers[[type(layer).__name__ for layer in prepared.layers].index("Conv2D")]
+    before = np.array(plain.kernel)
+    losses = prepared.fit(inputs, labels, epochs=2, batch_size=8, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert not np.allclose(np.array(plain.kernel), before)
+    with pytest.raises(ValueError, match="max_features=2"):
+        prepare_kfac(model, max_features=2)
+    with pytest.raises(ValueError, match="max_features"):
+        prepare_kfac(model, max_features=0)

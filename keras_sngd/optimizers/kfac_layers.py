@@ -50,6 +50,8 @@ from keras import ops
 from keras_sngd.validation import check_choice
 from keras_sngd.validation import check_float
 from keras_sngd.validation import check_int
+from keras_sngd.width import MAX_FEATURES
+from keras_sngd.width import check_max_features
 
 KFAC_DEFAULT_FACTOR_DECAY = 0.95
 
@@ -431,7 +433,8 @@ class SampledLabels(keras.layers.Layer):
         return {**super().get_config(), "rows": self.rows, "seed": self.seed}
 
 
-def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", sampled_rows=8, seed=None):
+def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", sampled_rows=8, seed=None,
+            max_features=MAX_FEATURES):
     """A copy of `model` whose Dense/Conv1D/2D/3D layers keep K-FAC factors, for `keras_sngd.optimizers.KFAC`.
 
     Every layer whose class is exactly `keras.layers.Dense`, `Conv1D`, `Conv2D` or `Conv3D` becomes its
@@ -458,6 +461,11 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", s
         fisher: `"empirical"` or `"true"`. Defaults to `"empirical"`.
         sampled_rows: int >= 1, the copies per batch for `fisher="true"`. Defaults to `8`.
         seed: int or None, the label-sampling seed for `fisher="true"`. Defaults to `None`.
+        max_features: None or an int >= 1; a layer whose input factor `A` (its kernel's input size, plus 1
+            for the bias) or output factor `S` (its units or filters) is larger than this stays plain and
+            takes the plain SGD step: K-FAC keeps each factor and its inverse as dense square matrices,
+            `keras_sngd.width` (VGG16's `fc1` at 224x224: 25,089 inputs, 5 GB). None replaces every width.
+            Defaults to `8192`, as `reconstruct`.
 
     Returns:
         The prepared model (not compiled).
@@ -473,6 +481,7 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", s
     fisher = check_choice("fisher", fisher, ("empirical", "true"))
     sampled_rows = check_int("sampled_rows", sampled_rows, 1)
     seed = check_int("seed", seed, allow_none=True)
+    max_features = check_max_features(max_features)
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(f"`model` must be a built keras.Model. Received: model={model!r}")
     if fisher == "true":
@@ -482,14 +491,15 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", s
 
     def clone(layer):
         replacement = _REPLACEMENTS.get(type(layer))
-        if replacement is None:
+        if replacement is None or (max_features is not None and max(_factor_sizes(layer)) > max_features):
             return layer.__class__.from_config(layer.get_config())
         replaced.append(layer.name)
         return replacement.from_config({**layer.get_config(), "factor_decay": factor_decay, "sampled_rows": rows})
 
     prepared = keras.models.clone_model(model, clone_function=clone, recursive=True)
     if not replaced:
-        raise ValueError(f"Model {model.name!r} has no Dense or Conv1D/2D/3D layer for K-FAC.")
+        raise ValueError(f"Model {model.name!r} has no Dense or Conv1D/2D/3D layer for K-FAC (with factors of at "
+                         f"most max_features={max_features}).")
     for layer in _all_layers(prepared):
         if isinstance(layer, KFACLayerMixin) and len(layer._inbound_nodes) > 1:
             # The factor "gradients" of several calls would add up instead of averaging.
@@ -514,6 +524,13 @@ def prepare(model, factor_decay=KFAC_DEFAULT_FACTOR_DECAY, fisher="empirical", s
     inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
     outputs = SampledLabels(sampled_rows, seed=seed)(prepared(SampledFisherRows(sampled_rows)(inputs)))
     return keras.Model(inputs, outputs, name=model.name)
+
+
+def _factor_sizes(layer):
+    """The sizes of a Dense/Conv layer's K-FAC factors `A` (kernel inputs, +1 for the bias) and `S`."""
+    kernel_shape = tuple(layer.kernel.shape)
+    inputs = math.prod(kernel_shape[:-1]) + (1 if layer.use_bias else 0)
+    return inputs, int(kernel_shape[-1])
 
 
 def _check_true_fisher_model(model):
