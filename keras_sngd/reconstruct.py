@@ -352,9 +352,12 @@ def _decide(layer, options, prefix, report, already_whitened, reads_fixed, group
         )))
         return None
     if wide is not None:
-        if bindings_given or group is not None or isinstance(layer, ATTENTION_TYPES):
-            # Inside a composite layer, on a recurrent state or an attention layer's inputs: no StepBound
-            # (it bounds the one layer its output feeds as that layer's only input).
+        if (bindings_given or group is not None or isinstance(layer, ATTENTION_TYPES)
+                or (options["recurrent_state"] and layer_family(layer) == "recurrent")):
+            # Inside a composite layer, on a recurrent state or an attention layer's inputs: no StepBound (it
+            # bounds the one layer its output feeds as that layer's only input). Nor before a recurrent layer
+            # whose state gets a LocalFisher (`_recurrent_whitening`): that LocalFisher's trust region
+            # already bounds the recurrent kernel, and a StepBound over the same weights would undo it.
             report.skipped.append((path, kind, wide))
             return None
         return _skipped_or_bounded(layer, options, report, path, wide, already_whitened, bound=True)

@@ -17,7 +17,9 @@ cap the width they take on for the same reason (Shampoo's `max_preconditioner_di
 
 So `reconstruct(max_features=MAX_FEATURES)` leaves a layer whose input has more features than that
 plain, says so in its report, and (where the LocalFishers have a trust region) puts a `StepBound` before
-it, as before the convolutions it cannot whiten, so that its plain steps are bounded like the others'.
+it, as before the convolutions it cannot whiten, so that its plain steps are bounded like the others'
+(not inside a composite layer, before an attention layer, or before a recurrent layer whose state has a
+LocalFisher, whose trust region already bounds the recurrent kernel: there the layer is only skipped).
 At `MAX_FEATURES = 8192` the two matrices take 0.5 GB. `max_features=None` whitens every width, and
 naming the layer in `per_layer_arguments` whitens that one; a LocalFisher built by hand on a wider input
 warns (`warn_if_wide`). The K-FAC baseline's `keras_sngd.optimizers.prepare_kfac(max_features=...)` keeps

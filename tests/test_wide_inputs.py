@@ -127,3 +127,55 @@ def test_a_hand_built_local_fisher_on_a_wide_input_warns(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         keras_sngd.LocalFisher().build((None, 16))
+
+
+def _relative_steps(model, names, x, y):
+    """Each named layer's joint step over its own trainable weights (no carriers) in one step, relative to
+    their norm."""
+    from keras_sngd.handoff import without_carriers
+
+    weights = {name: without_carriers(model.get_layer(name).trainable_weights) for name in names}
+    before = {name: [np.array(w) for w in ws] for name, ws in weights.items()}
+    model.train_on_batch(x, y)
+    steps = {}
+    for name, ws in weights.items():
+        change = np.sqrt(sum(np.sum((np.array(w) - b) ** 2) for w, b in zip(ws, before[name])))
+        steps[name] = change / np.sqrt(sum(np.sum(b ** 2) for b in before[name]))
+    return steps
+
+
+def test_wrappers_and_convolutions_over_the_limit_are_bounded_and_recurrent_layers_keep_their_state_bound():
+    inputs = keras.Input((5, 12))
+    a = keras.layers.TimeDistributed(keras.layers.Dense(6), name="td")(inputs)
+    b = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), name="bi")(inputs)
+    c = keras.layers.Conv1D(5, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.Concatenate()([a, b, c])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling1D()(x)))
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 5, 12), dtype="float32"), rng.random((32, 2), dtype="float32")
+
+    sngd, report = keras_sngd.reconstruct(model, return_report=True, max_features=10)
+    skipped = _skipped(report)
+    for name in ("td", "conv", "out"):
+        assert f"StepBound '{name}_step_bound'" in skipped[name]
+    # The Bidirectional LSTM's state (4 features) is whitened, and that LocalFisher's trust region bounds the
+    # recurrent kernels; a StepBound over the same weights would undo it, so there is none.
+    assert "more than max_features=10" in skipped["bi"] and "StepBound" not in skipped["bi"]
+    assert {"bi/state forward", "bi/state backward"} <= {path for path, *_ in report.inserted}
+    np.testing.assert_allclose(sngd.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    sngd.compile(keras.optimizers.SGD(50.0), "mse")
+    steps = _relative_steps(sngd, ["td", "conv"], x, y)
+    for name, step in steps.items():
+        assert 0 < step <= 0.05 * (1 + 1e-4), (name, step)
+    lstm = sngd.get_layer("bi")
+    recurrent = [w for w in lstm.trainable_weights if "recurrent_kernel" in w.path]
+    before = [np.array(w) for w in recurrent]
+    sngd.train_on_batch(x, y)
+    for w, b in zip(recurrent, before):
+        assert np.linalg.norm(np.array(w) - b) <= 0.05 * np.linalg.norm(b) * (1 + 1e-4)
+
+    # Without the state's LocalFisher the Bidirectional layer gets the StepBound.
+    plain_state, report = keras_sngd.reconstruct(model, return_report=True, max_features=10, recurrent_state=False)
+    assert "StepBound 'bi_step_bound'" in _skipped(report)["bi"]
+    plain_state.compile(keras.optimizers.SGD(50.0), "mse")
+    assert 0 < _relative_steps(plain_state, ["bi"], x, y)["bi"] <= 0.05 * (1 + 1e-4)
