@@ -663,7 +663,7 @@ def run_one(name):
         plain.summary(line_length=140, expand_nested=True)
     try:
         y0 = predict(plain, xs)
-    except Exception as e:  # Keras itself (e.g. JAX attention with value_dim != key_dim under a causal mask)
+    except Exception as e:  # Keras itself (e.g. its MultiHeadAttention with value_dim != key_dim on JAX)
         record("0.plain_call", True, f"n/a: the plain model fails on {backend} ({type(e).__name__}: "
                                      f"{' '.join(str(e).split())[:200]})")
         return results
@@ -816,6 +816,9 @@ def main():
         if flag == "--fuzz":
             prefix = "deep_fuzz_" if value.startswith("deep_") else "fuzz_"
             start, _, stop = value[len("deep_"):].partition(":") if prefix != "fuzz_" else value.partition(":")
+            if not start.isdigit() or not (stop or start).isdigit() or int(stop or int(start) + 1) <= int(start):
+                raise ValueError(f"--fuzz takes seeds START:STOP (or deep_START:STOP), STOP > START. "
+                                 f"Received: --fuzz {value!r}")
             names = [f"{prefix}{seed}" for seed in range(int(start), int(stop or int(start) + 1))]
         elif flag == "--subset":
             names = value.split(",")

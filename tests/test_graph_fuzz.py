@@ -61,3 +61,5 @@ def test_the_probe_explains_its_flags():
     assert shown.returncode == 0 and "--fuzz [deep_]START:STOP" in shown.stdout
     missing = subprocess.run([sys.executable, probe, "--subset"], capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "Flag '--subset' needs a value" in missing.stderr
+    backwards = subprocess.run([sys.executable, probe, "--fuzz", "5:2"], capture_output=True, text=True, timeout=300)
+    assert backwards.returncode != 0 and "Received: --fuzz '5:2'" in backwards.stderr
