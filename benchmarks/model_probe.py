@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LF_ARGS = {"update_every": 2, **json.loads(os.environ.get("PROBE_LF_ARGS", "{}"))}
 POLICY = os.environ.get("PROBE_POLICY")  # a global dtype policy for the random models (--fuzz)
+FUZZ_PREFIXES = ("fuzz_", "deep_fuzz_")  # names of random models: benchmarks/graph_fuzz.py
 WORK = tempfile.mkdtemp(prefix="model_probe_")
 
 MODEL_NAMES = [
@@ -61,7 +62,7 @@ MODEL_NAMES = [
 
 
 def build(name):
-    if name.startswith(("fuzz_", "deep_fuzz_")):
+    if name.startswith(FUZZ_PREFIXES):
         from benchmarks.graph_fuzz import random_model
 
         if POLICY:
@@ -814,16 +815,16 @@ def main():
             raise ValueError(f"Flag {args[0]!r} needs a value.\n{usage}")
         flag, value, args = args[0], args[1], args[2:]
         if flag == "--fuzz":
-            prefix = "deep_fuzz_" if value.startswith("deep_") else "fuzz_"
-            start, _, stop = value[len("deep_"):].partition(":") if prefix != "fuzz_" else value.partition(":")
+            deep = value.startswith("deep_")
+            start, _, stop = value[len("deep_") if deep else 0:].partition(":")
             if not start.isdigit() or not (stop or start).isdigit() or int(stop or int(start) + 1) <= int(start):
                 raise ValueError(f"--fuzz takes seeds START:STOP (or deep_START:STOP), STOP > START. "
                                  f"Received: --fuzz {value!r}")
-            names = [f"{prefix}{seed}" for seed in range(int(start), int(stop or int(start) + 1))]
+            names = [f"{FUZZ_PREFIXES[deep]}{seed}" for seed in range(int(start), int(stop or int(start) + 1))]
         elif flag == "--subset":
             names = value.split(",")
             unknown = sorted(name for name in set(names) - set(MODEL_NAMES)
-                             if not name.startswith(("fuzz_", "deep_fuzz_")))
+                             if not name.startswith(FUZZ_PREFIXES))
             if unknown:
                 raise ValueError(f"--subset names unknown models {unknown}; known: {', '.join(MODEL_NAMES)}")
         elif flag == "--logs":
