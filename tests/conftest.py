@@ -1,9 +1,35 @@
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+# One persistent JAX compilation cache for the whole run, shared by the xdist workers and by every subprocess
+# the tests start (they inherit the environment). Most of the JAX tests' time is XLA compiling programs that
+# another model, script or process of the same run already compiled: the same initializers, the same eager
+# ops, the same train steps under new function objects. With the cache each distinct program is compiled
+# once per run; what every test checks is unchanged. The directory is new for each run (nothing carries over
+# between runs) and removed at the end; `JAX_COMPILATION_CACHE_DIR=""` switches it off, a directory of your
+# own is used as it is. The size limit switches on JAX's file locks, so that two processes never read a
+# half-written entry.
+_JAX_CACHE_CREATED = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE_CREATED = tempfile.mkdtemp(prefix="keras_sngd_tests_jax_cache_")
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=_JAX_CACHE_CREATED,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(4 * 2**30),
+    )
+
+import keras  # noqa: E402  (imports jax, which reads the variables above)
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    """The process that created the run's JAX compilation cache removes it."""
+    if _JAX_CACHE_CREATED is not None:
+        shutil.rmtree(_JAX_CACHE_CREATED, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
