@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -10,10 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # ops, the same train steps under new function objects. With the cache each distinct program is compiled
 # once per run; what every test checks is unchanged. The directory is new for each run (nothing carries over
 # between runs) and removed at the end; `JAX_COMPILATION_CACHE_DIR=""` switches it off, a directory of your
-# own is used as it is. The size limit switches on JAX's file locks, so that two processes never read a
-# half-written entry.
+# own is used as it is. The size limit switches on JAX's file locks (the `filelock` package, a test extra;
+# without it there is no cache), so that two processes never read a half-written entry.
 _JAX_CACHE_CREATED = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ and importlib.util.find_spec("filelock") is not None:
     _JAX_CACHE_CREATED = tempfile.mkdtemp(prefix="keras_sngd_tests_jax_cache_")
     os.environ.update(
         JAX_COMPILATION_CACHE_DIR=_JAX_CACHE_CREATED,
