@@ -23,8 +23,24 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ and importlib.util.find_spec("f
         JAX_COMPILATION_CACHE_MAX_SIZE=str(4 * 2**30),
     )
 
+# Compiler optimization levels for a run of small models, where compiling takes far longer than running.
+# XLA (JAX, and TensorFlow's jit_compile) generates code with LLVM's optimizations off: same programs, same
+# numerics up to rounding, compiled about a quarter faster (tests/scripts/wrappers_check.py on JAX: 61 s ->
+# 45 s). TensorFlow's graph optimizer (grappler) is off in the test processes themselves (about 8% of
+# their time); the TensorFlow scripts the tests run in subprocesses keep it, so the whole pipeline is
+# still checked under the optimizer users run. `KERAS_SNGD_TESTS_OPTIMIZE=1` (or any `XLA_FLAGS` of your
+# own) keeps the defaults.
+_OPTIMIZE = os.environ.get("KERAS_SNGD_TESTS_OPTIMIZE", "0") == "1"
+if not _OPTIMIZE:
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
 import keras  # noqa: E402  (imports jax, which reads the variables above)
 import pytest  # noqa: E402
+
+if not _OPTIMIZE and keras.backend.backend() == "tensorflow":
+    import tensorflow as tf  # noqa: E402
+
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 def pytest_unconfigure(config):
