@@ -1,4 +1,4 @@
-"""Probe `reconstruct`, training, `fold` and `.keras` files on about fifty small models the tests do not hold.
+"""Probe `reconstruct`, training, `fold` and `.keras` files on about eighty small models the tests do not hold.
 
 Each model (random data, 64 examples, batch 16) runs in a new process, on the backend of `KERAS_BACKEND`:
 
@@ -58,6 +58,12 @@ MODEL_NAMES = [
     "float64_policy", "mixed_bfloat16", "masking_lstm", "wide_dense_lowrank", "nobias_everything",
     "hub_albert", "hub_transformer_encoder_layer", "einsum_noncontract_last", "rnn_stacked_return_state",
     "unet_skip_concat", "siamese_shared_encoder", "transformer_block_causal", "conv1d_gru_attention_pool",
+    # Added 2026-12-03: layer kinds none of the above holds.
+    "spectral_norm_wrappers", "group_unit_norm", "discretization_embedding", "additive_attention",
+    "gru_reset_after_false", "einsum_bias_axes", "nested_sequential_twice", "mha_2d_axes", "conv_lstm1d",
+    "rnn_return_state", "time_distributed_conv1d", "float64_layer", "constraints_unitnorm",
+    "separable_conv2d_pool", "prelu_shared_axes", "dot_normalize_rmsnorm", "augment_resize_conv",
+    "category_encoding", "conv_lstm3d", "mask_zero_pool", "mel_spectrogram_conv1d", "noise_dropout_conv1d",
 ]
 
 
@@ -582,6 +588,171 @@ def build(name):
         scores = L.Softmax(axis=1)(L.Dense(1)(x))
         pooled = L.GlobalAveragePooling1D()(L.Multiply()([x, scores]))
         m = keras.Model(i, L.Dense(2)(pooled))
+        xs = rnd(10, 3)
+    elif name == "spectral_norm_wrappers":
+        i = keras.Input((6, 6, 2))
+        x = L.SpectralNormalization(L.Conv2D(4, 3, activation="relu"))(i)
+        x = L.Flatten()(x)
+        x = L.SpectralNormalization(L.Dense(8, activation="relu"))(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(6, 6, 2)
+    elif name == "group_unit_norm":
+        i = keras.Input((6, 6, 3))
+        x = L.Conv2D(4, 3)(i)
+        x = L.GroupNormalization(groups=2)(x)
+        x = L.Flatten()(x)
+        x = L.UnitNormalization()(L.Dense(8)(x))
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(6, 6, 3)
+    elif name == "discretization_embedding":
+        i = keras.Input((4,))
+        d = L.Discretization(bin_boundaries=[-1.0, 0.0, 1.0])(i)
+        e = L.Embedding(4, 3)(d)
+        x = L.Flatten()(e)
+        x = L.Dense(6, activation="relu")(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(4)
+    elif name == "additive_attention":
+        q = keras.Input((5, 4))
+        v = keras.Input((7, 4))
+        qp = L.Dense(6)(q)
+        vp = L.Dense(6)(v)
+        a = L.AdditiveAttention(use_scale=True)([qp, vp])
+        b = L.Attention(use_scale=True, score_mode="concat")([qp, vp])
+        x = L.Concatenate()([a, b])
+        x = L.GlobalAveragePooling1D()(x)
+        m = keras.Model([q, v], L.Dense(2)(x))
+        xs = [rnd(5, 4), rnd(7, 4)]
+    elif name == "gru_reset_after_false":
+        i = keras.Input((6, 3))
+        x = L.GRU(5, reset_after=False, return_sequences=True)(i)
+        x = L.Bidirectional(L.GRU(4, reset_after=False, use_bias=False))(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(6, 3)
+    elif name == "einsum_bias_axes":
+        i = keras.Input((5, 4))
+        x = L.EinsumDense("abc,cd->abd", output_shape=(None, 6), bias_axes="d", activation="relu")(i)
+        x = L.EinsumDense("abc,cde->abde", output_shape=(None, 2, 3), bias_axes="de")(x)
+        x = L.Reshape((5, 6))(x)
+        x = L.EinsumDense("abc,bcd->ad", output_shape=(3,), bias_axes="d")(x)
+        m = keras.Model(i, x)
+        xs = rnd(5, 4)
+    elif name == "nested_sequential_twice":
+        block = keras.Sequential([L.Dense(6, activation="relu"), L.Dense(4)], name="block")
+        a = keras.Input((5,))
+        b = keras.Input((5,))
+        x = L.Concatenate()([block(a), block(b)])
+        m = keras.Model([a, b], L.Dense(2)(x))
+        xs = [rnd(5), rnd(5)]
+    elif name == "mha_2d_axes":
+        i = keras.Input((3, 4, 6))
+        x = L.MultiHeadAttention(2, 3, attention_axes=(1, 2))(i, i)
+        x = L.Flatten()(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(3, 4, 6)
+    elif name == "conv_lstm1d":
+        i = keras.Input((4, 8, 2))
+        x = L.ConvLSTM1D(3, 3, return_sequences=False)(i)
+        x = L.Flatten()(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(4, 8, 2)
+    elif name == "rnn_return_state":
+        i = keras.Input((6, 3))
+        seq, h, c = L.LSTM(5, return_sequences=True, return_state=True)(i)
+        x = L.SimpleRNN(4, use_bias=False)(seq, initial_state=[L.Dense(4)(h)])
+        m = keras.Model(i, [L.Dense(2)(x), L.Dense(1)(c)])
+        xs = rnd(6, 3)
+    elif name == "time_distributed_conv1d":
+        i = keras.Input((3, 8, 2))
+        x = L.TimeDistributed(L.Conv1D(4, 3, activation="relu"))(i)
+        x = L.TimeDistributed(L.GlobalMaxPooling1D())(x)
+        x = L.LSTM(4)(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(3, 8, 2)
+    elif name == "float64_layer":
+        i = keras.Input((5,))
+        x = L.Dense(6, activation="relu")(i)
+        x = L.Dense(6, dtype="float64")(x)
+        x = L.Activation("relu", dtype="float32")(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(5)
+    elif name == "constraints_unitnorm":
+        i = keras.Input((6, 6, 2))
+        x = L.Conv2D(4, 3, kernel_constraint=keras.constraints.MaxNorm(1.0))(i)
+        x = L.GlobalAveragePooling2D()(x)
+        x = L.Dense(6, kernel_constraint=keras.constraints.UnitNorm(axis=0), activation="relu")(x)
+        x = L.Dense(6, kernel_constraint=keras.constraints.NonNeg())(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(6, 6, 2)
+    elif name == "separable_conv2d_pool":
+        i = keras.Input((8, 8, 3))
+        x = L.SeparableConv2D(6, 3, depth_multiplier=2, activation="relu")(i)
+        x = L.AveragePooling2D(2)(x)
+        x = L.Conv2D(4, 1, use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.GlobalMaxPooling2D()(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(8, 8, 3)
+    elif name == "prelu_shared_axes":
+        m = keras.Sequential([keras.Input((6, 6, 2)), L.Conv2D(4, 3), L.PReLU(shared_axes=[1, 2]), L.Flatten(),
+                              L.Dense(6), L.PReLU(), L.Dense(2)])
+        xs = rnd(6, 6, 2)
+    elif name == "dot_normalize_rmsnorm":
+        a = keras.Input((5,))
+        b = keras.Input((5,))
+        pa = L.RMSNormalization()(L.Dense(6)(a))
+        pb = L.Dense(6)(b)
+        x = L.Concatenate()([L.Dot(axes=1, normalize=True)([pa, pb]), pa])
+        m = keras.Model([a, b], L.Dense(2)(x))
+        xs = [rnd(5), rnd(5)]
+    elif name == "augment_resize_conv":
+        i = keras.Input((8, 8, 3))
+        x = L.RandomFlip("horizontal")(i)
+        x = L.RandomRotation(0.1)(x)
+        x = L.Resizing(6, 6)(x)
+        x = L.Conv2D(4, 3, activation="relu")(x)
+        x = L.GlobalAveragePooling2D()(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(8, 8, 3)
+    elif name == "category_encoding":
+        i = keras.Input((3,), dtype="int32")
+        x = L.CategoryEncoding(num_tokens=6, output_mode="multi_hot")(i)
+        x = L.Dense(5, activation="relu")(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rng.integers(0, 6, (N, 3)).astype("int32")
+    elif name == "conv_lstm3d":
+        i = keras.Input((2, 4, 4, 4, 1))
+        x = L.ConvLSTM3D(2, 2)(i)
+        x = L.Flatten()(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(2, 4, 4, 4, 1)
+    elif name == "mask_zero_pool":
+        i = keras.Input((7,), dtype="int32")
+        x = L.Embedding(10, 4, mask_zero=True)(i)
+        x = L.Dense(5, activation="relu")(x)
+        x = L.GlobalAveragePooling1D()(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rng.integers(0, 10, (N, 7)).astype("int32")
+        xs[:, -2:] = 0
+    elif name == "mel_spectrogram_conv1d":
+        i = keras.Input((512,))
+        x = L.MelSpectrogram(fft_length=128, sequence_stride=64, num_mel_bins=8, sampling_rate=8000)(i)
+        x = L.Permute((2, 1))(x)
+        x = L.Conv1D(4, 3, activation="relu")(x)
+        x = L.GlobalAveragePooling1D()(x)
+        m = keras.Model(i, L.Dense(2)(x))
+        xs = rnd(512)
+    elif name == "noise_dropout_conv1d":
+        i = keras.Input((10, 3))
+        x = L.GaussianNoise(0.1)(i)
+        x = L.Conv1D(6, 3, activation="relu", kernel_regularizer="l2", bias_regularizer="l1",
+                     activity_regularizer="l2")(x)
+        x = L.SpatialDropout1D(0.2)(x)
+        x = L.GaussianDropout(0.1)(x)
+        x = L.AlphaDropout(0.1)(x)
+        x = L.ActivityRegularization(l1=1e-3)(x)
+        x = L.Identity()(L.Flatten()(x))
+        m = keras.Model(i, L.Dense(2)(x))
         xs = rnd(10, 3)
     else:
         raise KeyError(name)
