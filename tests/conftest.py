@@ -28,8 +28,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ and importlib.util.find_spec("f
 # numerics up to rounding, compiled about a quarter faster (tests/scripts/wrappers_check.py on JAX: 61 s ->
 # 45 s). TensorFlow's graph optimizer (grappler) is off in the test processes themselves (about 8% of
 # their time); the TensorFlow scripts the tests run in subprocesses keep it, so the whole pipeline is
-# still checked under the optimizer users run. `KERAS_SNGD_TESTS_OPTIMIZE=1` (or any `XLA_FLAGS` of your
-# own) keeps the defaults.
+# still checked under the optimizer users run. `KERAS_SNGD_TESTS_OPTIMIZE=1` keeps every default; an
+# `XLA_FLAGS` of your own replaces the XLA setting (grappler stays off).
 _OPTIMIZE = os.environ.get("KERAS_SNGD_TESTS_OPTIMIZE", "0") == "1"
 if not _OPTIMIZE:
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
