@@ -286,6 +286,15 @@ def binding_for(layer):
         if len(bindings) == 1:
             return bindings[0], None
         return None, reason or f"a {type(layer).__name__} layer has several kernels on its inputs (use bindings_for)"
+    if isinstance(layer, keras.layers.SpectralNormalization):
+        # Its call divides the wrapped layer's kernel by that kernel's largest singular value (a power
+        # iteration in training). With W = U W' it would divide W' by sigma(W'), not W by sigma(W): another
+        # function, which every refresh would change again.
+        return None, (
+            f"SpectralNormalization divides its {type(layer.layer).__name__}'s kernel by the kernel's largest "
+            "singular value; with a LocalFisher it would normalize the whitened kernel W' (W = U W') instead, "
+            "another function that every refresh would change"
+        )
     inner = [sublayer for sublayer in layer._flatten_layers(include_self=False) if is_supported_type(sublayer)]
     if inner:
         kinds = sorted({type(sublayer).__name__ for sublayer in inner})

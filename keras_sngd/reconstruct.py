@@ -156,7 +156,9 @@ def reconstruct(
     their input channels), LoRA-enabled or quantized layers, layers whose kernel has a constraint (a
     `kernel_constraint` such as `MaxNorm` or `NonNeg` is meant for `W`; on the whitened `W'` it would be
     another constraint, and the folded `W = U W'` would not satisfy it: naming the layer in
-    `per_layer_arguments` inserts a LocalFisher anyway), and layers excluded by name or type. Raw
+    `per_layer_arguments` inserts a LocalFisher anyway), layers inside a `SpectralNormalization` (its call
+    divides the kernel by its largest singular value: on `W'` that is another function, which every refresh
+    would change), and layers excluded by name or type. Raw
     operations in the graph (`x + y`, `x[:, 0]`, `keras.ops.cast`) pass through unchanged.
 
     Composite layers (a KerasHub `TransformerEncoder`/`TransformerDecoder`, a user's block: any layer not

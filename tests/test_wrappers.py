@@ -66,6 +66,14 @@ def test_bindings_of_wrappers():
     _, report = keras_sngd.reconstruct(model, return_report=True)
     assert [entry[1] for entry in report.skipped] == ["RNN"]
     assert "only LSTMCell, GRUCell and SimpleRNNCell" in report.skipped[0][2]
+    # A spectrally normalized layer is left plain, with the reason: its wrapper would normalize W', not W.
+    model = keras.Sequential([keras.Input((6,)), L.SpectralNormalization(L.Dense(5)), L.Dense(3)])
+    copy, report = keras_sngd.reconstruct(model, return_report=True)
+    assert [entry[0] for entry in report.inserted] == [model.layers[1].name]
+    assert [entry[1] for entry in report.skipped] == ["SpectralNormalization"]
+    assert "SpectralNormalization divides its Dense's kernel" in report.skipped[0][2]
+    probe = keras.random.normal((4, 6), seed=1)
+    assert float(keras.ops.max(keras.ops.abs(copy(probe) - model(probe)))) == 0.0
     # A wrapper of an unsupported layer says why.
     model = keras.Sequential([keras.Input((5, 6, 4)), L.TimeDistributed(L.DepthwiseConv1D(3)), L.Flatten(), L.Dense(3)])
     _, report = keras_sngd.reconstruct(model, return_report=True)
