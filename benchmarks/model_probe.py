@@ -613,6 +613,8 @@ def build(name):
         m = keras.Model(i, L.Dense(2)(x))
         xs = rnd(4)
     elif name == "additive_attention":
+        # Beyond `attention_layers`: the trainable weights of AdditiveAttention(use_scale=True) and of the
+        # concat score, and a value sequence longer than the query.
         q = keras.Input((5, 4))
         v = keras.Input((7, 4))
         qp = L.Dense(6)(q)
