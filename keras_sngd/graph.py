@@ -123,9 +123,23 @@ def clone_model_whole(model):
     return new
 
 
+def fresh_input(tensor):
+    """A fresh `keras.Input` like the model input `tensor`, named as the `InputLayer` that made it.
+
+    `keras.models.clone_model` names a clone's inputs after the input tensors, and a tensor made by an
+    unnamed `keras.Input` is called `keras_tensor...` while its layer is `input_layer...`: the copy would
+    get other layer names than the model (`get_layer("input_layer")` would fail on it, and its config would
+    differ). Named inputs, and models loaded from a `.keras` file, have the same name on both.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    layer = history.operation if history is not None else None
+    name = layer.name if isinstance(layer, keras.layers.InputLayer) else tensor.name
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name)
+
+
 def sequential_input(model):
-    """A fresh `keras.Input` like the first input of the built Sequential `model`."""
-    return keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+    """A fresh `keras.Input` like the first input of the built Sequential `model`, with its name."""
+    return fresh_input(model.inputs[0])
 
 
 def clone_functional(model, clone, rewrite_call):
@@ -144,7 +158,10 @@ def clone_functional(model, clone, rewrite_call):
     def call_function(layer, *args, **kwargs):
         return rewrite_call(originals.get(id(layer)), layer, args, kwargs)
 
-    new_model = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+    inputs = keras.tree.map_structure(fresh_input, model.input)
+    new_model = keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=clone_function, call_function=call_function
+    )
     if not model.trainable:
         # A frozen model (a backbone) stays frozen: `clone_model` makes a trainable one, and layers added by
         # the hooks (LocalFishers) would otherwise train inside it.

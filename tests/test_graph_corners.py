@@ -602,3 +602,42 @@ def test_a_local_fisher_that_feeds_no_layer_warns():
         warnings.simplefilter("error")
         alone(x, training=True)
     assert "no consumer layer in a model graph" in alone.describe()
+
+
+def test_inputs_keep_their_layer_names_through_reconstruct_and_fold(tmp_path):
+    """An unnamed `keras.Input` makes a tensor `keras_tensor...` and a layer `input_layer...`:
+    `keras.models.clone_model` names a copy's inputs after the tensor, so the copy's layers (and config)
+    would differ from the model's. `reconstruct` and `fold` keep the layer names, for one or several
+    inputs, a dict of inputs, a nested model's inputs and a Sequential model's input."""
+    nested_input = keras.Input((4,))
+    nested = keras.Model(nested_input, keras.layers.Dense(4, name="inner")(nested_input), name="nested")
+    first, second = keras.Input((6,)), keras.Input((4,))
+    named = keras.Input((3,), name="named")
+    hidden = keras.layers.Dense(4, name="dense")(first)
+    merged = keras.layers.Concatenate(name="concat")([hidden, nested(second), named])
+    model = keras.Model({"a": first, "b": second, "c": named}, keras.layers.Dense(2, name="out")(merged))
+    names = [layer.name for layer in model.layers]
+    assert any(name.startswith("input_layer") for name in names)
+    assert model.inputs[0].name != model.layers[0].name  # the case: tensor and layer named differently
+
+    sngd = keras_sngd.reconstruct(model)
+    plain_names = [layer.name for layer in sngd.layers if not isinstance(layer, LocalFisher)]
+    assert plain_names == names
+    assert sngd.get_config()["input_layers"] == model.get_config()["input_layers"]
+    nested_copy = sngd.get_layer("nested")
+    assert [layer.name for layer in nested_copy.layers if not isinstance(layer, LocalFisher)] == [
+        layer.name for layer in nested.layers
+    ]
+    inputs = sample_inputs(model, 4)
+    np.testing.assert_allclose(np.asarray(sngd(inputs)), np.asarray(model(inputs)), rtol=1e-6, atol=1e-6)
+
+    folded = keras_sngd.fold(sngd)
+    assert [layer.name for layer in folded.layers] == names
+    assert folded.get_config()["input_layers"] == model.get_config()["input_layers"]
+    path = os.path.join(tmp_path, "folded.keras")
+    folded.save(path)
+    assert [layer.name for layer in keras.saving.load_model(path).layers] == names
+
+    sequential = keras.Sequential([keras.Input((5,), name="pixels"), keras.layers.Dense(3, name="d")])
+    for copy in (keras_sngd.reconstruct(sequential), keras_sngd.fold(keras_sngd.reconstruct(sequential))):
+        assert copy.inputs[0]._keras_history.operation.name == "pixels"
