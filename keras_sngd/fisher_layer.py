@@ -255,6 +255,10 @@ class FisherLayer(keras.layers.Layer):
                            self.low_rank_identity_scale.value)
 
     def call(self, inputs, training=None, mask=None):
+        # Sparse inputs (`keras.Input(sparse=True)`) are densified: `x U` is dense whatever `x` is, and the
+        # statistics `E[x x^T]` are read from the same dense `x`. (PyTorch has no sparse Keras inputs.)
+        if keras.backend.backend() in ("tensorflow", "jax"):
+            inputs = ops.convert_to_tensor(inputs, sparse=False)
         if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(inputs.dtype)):
             # Integer or boolean features (`keras.Input(dtype="int32")`, a `StringLookup`'s one-hot, which is
             # int64 at run time): Keras casts only float inputs to a layer's dtype, and in the input's own

@@ -134,7 +134,9 @@ def fresh_input(tensor):
     history = getattr(tensor, "_keras_history", None)
     layer = history.operation if history is not None else None
     name = layer.name if isinstance(layer, keras.layers.InputLayer) else tensor.name
-    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name)
+    # Sparse and ragged inputs stay so (`clone_model` makes them dense): a deployed model keeps taking them.
+    flags = {key: True for key in ("sparse", "ragged") if getattr(tensor, key, False)}
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name, **flags)
 
 
 def sequential_input(model):

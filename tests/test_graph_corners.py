@@ -641,3 +641,32 @@ def test_inputs_keep_their_layer_names_through_reconstruct_and_fold(tmp_path):
     sequential = keras.Sequential([keras.Input((5,), name="pixels"), keras.layers.Dense(3, name="d")])
     for copy in (keras_sngd.reconstruct(sequential), keras_sngd.fold(keras_sngd.reconstruct(sequential))):
         assert copy.inputs[0]._keras_history.operation.name == "pixels"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="builds its sparse batches with tf.sparse")
+def test_sparse_inputs_are_whitened_and_stay_sparse_inputs():
+    """A sparse input (`keras.Input(sparse=True)`, bag-of-words features): the LocalFisher reads it densified
+    (whether `reconstruct` put it there or the user did), and the reconstruction and the folded model still
+    take sparse batches (`clone_model` alone would make their input dense)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    dense = ((rng.uniform(size=(64, 30)) < 0.1) * rng.normal(size=(64, 30))).astype("float32")
+    batch, targets = tf.sparse.from_dense(dense), rng.normal(size=(64, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((30,), sparse=True)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs)))
+    by_hand = keras.Sequential([keras.Input((30,), sparse=True), LocalFisher(update_every=2), keras.layers.Dense(3)])
+    for sngd in (keras_sngd.reconstruct(model, local_fisher_arguments={"update_every": 2}), by_hand):
+        assert sngd.inputs[0].sparse
+        before = np.asarray(sngd(dense))
+        np.testing.assert_allclose(np.asarray(sngd(batch)), before, rtol=1e-6, atol=1e-6)
+        sngd.compile(keras.optimizers.SGD(0.1), "mse")
+        sngd.fit(batch, targets, batch_size=16, epochs=2, verbose=0)
+        fishers = [layer for layer in sngd.layers if isinstance(layer, LocalFisher)]
+        assert all(int(fisher.refresh_count.numpy()) >= 1 for fisher in fishers)
+        trained = np.asarray(sngd(batch))
+        assert np.isfinite(trained).all() and not np.allclose(trained, before)
+        folded = keras_sngd.fold(sngd)
+        assert folded.inputs[0].sparse
+        np.testing.assert_allclose(np.asarray(folded(batch)), trained, rtol=1e-4, atol=1e-5)
