@@ -134,8 +134,11 @@ def fresh_input(tensor):
     history = getattr(tensor, "_keras_history", None)
     layer = history.operation if history is not None else None
     name = layer.name if isinstance(layer, keras.layers.InputLayer) else tensor.name
-    # Sparse and ragged inputs stay so (`clone_model` makes them dense): a deployed model keeps taking them.
+    # Sparse and ragged inputs stay so (`clone_model` makes them dense): a deployed model keeps taking them;
+    # an optional input (`keras.Input(optional=True)`) stays optional (it may be given None).
     flags = {key: True for key in ("sparse", "ragged") if getattr(tensor, key, False)}
+    if getattr(layer, "optional", False):
+        flags["optional"] = True
     return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name, **flags)
 
 

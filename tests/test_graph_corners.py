@@ -670,3 +670,23 @@ def test_sparse_inputs_are_whitened_and_stay_sparse_inputs():
         folded = keras_sngd.fold(sngd)
         assert folded.inputs[0].sparse
         np.testing.assert_allclose(np.asarray(folded(batch)), trained, rtol=1e-4, atol=1e-5)
+
+
+def test_an_optional_input_stays_optional():
+    """`keras.Input(optional=True)` may be given None; `clone_model` alone makes the copy's input required."""
+
+    class AddIfGiven(keras.layers.Layer):
+        def call(self, x, y=None):
+            return x if y is None else x + y
+
+    required, optional = keras.Input((6,)), keras.Input((6,), optional=True)
+    hidden = keras.layers.Dense(4)(AddIfGiven()(required, optional))
+    model = keras.Model([required, optional], keras.layers.Dense(2)(hidden))
+    batch, other = np.ones((3, 6), "float32"), np.full((3, 6), 0.5, "float32")
+    sngd = keras_sngd.reconstruct(model)
+    folded = keras_sngd.fold(sngd)
+    for copy in (sngd, folded):
+        for second in (None, other):
+            np.testing.assert_allclose(
+                np.asarray(copy([batch, second])), np.asarray(model([batch, second])), rtol=1e-5, atol=1e-6
+            )
