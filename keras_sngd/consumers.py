@@ -7,7 +7,9 @@ kernels so that the model's function does not move), for `fold` (which absorbs `
 * Every call that takes the layer's output counts, at **every input position** (`Add()([dense(w), w])` has
   two consumers of `w`: the Dense, and the Add at position 1). Dtype casts in the graph (`keras.ops.cast`,
   or the cast a float32 layer makes of a float16 input under mixed precision) are walked through to the
-  layers behind them.
+  layers behind them, and so are layers that are the identity at inference (`Dropout`, its spatial and
+  Gaussian kinds, `GaussianNoise`, `AlphaDropout`, `Identity`: `keras_sngd.graph.PASS_THROUGH_TYPES`):
+  `dense(dropout(x U))` absorbs `U` into the Dense's kernel, which keeps the inference function.
 * Into a nested Functional or Sequential model, the consumers are the layers of its graph that take that
   input, judged by the same rule within the nested model (and only if every call of the nested model takes
   the whitened tensor at that input).
@@ -34,6 +36,7 @@ from keras.src.ops.function import make_node_key as _node_key
 from keras_sngd.binding import argument_tensor
 from keras_sngd.binding import bindings_for
 from keras_sngd.graph import node_scope
+from keras_sngd.graph import passes_features_through
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import source_tensor
 
@@ -147,6 +150,11 @@ def _uses(tensor, scope):
                 if cast_uses or scope is not None:
                     uses.extend(cast_uses)
                 # Unscoped, a cast whose result feeds nothing is a layer's own autocast of `tensor`.
+            elif passes_features_through(node.operation):
+                # Dropout, noise, Identity: the layers behind it consume; if none does (a model output),
+                # the layer itself is the use (it has no kernel: `U` cannot be absorbed).
+                behind = [use for output in node.output_tensors for use in _uses(output, scope)]
+                uses.extend(behind or [(node, position)])
             else:
                 uses.append((node, position))
     return uses
@@ -166,7 +174,7 @@ def _judge(local_fisher, node, position, tensor, scope, comes_from):
         return _judge_nested(local_fisher, node, position, scope, comes_from)
     bindings, reason = bindings_for(operation)
     if not bindings:
-        return refuse(reason)
+        return refuse(f"{reason} (a LocalFisher goes right before the layer whose kernel reads its features)")
     # The kernels that mix this input: the layer's own (its first argument), or an attention layer's
     # projections of the argument at this position (query; key and value).
     argument = node.input_tensors[position] if position < len(node.input_tensors) else None

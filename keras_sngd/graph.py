@@ -313,15 +313,38 @@ def is_layer(operation):
     return isinstance(operation, keras.layers.Layer)
 
 
+# Layers that are the identity at inference and only add noise in training (dropout, Gaussian noise) or
+# always (`Identity`). A LocalFisher's whitened features pass through them to the layer behind, which
+# absorbs `U` there: `dense(dropout(x U))` with kernel `W'` is `dense(x)` with `W = U W'` at inference, and a
+# refresh that keeps `U W'` keeps the inference function (in training the noise falls on `x U` rather than
+# on `x`; `fold` puts it on `x`). Exact types: a subclass may do anything in its call.
+PASS_THROUGH_TYPES = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
+    keras.layers.Identity,
+)
+
+
+def passes_features_through(operation):
+    """Whether `operation` hands a whitened tensor on unchanged for `U`'s purposes: a dtype cast, or a layer
+    of `PASS_THROUGH_TYPES` (the identity at inference)."""
+    return isinstance(operation, Cast) or type(operation) in PASS_THROUGH_TYPES
+
+
 def source_operation(tensor):
     """The operation that produced `tensor`, behind any dtype casts (`keras.ops.cast`, or a mixed-precision
-    layer's autocast)."""
+    layer's autocast) and layers that are the identity at inference (`PASS_THROUGH_TYPES`)."""
     return source_tensor(tensor)._keras_history.operation
 
 
 def source_tensor(tensor):
-    """`tensor` with the dtype casts that produced it walked back."""
-    while isinstance(tensor._keras_history.operation, Cast):
+    """`tensor` with the dtype casts and inference-identity layers that produced it walked back."""
+    while passes_features_through(tensor._keras_history.operation):
         operation, node_index, _ = tensor._keras_history
         tensor = operation._inbound_nodes[node_index].input_tensors[0]
     return tensor

@@ -690,3 +690,48 @@ def test_an_optional_input_stays_optional():
             np.testing.assert_allclose(
                 np.asarray(copy([batch, second])), np.asarray(model([batch, second])), rtol=1e-5, atol=1e-6
             )
+
+
+@pytest.mark.parametrize("between", ["Dropout", "GaussianNoise", "SpatialDropout1D", "Identity"])
+def test_inference_identity_layers_between_a_local_fisher_and_its_layer_pass_u_through(between, tmp_path):
+    """`LocalFisher -> Dropout -> Dense` (by hand): the Dense absorbs `U` behind the dropout, so refreshes
+    keep the inference function and `fold` leaves the dropout before a plain Dense; `reconstruct` adds no
+    second LocalFisher there. A dropout that feeds no kernel layer still cannot absorb `U`."""
+    make = {
+        "Dropout": lambda: keras.layers.Dropout(0.3, name="between"),
+        "GaussianNoise": lambda: keras.layers.GaussianNoise(0.5, name="between"),
+        "SpatialDropout1D": lambda: keras.layers.SpatialDropout1D(0.3, name="between"),
+        "Identity": lambda: keras.layers.Identity(name="between"),
+    }[between]
+    inputs = keras.Input((5, 6))
+    whitened = LocalFisher(update_every=1, refresh_tolerance=0, name="lf")(inputs)
+    consumer = keras.layers.Conv1D(4, 3, name="conv") if between == "SpatialDropout1D" else keras.layers.Dense(4, name="dense")
+    model = keras.Model(inputs, consumer(make()(whitened)))
+    consumers = consumers_of(model.get_layer("lf"), model)
+    assert [(c.operation.name, c.binding is not None) for c in consumers] == [(consumer.name, True)]
+
+    probe = sample_inputs(model, 8)
+    before = np.asarray(model(probe))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "cannot keep the model's function"
+        train_at_zero_learning_rate(model, steps=3)
+    assert int(model.get_layer("lf").refresh_count.numpy()) >= 2
+    assert_outputs_close(model(probe), before)
+
+    sngd, report = keras_sngd.reconstruct(model, return_report=True)
+    assert len([layer for layer in sngd.layers if isinstance(layer, LocalFisher)]) == 1
+    assert any("already has LocalFisher 'lf'" in reason for _, _, reason in report.skipped)
+
+    folded = keras_sngd.fold(model)
+    assert [type(layer).__name__ for layer in folded.layers[1:]] == [type(make()).__name__, type(consumer).__name__]
+    assert_outputs_close(folded(probe), before)
+    path = os.path.join(tmp_path, "folded.keras")
+    folded.save(path)
+    assert_outputs_close(keras.saving.load_model(path)(probe), before)
+
+    # A dropout that only makes a model output: no layer behind it absorbs U, so none does.
+    lf = LocalFisher(update_every=1, name="lf2")
+    whitened = lf(keras.Input((6,)))
+    ends = keras.Model(lf.input, [keras.layers.Dense(6)(whitened), keras.layers.Dropout(0.3)(whitened)])
+    assert consumer_bindings(lf, ends).bindings == []
+    assert "Dropout has no kernel" in consumer_bindings(lf, ends).reason
