@@ -16,7 +16,7 @@ def sample_inputs(model, batch=8, seed=0):
 
 def as_list(outputs):
     """A model's outputs as a list of NumPy arrays."""
-    return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    return [keras.ops.convert_to_numpy(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
 
 
 def assert_outputs_close(a, b, rtol=1e-4):

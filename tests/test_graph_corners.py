@@ -629,7 +629,7 @@ def test_inputs_keep_their_layer_names_through_reconstruct_and_fold(tmp_path):
         layer.name for layer in nested.layers
     ]
     inputs = sample_inputs(model, 4)
-    np.testing.assert_allclose(np.asarray(sngd(inputs)), np.asarray(model(inputs)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(sngd(inputs)), keras.ops.convert_to_numpy(model(inputs)), rtol=1e-6, atol=1e-6)
 
     folded = keras_sngd.fold(sngd)
     assert [layer.name for layer in folded.layers] == names
@@ -659,17 +659,17 @@ def test_sparse_inputs_are_whitened_and_stay_sparse_inputs():
     by_hand = keras.Sequential([keras.Input((30,), sparse=True), LocalFisher(update_every=2), keras.layers.Dense(3)])
     for sngd in (keras_sngd.reconstruct(model, local_fisher_arguments={"update_every": 2}), by_hand):
         assert sngd.inputs[0].sparse
-        before = np.asarray(sngd(dense))
-        np.testing.assert_allclose(np.asarray(sngd(batch)), before, rtol=1e-6, atol=1e-6)
+        before = keras.ops.convert_to_numpy(sngd(dense))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(sngd(batch)), before, rtol=1e-6, atol=1e-6)
         sngd.compile(keras.optimizers.SGD(0.1), "mse")
         sngd.fit(batch, targets, batch_size=16, epochs=2, verbose=0)
         fishers = [layer for layer in sngd.layers if isinstance(layer, LocalFisher)]
         assert all(int(fisher.refresh_count.numpy()) >= 1 for fisher in fishers)
-        trained = np.asarray(sngd(batch))
+        trained = keras.ops.convert_to_numpy(sngd(batch))
         assert np.isfinite(trained).all() and not np.allclose(trained, before)
         folded = keras_sngd.fold(sngd)
         assert folded.inputs[0].sparse
-        np.testing.assert_allclose(np.asarray(folded(batch)), trained, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(folded(batch)), trained, rtol=1e-4, atol=1e-5)
 
 
 def test_an_optional_input_stays_optional():
@@ -688,7 +688,7 @@ def test_an_optional_input_stays_optional():
     for copy in (sngd, folded):
         for second in (None, other):
             np.testing.assert_allclose(
-                np.asarray(copy([batch, second])), np.asarray(model([batch, second])), rtol=1e-5, atol=1e-6
+                keras.ops.convert_to_numpy(copy([batch, second])), keras.ops.convert_to_numpy(model([batch, second])), rtol=1e-5, atol=1e-6
             )
 
 
@@ -711,7 +711,7 @@ def test_inference_identity_layers_between_a_local_fisher_and_its_layer_pass_u_t
     assert [(c.operation.name, c.binding is not None) for c in consumers] == [(consumer.name, True)]
 
     probe = sample_inputs(model, 8)
-    before = np.asarray(model(probe))
+    before = keras.ops.convert_to_numpy(model(probe))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "cannot keep the model's function"
         train_at_zero_learning_rate(model, steps=3)
