@@ -317,16 +317,12 @@ def is_layer(operation):
 # always (`Identity`). A LocalFisher's whitened features pass through them to the layer behind, which
 # absorbs `U` there: `dense(dropout(x U))` with kernel `W'` is `dense(x)` with `W = U W'` at inference, and a
 # refresh that keeps `U W'` keeps the inference function (in training the noise falls on `x U` rather than
-# on `x`; `fold` puts it on `x`). Exact types: a subclass may do anything in its call.
-PASS_THROUGH_TYPES = (
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.AlphaDropout,
-    keras.layers.Identity,
+# on `x`; `fold` puts it on `x`). Exact types: a subclass may do anything in its call. (Those this Keras has.)
+PASS_THROUGH_TYPES = tuple(
+    getattr(keras.layers, name)
+    for name in ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+                 "GaussianNoise", "AlphaDropout", "Identity")
+    if hasattr(keras.layers, name)
 )
 
 
