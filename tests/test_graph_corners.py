@@ -2,7 +2,10 @@
 non-first input, a layer shared with a plain input, dtype casts under mixed precision, raw operations,
 composite layers, and NGD restored from a `.keras` file."""
 
+import importlib.util
 import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -643,16 +646,27 @@ def test_inputs_keep_their_layer_names_through_reconstruct_and_fold(tmp_path):
         assert copy.inputs[0]._keras_history.operation.name == "pixels"
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="builds its sparse batches with tf.sparse")
+def _sparse(dense):
+    """`dense` as the backend's sparse tensor: a `tf.SparseTensor`, or a JAX `BCOO`."""
+    if keras.backend.backend() == "jax":
+        from jax.experimental import sparse
+
+        return sparse.BCOO.fromdense(dense)
+    import tensorflow as tf
+
+    return tf.sparse.from_dense(dense)
+
+
+@pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax"),
+                    reason="Keras has sparse tensors on TensorFlow and JAX only (`keras.Input(sparse=True)`)")
 def test_sparse_inputs_are_whitened_and_stay_sparse_inputs():
     """A sparse input (`keras.Input(sparse=True)`, bag-of-words features): the LocalFisher reads it densified
     (whether `reconstruct` put it there or the user did), and the reconstruction and the folded model still
-    take sparse batches (`clone_model` alone would make their input dense)."""
-    import tensorflow as tf
-
+    take sparse batches (`clone_model` alone would make their input dense). TensorFlow's `tf.SparseTensor`
+    here; JAX's `BCOO` batches by the next test."""
     rng = np.random.default_rng(0)
     dense = ((rng.uniform(size=(64, 30)) < 0.1) * rng.normal(size=(64, 30))).astype("float32")
-    batch, targets = tf.sparse.from_dense(dense), rng.normal(size=(64, 3)).astype("float32")
+    batch, targets = _sparse(dense), rng.normal(size=(64, 3)).astype("float32")
     keras.utils.set_random_seed(0)
     inputs = keras.Input((30,), sparse=True)
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs)))
@@ -670,6 +684,19 @@ def test_sparse_inputs_are_whitened_and_stay_sparse_inputs():
         folded = keras_sngd.fold(sngd)
         assert folded.inputs[0].sparse
         np.testing.assert_allclose(keras.ops.convert_to_numpy(folded(batch)), trained, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax" or importlib.util.find_spec("jax") is None,
+                    reason="runs the test above with KERAS_BACKEND=jax: in process already on JAX, or JAX missing")
+def test_sparse_inputs_on_jax():
+    """The test above in a process of its own on JAX (the suite's own process runs TensorFlow), with `BCOO`
+    batches through `fit`, the refreshes and `fold`."""
+    environment = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    test = f"{os.path.abspath(__file__)}::test_sparse_inputs_are_whitened_and_stay_sparse_inputs"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                            capture_output=True, text=True, env=environment, timeout=600,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0 and "1 passed" in result.stdout, (result.stdout + result.stderr)[-3000:]
 
 
 def test_an_optional_input_stays_optional():
