@@ -2,6 +2,7 @@
 and the `NGD` optimizer): the one recursive layer walk, the scope of a model's calls, and dtype casts."""
 
 import tempfile
+import types
 
 import keras
 from keras.src.models.functional import Functional
@@ -171,7 +172,40 @@ def clone_functional(model, clone, rewrite_call):
         # A frozen model (a backbone) stays frozen: `clone_model` makes a trainable one, and layers added by
         # the hooks (LocalFishers) would otherwise train inside it.
         new_model.trainable = False
+    for layer in new_model.layers:
+        if builds_on_its_call(layer):
+            object.__setattr__(layer, "get_build_config", types.MethodType(_no_build_config, layer))
     return new_model
+
+
+def builds_on_its_call(layer):
+    """Whether `layer`, in a Functional model `clone_functional` made, saves no build config, so that a
+    `.keras` file builds it when the loaded graph first calls it (as the model it came from was built),
+    not by `build_from_config`.
+
+    `build_from_config` passes `build` the shapes as the file's JSON holds them, lists, where a call passes
+    tuples. Some third-party layers only take tuples (KerasHub 0.32's DeepLabV3 `SpatialPyramidPooling`:
+    `input_shape[:-1] + (channels,)` raises `TypeError: can only concatenate list (not "tuple") to list`):
+    such a layer loads inside its own model, whose config rebuilds it by calling it, but not as a layer of a
+    reconstructed or folded graph. True for layers from outside Keras and this package that define their
+    own `build` and keep Keras's default build config (the input shapes only, which the call gives
+    anyway); the instance's `get_build_config` then returns None (the class is left alone). A model loaded
+    from that file holds the layer as its class builds it: saving the loaded model again as it is meets the
+    layer's own bug, `reconstruct` or `fold` of it marks it again.
+    """
+    kind = type(layer)
+    if not isinstance(layer, keras.layers.Layer) or isinstance(layer, keras.Model):
+        return False
+    module = kind.__module__ or ""
+    if module.split(".")[0] in ("keras", "keras_sngd"):
+        return False
+    base = keras.layers.Layer
+    return (kind.build is not base.build and kind.get_build_config is base.get_build_config
+            and kind.build_from_config is base.build_from_config)
+
+
+def _no_build_config(layer):
+    return None
 
 
 def copy_weights(pairs):

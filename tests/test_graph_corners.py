@@ -762,3 +762,36 @@ def test_inference_identity_layers_between_a_local_fisher_and_its_layer_pass_u_t
     ends = keras.Model(lf.input, [keras.layers.Dense(6)(whitened), keras.layers.Dropout(0.3)(whitened)])
     assert consumer_bindings(lf, ends).bindings == []
     assert "Dropout has no kernel" in consumer_bindings(lf, ends).reason
+
+
+class _TupleShapesOnly(keras.layers.Layer):
+    """Builds only from a tuple shape (`input_shape[:-1] + (n,)`), as KerasHub's DeepLabV3 pooling layer."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=input_shape[-1:] + (), initializer="ones")
+        self.expanded = input_shape[:-1] + (2 * input_shape[-1],)
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_a_layer_that_builds_only_from_tuple_shapes_loads_in_a_reconstruction_and_a_folded_model(tmp_path):
+    """A `.keras` file passes `build` the shapes as JSON lists; inside a rebuilt graph such a layer saves no
+    build config and is built by the loaded graph's call (`keras_sngd.graph.builds_on_its_call`)."""
+    inputs = keras.Input((6,))
+    hidden = _TupleShapesOnly(name="tuple_only")(keras.layers.Dense(5, activation="tanh")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    model.get_layer("tuple_only").scale.assign(np.linspace(0.5, 1.5, 5).astype("float32"))
+    batch = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    sngd = keras_sngd.reconstruct(model)
+    custom = {"_TupleShapesOnly": _TupleShapesOnly}
+    for name, copy in (("reconstruction", sngd), ("folded", keras_sngd.fold(sngd))):
+        path = str(tmp_path / f"{name}.keras")
+        copy.save(path)
+        loaded = keras.saving.load_model(path, custom_objects=custom)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(batch)), keras.ops.convert_to_numpy(model(batch)),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        # Keras's own layers and this package's keep their build config.
+        assert copy.get_layer("tuple_only").get_build_config() is None
+        assert all(layer.get_build_config() is not None for layer in copy.layers
+                   if layer.name != "tuple_only" and layer.built and not isinstance(layer, keras.layers.InputLayer))

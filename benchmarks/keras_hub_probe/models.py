@@ -424,4 +424,74 @@ def edrec():
         "decoder_padding_mask": np.ones((2, 6), "int32")}
 
 
+# ---------------------------------------------------------------- more decoders, encoders and a segmenter
+def llama():
+    m = _m()
+    return m.LlamaBackbone(vocabulary_size=50, num_layers=2, num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+                           num_key_value_heads=1), toks()
+
+
+def llama3():
+    m = _m()
+    return m.Llama3Backbone(vocabulary_size=50, num_layers=2, num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+                            num_key_value_heads=1), toks()
+
+
+def gemma():
+    m = _m()
+    return m.GemmaBackbone(vocabulary_size=50, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=8,
+                           intermediate_dim=16, head_dim=4), toks()
+
+
+def gemma3_text():
+    m = _m()
+    return m.Gemma3Backbone(vocabulary_size=50, image_size=16, num_layers=2, num_query_heads=2, num_key_value_heads=1,
+                            hidden_dim=8, intermediate_dim=16, head_dim=4, vision_encoder=None), toks()
+
+
+def mistral():
+    m = _m()
+    return m.MistralBackbone(vocabulary_size=50, num_layers=2, num_query_heads=2, hidden_dim=8, intermediate_dim=16,
+                             num_key_value_heads=1), toks()
+
+
+def qwen2():
+    m = _m()
+    return m.Qwen2Backbone(vocabulary_size=50, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=8,
+                           intermediate_dim=16), toks()
+
+
+def phi3():
+    m = _m()
+    return m.Phi3Backbone(vocabulary_size=50, num_layers=2, hidden_dim=8, intermediate_dim=16, num_query_heads=2,
+                          num_key_value_heads=1), toks()
+
+
+def opt():
+    m = _m()
+    return m.OPTBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=16,
+                         max_sequence_length=16), toks()
+
+
+def distil_bert():
+    m = _m()
+    return m.DistilBertBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=16,
+                                max_sequence_length=16), toks()
+
+
+def falcon():
+    m = _m()
+    return m.FalconBackbone(vocabulary_size=50, num_layers=2, num_attention_heads=2, hidden_dim=8,
+                            intermediate_dim=16), toks()
+
+
+def deeplab_v3():
+    m = _m()
+    encoder = m.ResNetBackbone(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
+                               stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+                               image_shape=(32, 32, 3))
+    return m.DeepLabV3Backbone(image_encoder=encoder, spatial_pyramid_pooling_key="P3", upsampling_size=4,
+                               dilation_rates=[1, 2], projection_filters=8), img()
+
+
 BUILDERS = {k: v for k, v in list(globals().items()) if callable(v) and not k.startswith("_") and k not in ("img", "toks")}
