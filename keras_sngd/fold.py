@@ -13,6 +13,7 @@ from keras_sngd.graph import clone_layer
 from keras_sngd.graph import clone_model_whole
 from keras_sngd.graph import copy_weights
 from keras_sngd.graph import first_tensor
+from keras_sngd.graph import mark_built_on_call
 from keras_sngd.graph import sequential_input
 from keras_sngd.graph import walk_layers
 from keras_sngd.fisher_layer import FisherLayer
@@ -140,6 +141,7 @@ def _fold(model, inherited=None):
                 continue  # the identity
             for new_layer in replacement(layer) if isinstance(layer, FisherLayer) else [clone(layer)]:
                 new_model.add(new_layer)
+        mark_built_on_call(new_model)
     else:
 
         def rewrite_call(original, layer, args, kwargs):

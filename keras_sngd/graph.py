@@ -172,14 +172,20 @@ def clone_functional(model, clone, rewrite_call):
         # A frozen model (a backbone) stays frozen: `clone_model` makes a trainable one, and layers added by
         # the hooks (LocalFishers) would otherwise train inside it.
         new_model.trainable = False
-    for layer in new_model.layers:
-        if builds_on_its_call(layer):
-            object.__setattr__(layer, "get_build_config", types.MethodType(_no_build_config, layer))
+    mark_built_on_call(new_model)
     return new_model
 
 
+def mark_built_on_call(model):
+    """Make the layers of the rebuilt `model` for which `builds_on_its_call` holds save no build config
+    (the instance's `get_build_config` returns None)."""
+    for layer in model.layers:
+        if builds_on_its_call(layer):
+            object.__setattr__(layer, "get_build_config", types.MethodType(_no_build_config, layer))
+
+
 def builds_on_its_call(layer):
-    """Whether `layer`, in a Functional model `clone_functional` made, saves no build config, so that a
+    """Whether `layer`, in a model `reconstruct` or `fold` rebuilt, saves no build config, so that a
     `.keras` file builds it when the loaded graph first calls it (as the model it came from was built),
     not by `build_from_config`.
 

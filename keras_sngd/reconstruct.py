@@ -25,6 +25,7 @@ from keras_sngd.graph import first_tensor
 from keras_sngd.graph import with_first_argument
 from keras_sngd.graph import is_layer
 from keras_sngd.graph import reads_fixed_features
+from keras_sngd.graph import mark_built_on_call
 from keras_sngd.graph import sequential_input
 from keras_sngd.graph import source_operation
 from keras_sngd.graph import walk_layers
@@ -676,6 +677,7 @@ def _reconstruct(model, options, report, prefix, inputs_are_fixed):
             new_layers.append(_recurrent_whitening(layer, new, options, prefix, report) or new)
             previous = layer
         new_model = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
+        mark_built_on_call(new_model)
     else:
         shared = {}
 

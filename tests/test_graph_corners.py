@@ -780,13 +780,18 @@ def test_a_layer_that_builds_only_from_tuple_shapes_loads_in_a_reconstruction_an
     build config and is built by the loaded graph's call (`keras_sngd.graph.builds_on_its_call`)."""
     inputs = keras.Input((6,))
     hidden = _TupleShapesOnly(name="tuple_only")(keras.layers.Dense(5, activation="tanh")(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
-    model.get_layer("tuple_only").scale.assign(np.linspace(0.5, 1.5, 5).astype("float32"))
+    functional = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    sequential = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="tanh"),
+                                   _TupleShapesOnly(name="tuple_only"), keras.layers.Dense(3)])
     batch = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
-    sngd = keras_sngd.reconstruct(model)
     custom = {"_TupleShapesOnly": _TupleShapesOnly}
-    for name, copy in (("reconstruction", sngd), ("folded", keras_sngd.fold(sngd))):
-        path = str(tmp_path / f"{name}.keras")
+    copies = []
+    for kind, model in (("functional", functional), ("sequential", sequential)):
+        model.get_layer("tuple_only").scale.assign(np.linspace(0.5, 1.5, 5).astype("float32"))
+        sngd = keras_sngd.reconstruct(model)
+        copies += [(model, f"{kind} reconstruction", sngd), (model, f"{kind} folded", keras_sngd.fold(sngd))]
+    for model, name, copy in copies:
+        path = str(tmp_path / f"{name.replace(' ', '_')}.keras")
         copy.save(path)
         loaded = keras.saving.load_model(path, custom_objects=custom)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(batch)), keras.ops.convert_to_numpy(model(batch)),
